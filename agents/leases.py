@@ -1,0 +1,117 @@
+"""The room's lease (its running turn): fenced renewals and chunk writes, and the sweeper."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from agents.models import Turn
+from agents.queue import TakenTurn, _lock_room, kick_room_on_commit, turn_close_locked
+from rooms import broadcast
+from rooms.protocol import delta_frame
+
+log = logging.getLogger(__name__)
+
+
+class LeaseLost(Exception):
+    """This worker no longer owns the turn: it must not write anything more for it."""
+
+
+@dataclass(frozen=True)
+class LeaseState:
+    cancel_requested: bool
+
+
+_RENEW_SQL = """
+    UPDATE agents_turn
+       SET lease_until = now() + make_interval(secs => %s)
+     WHERE id = %s AND lease_generation = %s AND status = 'running'
+    RETURNING cancel_requested
+"""
+
+
+def _renew_locked(cursor: object, taken: TakenTurn) -> LeaseState:
+    cursor.execute(_RENEW_SQL, [settings.LEASE_TIMEOUT, taken.turn_id, taken.generation])  # type: ignore[attr-defined]
+    row = cursor.fetchone()  # type: ignore[attr-defined]
+    if row is None:
+        raise LeaseLost(f"turn {taken.turn_id} generation {taken.generation}")
+    return LeaseState(cancel_requested=bool(row[0]))
+
+
+def lease_renew(*, taken: TakenTurn) -> LeaseState:
+    """Extend the lease (fenced by generation); raises LeaseLost if it was taken away."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        return _renew_locked(cursor, taken)
+
+
+def chunk_write(*, taken: TakenTurn, index: int, text: str) -> LeaseState:
+    """Persist one chunk and renew the lease in one transaction, then broadcast the delta.
+
+    The fencing check and the insert share the transaction, and the UPDATE locks the turn row,
+    so a worker that lost its lease (paused, partitioned) can never add a chunk afterwards.
+    """
+    with transaction.atomic(), connection.cursor() as cursor:
+        state = _renew_locked(cursor, taken)
+        cursor.execute(
+            "INSERT INTO rooms_streamchunk (message_id, index, text) VALUES (%s, %s, %s)",
+            [taken.message_id, index, text],
+        )
+    frame = delta_frame(taken.message_id, index, text)
+    broadcast.send_to_room_sync(
+        taken.room_id, [broadcast.delta_message(taken.message_id, index, frame)]
+    )
+    return state
+
+
+def turn_recover_locked(*, turn: Turn, reason: str) -> None:
+    """Finalise a turn whose worker vanished: keep its persisted text, mark it interrupted."""
+    log.warning("turn %s of room %s interrupted: %s", turn.pk, turn.room_id, reason)
+    turn.lease_generation += 1  # fence off the old holder for good
+    turn_close_locked(turn=turn, status=Turn.Status.INTERRUPTED, error=reason)
+
+
+def turn_recover_if_expired(*, turn_id: int) -> bool:
+    """Recover one turn if its lease has expired; True if it did."""
+    with transaction.atomic():
+        room_id = Turn.objects.filter(pk=turn_id).values_list("room_id", flat=True).first()
+        if room_id is None:
+            return False
+        _lock_room(room_id)
+        turn = (
+            Turn.objects.select_for_update()
+            .filter(pk=turn_id, status=Turn.Status.RUNNING, lease_until__lt=timezone.now())
+            .first()
+        )
+        if turn is None:
+            return False
+        turn_recover_locked(turn=turn, reason="worker lost (lease expired)")
+    return True
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    recovered: int
+    kicked: int
+
+
+def rooms_sweep() -> SweepReport:
+    """Recover expired leases, and re-kick rooms with queued turns and nothing running."""
+    expired = list(
+        Turn.objects.filter(status=Turn.Status.RUNNING, lease_until__lt=timezone.now())
+        .values_list("pk", flat=True)[:500]
+    )
+    recovered = sum(1 for turn_id in expired if turn_recover_if_expired(turn_id=turn_id))
+    idle = list(
+        Turn.objects.filter(status=Turn.Status.QUEUED)
+        .exclude(room__turns__status=Turn.Status.RUNNING)
+        .values_list("room_id", flat=True)
+        .distinct()[:1000]
+    )
+    with transaction.atomic():
+        for room_id in idle:
+            kick_room_on_commit(room_id)
+    return SweepReport(recovered=recovered, kicked=len(idle))

@@ -1,0 +1,93 @@
+"""The provider interface: a model step is a stream of events that can be closed early."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    """One message of the context sent to the model (OpenAI chat shape)."""
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str
+    name: str | None = None
+    tool_call_id: str | None = None
+    tool_calls: tuple[dict[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    """Everything one model step needs."""
+
+    model: str
+    messages: tuple[ChatMessage, ...]
+    tools: tuple[dict[str, Any], ...] = ()
+    temperature: float | None = None
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """A piece of the answer's text."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class ToolCallRequest:
+    """The model asks for a tool call (assembled from its streamed deltas)."""
+
+    call_id: str
+    name: str
+    arguments: str  # JSON text, as the model wrote it
+
+
+@dataclass(frozen=True)
+class StepEnd:
+    """The step finished; `finish_reason` as the model gave it (stop, length, tool_calls)."""
+
+    finish_reason: str = "stop"
+    usage: dict[str, int] = field(default_factory=dict)
+
+
+StreamEvent = TextDelta | ToolCallRequest | StepEnd
+
+
+class ProviderError(Exception):
+    """The model call failed; `retryable` says whether a new attempt could succeed."""
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class ModelStream(ABC):
+    """An open model step: iterate for events; `close()` ends it and its HTTP stream."""
+
+    @abstractmethod
+    def __iter__(self) -> Iterator[StreamEvent]: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> ModelStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Provider(ABC):
+    """A source of model steps. One instance per worker process is fine (thread-safe)."""
+
+    #: Shown in the UI next to assistant messages and in the demo notice.
+    label: str = "model"
+    #: True for the offline demo provider: the UI says no real model is configured.
+    is_demo: bool = False
+
+    @abstractmethod
+    def stream(self, request: ModelRequest) -> ModelStream:
+        """Start one model step; never retries once text has been streamed."""

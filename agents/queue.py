@@ -1,0 +1,213 @@
+"""The per-room FIFO of turns: enqueue, take the next (the room's lease), finish, cancel."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from agents.models import Turn
+from rooms.models import Message, Room
+from rooms.selectors import message_data
+from rooms.services import event_record, message_update_locked, seq_reserve_locked
+
+log = logging.getLogger(__name__)
+
+_MENTION = re.compile(r"(?<![\w@])@(ai|assistant|bot)\b", re.IGNORECASE)
+
+
+def turn_data(turn: Turn) -> dict[str, Any]:
+    """A turn as it travels on the wire."""
+    return {
+        "id": turn.pk,
+        "status": turn.status,
+        "trigger_message_id": turn.trigger_message_id,
+        "message_id": turn.assistant_message_id,
+        "attempt": turn.attempt,
+        "error": turn.error,
+    }
+
+
+def turn_wanted(*, room: Room, content: str) -> bool:
+    """Whether a message in this room should get an AI answer."""
+    if not room.ai_enabled:
+        return False
+    return room.ai_trigger == Room.AiTrigger.EVERY or bool(_MENTION.search(content))
+
+
+def kick_room_on_commit(room_id: int) -> None:
+    """Ask a worker to look at the room's queue once the transaction commits."""
+    from agents.tasks import kick_room
+
+    transaction.on_commit(lambda: kick_room.delay(room_id))
+
+
+def turn_enqueue_locked(*, room: Room, trigger: Message, event_seq: int) -> Turn:
+    """Queue a turn for `trigger` (the room row is locked by the caller's seq reservation)."""
+    turn = Turn.objects.create(room=room, queue_seq=trigger.seq, trigger_message=trigger)
+    event_record(room_id=room.pk, seq=event_seq, type="turn", body={"turn": turn_data(turn)})
+    kick_room_on_commit(room.pk)
+    return turn
+
+
+@dataclass(frozen=True)
+class TakenTurn:
+    """A turn this worker now runs: every write it makes is fenced by `generation`."""
+
+    turn_id: int
+    room_id: int
+    generation: int
+    message_id: int
+    trigger_message_id: int
+    attempt: int
+
+
+def _lock_room(room_id: int) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT id FROM rooms_room WHERE id = %s FOR UPDATE", [room_id])
+
+
+def turn_take_next(*, room_id: int, owner: str) -> TakenTurn | None:
+    """Lease the room: start its oldest queued turn unless a turn is already running."""
+    from agents.leases import turn_recover_locked
+
+    with transaction.atomic():
+        _lock_room(room_id)  # a short, blocking lock: kicks of one room serialise here
+        running = Turn.objects.filter(room_id=room_id, status=Turn.Status.RUNNING).first()
+        if running is not None:
+            if running.lease_until is not None and running.lease_until > timezone.now():
+                return None  # the room is leased; its holder kicks again when done
+            turn_recover_locked(turn=running, reason="lease expired")
+        turn = (
+            Turn.objects.filter(room_id=room_id, status=Turn.Status.QUEUED)
+            .order_by("queue_seq")
+            .select_for_update()
+            .first()
+        )
+        if turn is None:
+            return None
+        seq = seq_reserve_locked(room_id=room_id, count=2)
+        message = Message.objects.create(
+            room_id=room_id, seq=seq, role=Message.Role.ASSISTANT, status=Message.Status.STREAMING
+        )
+        now = timezone.now()
+        turn.status = Turn.Status.RUNNING
+        turn.attempt += 1
+        turn.lease_generation += 1
+        turn.lease_owner = owner[:120]
+        turn.lease_until = now + timedelta(seconds=settings.LEASE_TIMEOUT)
+        turn.started_at = now
+        turn.assistant_message = message
+        turn.save()
+        event_record(
+            room_id=room_id,
+            seq=seq,
+            type="message",
+            body={"message": message_data(message, turn_id=turn.pk)},
+        )
+        event_record(room_id=room_id, seq=seq + 1, type="turn", body={"turn": turn_data(turn)})
+    return TakenTurn(
+        turn_id=turn.pk,
+        room_id=room_id,
+        generation=turn.lease_generation,
+        message_id=message.pk,
+        trigger_message_id=turn.trigger_message_id,
+        attempt=turn.attempt,
+    )
+
+
+_MESSAGE_STATUS = {
+    Turn.Status.DONE: Message.Status.COMPLETE,
+    Turn.Status.CANCELLED: Message.Status.CANCELLED,
+    Turn.Status.FAILED: Message.Status.FAILED,
+    Turn.Status.INTERRUPTED: Message.Status.INTERRUPTED,
+}
+
+
+def message_text_from_chunks(message_id: int) -> str:
+    """The persisted text of a message: its chunks joined in index order."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT COALESCE(string_agg(text, '' ORDER BY index), '') "
+            "FROM rooms_streamchunk WHERE message_id = %s",
+            [message_id],
+        )
+        return str(cursor.fetchone()[0])
+
+
+def turn_close_locked(*, turn: Turn, status: str, error: str = "") -> None:
+    """Give a running turn and its message a terminal status (room row locked by the caller)."""
+    seq = seq_reserve_locked(room_id=turn.room_id, count=2 if turn.assistant_message_id else 1)
+    turn.status = status
+    turn.error = error[:2000]
+    turn.lease_until = None
+    turn.lease_owner = ""
+    turn.finished_at = timezone.now()
+    turn.save()
+    if turn.assistant_message_id:
+        message = Message.objects.get(pk=turn.assistant_message_id)
+        message.content = message_text_from_chunks(message.pk)
+        message.status = _MESSAGE_STATUS[status]
+        message_update_locked(message=message, event_seq=seq, turn_id=turn.pk)
+        seq += 1
+    event_record(room_id=turn.room_id, seq=seq, type="turn", body={"turn": turn_data(turn)})
+    kick_room_on_commit(turn.room_id)
+
+
+def turn_finish(*, taken: TakenTurn, status: str, error: str = "") -> bool:
+    """End the turn this worker runs; False if it lost the lease (someone else finished it)."""
+    with transaction.atomic():
+        _lock_room(taken.room_id)
+        turn = (
+            Turn.objects.select_for_update()
+            .filter(
+                pk=taken.turn_id, status=Turn.Status.RUNNING, lease_generation=taken.generation
+            )
+            .first()
+        )
+        if turn is None:
+            log.warning("turn %s: lease lost before finish; not writing", taken.turn_id)
+            return False
+        turn_close_locked(turn=turn, status=status, error=error)
+    return True
+
+
+class CancelRefused(Exception):
+    """The turn cannot be cancelled by this user; `code` is the wire error code."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+
+
+def turn_cancel(*, room: Room, user: Any, turn_id: int) -> str:
+    """Stop a running turn or withdraw a queued one; returns the turn's status after."""
+    with transaction.atomic():
+        _lock_room(room.pk)
+        turn = (
+            Turn.objects.select_for_update()
+            .select_related("trigger_message")
+            .filter(pk=turn_id, room=room)
+            .first()
+        )
+        if turn is None:
+            raise CancelRefused("not_found", f"no turn {turn_id} in this room")
+        if turn.status == Turn.Status.QUEUED:
+            if turn.trigger_message.author_id != user.pk and room.owner_id != user.pk:
+                raise CancelRefused("forbidden", "only its author or the owner can withdraw it")
+            seq = seq_reserve_locked(room_id=room.pk, count=1)
+            turn.status = Turn.Status.CANCELLED
+            turn.finished_at = timezone.now()
+            turn.save(update_fields=["status", "finished_at"])
+            event_record(room_id=room.pk, seq=seq, type="turn", body={"turn": turn_data(turn)})
+        elif turn.status == Turn.Status.RUNNING and not turn.cancel_requested:
+            # The runner sees the flag within one flush or heartbeat and closes the stream.
+            turn.cancel_requested = True
+            turn.save(update_fields=["cancel_requested"])
+        return turn.status

@@ -1,0 +1,199 @@
+"""One turn: context -> provider stream -> chunk batches -> finish. A turn is a loop of steps."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+from django.conf import settings
+
+from agents.leases import LeaseLost, LeaseState, chunk_write, lease_renew
+from agents.models import Turn
+from agents.providers import get_provider
+from agents.providers.base import (
+    ChatMessage,
+    ModelRequest,
+    ModelStream,
+    ProviderError,
+    StepEnd,
+    TextDelta,
+    ToolCallRequest,
+)
+from agents.queue import TakenTurn, turn_finish
+from rooms.models import Message, Room
+from rooms.selectors import display_name
+
+log = logging.getLogger(__name__)
+
+_END = object()
+
+
+def context_build(*, taken: TakenTurn) -> tuple[Room, list[ChatMessage]]:
+    """The model's context: system prompt, then the room's messages up to the trigger."""
+    room = Room.objects.get(pk=taken.room_id)
+    trigger_seq = Message.objects.values_list("seq", flat=True).get(pk=taken.trigger_message_id)
+    own_seq = Message.objects.values_list("seq", flat=True).get(pk=taken.message_id)
+    rows = list(
+        Message.objects.filter(room=room, seq__lt=own_seq)
+        .exclude(status=Message.Status.HIDDEN)
+        .exclude(role=Message.Role.USER, seq__gt=trigger_seq)  # queued after us: not ours yet
+        .exclude(role=Message.Role.ASSISTANT, content="")
+        .select_related("author")
+        .order_by("-seq")[: settings.CONTEXT_MESSAGES]
+    )
+    messages = [ChatMessage(role="system", content=room.system_prompt)] if room.system_prompt else []
+    for m in reversed(rows):
+        if m.role == Message.Role.USER:
+            messages.append(ChatMessage(role="user", content=f"{display_name(m.author)}: {m.content}"))
+        elif m.role == Message.Role.ASSISTANT:
+            messages.append(ChatMessage(role="assistant", content=m.content))
+    return room, messages
+
+
+@dataclass
+class ChunkBatcher:
+    """Collects streamed text and writes it as numbered chunks, at most one per interval."""
+
+    taken: TakenTurn
+    next_index: int = 0
+    pending: list[str] = field(default_factory=list)
+    pending_chars: int = 0
+    last_write: float = 0.0
+
+    def add(self, text: str) -> None:
+        if text:
+            self.pending.append(text)
+            self.pending_chars += len(text)
+
+    def due_at(self) -> float | None:
+        """When the pending text should be written (leading edge: at once after a quiet spell)."""
+        if not self.pending:
+            return None
+        if self.pending_chars >= settings.CHUNK_FLUSH_MAX_CHARS:
+            return 0.0
+        return self.last_write + settings.CHUNK_FLUSH_INTERVAL
+
+    def flush(self) -> LeaseState | None:
+        if not self.pending:
+            return None
+        text = "".join(self.pending)
+        state = chunk_write(taken=self.taken, index=self.next_index, text=text)
+        self.next_index += 1
+        self.pending.clear()
+        self.pending_chars = 0
+        self.last_write = time.monotonic()
+        return state
+
+
+class TurnStopped(Exception):
+    """The turn must end now with `status` (cancelled, or failed on the time limit)."""
+
+    def __init__(self, status: str, reason: str = "") -> None:
+        super().__init__(reason or status)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass
+class StepResult:
+    tool_calls: list[ToolCallRequest]
+    finish_reason: str
+
+
+def _heartbeat_every() -> float:
+    return max(0.05, min(0.5, settings.LEASE_TIMEOUT / 4))
+
+
+def _pump(stream: ModelStream, out: queue.Queue[object]) -> None:
+    """Reader thread: move provider events into a queue, so the runner never blocks on I/O."""
+    try:
+        for event in stream:
+            out.put(event)
+        out.put(_END)
+    except BaseException as exc:  # handed to the runner thread
+        out.put(exc)
+
+
+def _step_stream(
+    stream: ModelStream, batcher: ChunkBatcher, deadline: float
+) -> StepResult:
+    events: queue.Queue[object] = queue.Queue()
+    threading.Thread(target=_pump, args=(stream, events), daemon=True, name="model-stream").start()
+    tool_calls: list[ToolCallRequest] = []
+    finish_reason = "stop"
+    next_beat = time.monotonic() + _heartbeat_every()
+    while True:
+        now = time.monotonic()
+        due = batcher.due_at()
+        wake = min(next_beat, deadline, due if due is not None else next_beat)
+        try:
+            item = events.get(timeout=max(0.0, wake - now))
+        except queue.Empty:
+            item = None
+        if item is _END:
+            return StepResult(tool_calls, finish_reason)
+        if isinstance(item, BaseException):
+            raise item if isinstance(item, ProviderError) else ProviderError(str(item))
+        if isinstance(item, TextDelta):
+            batcher.add(item.text)
+        elif isinstance(item, ToolCallRequest):
+            tool_calls.append(item)
+        elif isinstance(item, StepEnd):
+            finish_reason = item.finish_reason
+        now = time.monotonic()
+        state: LeaseState | None = None
+        due = batcher.due_at()
+        if due is not None and now >= due:
+            state = batcher.flush()
+            next_beat = now + _heartbeat_every()
+        elif now >= next_beat:
+            state = lease_renew(taken=batcher.taken)
+            next_beat = now + _heartbeat_every()
+        if state is not None and state.cancel_requested:
+            raise TurnStopped(Turn.Status.CANCELLED, "stopped by a user")
+        if now >= deadline:
+            raise TurnStopped(Turn.Status.FAILED, "the turn hit its time limit")
+
+
+def turn_run(*, taken: TakenTurn) -> str:
+    """Run a leased turn to a terminal status; returns it ('lost' if the lease was lost)."""
+    deadline = time.monotonic() + settings.TURN_TIME_LIMIT
+    batcher = ChunkBatcher(taken=taken)
+    status, error = Turn.Status.DONE, ""
+    try:
+        room, messages = context_build(taken=taken)
+        provider = get_provider()
+        model = room.ai_model or settings.LLM_MODEL
+        for _step in range(settings.MAX_TURN_STEPS):
+            request = ModelRequest(model=model, messages=tuple(messages))
+            with provider.stream(request) as stream:
+                result = _step_stream(stream, batcher, deadline)
+            if not result.tool_calls:
+                break
+            # Tool calls arrive with a later issue (tools registry); until then the model's
+            # text so far is the answer and the request is noted on the turn.
+            error = "the model asked for tools, which this room does not offer"
+            break
+        batcher.flush()
+    except TurnStopped as stop:
+        status, error = stop.status, stop.reason
+        try:
+            batcher.flush()
+        except LeaseLost:
+            return "lost"
+    except LeaseLost:
+        log.warning("turn %s: lease lost mid-stream; stopping without writing", taken.turn_id)
+        return "lost"
+    except ProviderError as exc:
+        log.warning("turn %s: provider failed: %s", taken.turn_id, exc)
+        status, error = Turn.Status.FAILED, f"model error: {exc}"
+        try:
+            batcher.flush()
+        except LeaseLost:
+            return "lost"
+    if not turn_finish(taken=taken, status=status, error=error):
+        return "lost"
+    return status

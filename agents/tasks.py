@@ -1,0 +1,29 @@
+"""Thin Celery tasks: ids in, services called."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from celery import shared_task
+
+from agents.leases import rooms_sweep
+from agents.queue import turn_take_next
+from agents.runner import turn_run
+
+
+
+@shared_task(name="agents.tasks.kick_room", acks_late=True, ignore_result=True)
+def kick_room(room_id: int) -> str:
+    """Run the room's next queued turn if nobody holds its lease (safe to deliver twice)."""
+    taken = turn_take_next(room_id=int(room_id), owner=f"{socket.gethostname()}:{os.getpid()}")
+    if taken is None:
+        return "idle"
+    return turn_run(taken=taken)
+
+
+@shared_task(name="agents.tasks.sweep_rooms", ignore_result=True)
+def sweep_rooms() -> dict[str, int]:
+    """Beat: recover expired leases and re-kick rooms whose kick was lost."""
+    report = rooms_sweep()
+    return {"recovered": report.recovered, "kicked": report.kicked}

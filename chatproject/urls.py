@@ -1,0 +1,21 @@
+from __future__ import annotations
+
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import path
+
+from rooms import views
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("r/<slug:slug>/", views.room, name="room"),
+    path("r/<slug:slug>/post/", views.room_post, name="room_post"),
+    path("r/<slug:slug>/join/<str:token>/", views.room_invite, name="room_invite"),
+    path("signup/", views.signup, name="signup"),
+    path("guest/", views.guest, name="guest"),
+    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("tokens/", views.tokens, name="tokens"),
+    path("tokens/<int:token_id>/revoke/", views.token_revoke, name="token_revoke"),
+    path("admin/", admin.site.urls),
+]

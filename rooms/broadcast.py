@@ -1,0 +1,90 @@
+"""Group names and sending to a room: the one user of the channel layer.
+
+The channel layer is a doorbell, not storage: every frame sent here was committed first, and a
+client that misses one recovers it with `sync` from the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from collections.abc import Coroutine
+from typing import Any
+
+from channels.layers import get_channel_layer
+from django.db import transaction
+
+log = logging.getLogger(__name__)
+
+
+def room_group(room_id: int) -> str:
+    """The group of a room's sockets; built from the numeric id, never from URL input."""
+    return f"room.{int(room_id)}"
+
+
+def event_message(seq: int, text: str) -> dict[str, Any]:
+    return {"type": "room.event", "seq": seq, "text": text}
+
+
+def delta_message(message_id: int, index: int, text: str) -> dict[str, Any]:
+    return {"type": "room.delta", "message_id": message_id, "index": index, "text": text}
+
+
+def ephemeral_message(text: str, sender: str = "") -> dict[str, Any]:
+    return {"type": "room.ephemeral", "text": text, "sender": sender}
+
+
+async def send_to_room(room_id: int, message: dict[str, Any]) -> None:
+    """Broadcast from async code (consumers)."""
+    await get_channel_layer().group_send(room_group(room_id), message)
+
+
+class _LoopThread:
+    """One event loop per process for sync code (services, workers) to publish on.
+
+    `async_to_sync` would make a loop per call and a Redis connection per loop; this keeps one.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pid = 0
+
+    def loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None or self._pid != os.getpid():  # new process after fork
+                self._loop = asyncio.new_event_loop()
+                self._pid = os.getpid()
+                threading.Thread(
+                    target=self._loop.run_forever, name="broadcast-loop", daemon=True
+                ).start()
+            return self._loop
+
+    def run(self, coro: Coroutine[Any, Any, Any], timeout: float = 5.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop()).result(timeout)
+
+
+_publisher = _LoopThread()
+
+
+def send_to_room_sync(room_id: int, messages: list[dict[str, Any]]) -> None:
+    """Broadcast from sync code, in order; a failure is logged: `sync` repairs it."""
+    if not messages:
+        return
+
+    async def _send_all() -> None:
+        layer = get_channel_layer()
+        for message in messages:
+            await layer.group_send(room_group(room_id), message)
+
+    try:
+        _publisher.run(_send_all())
+    except Exception:  # the doorbell failed; the database still has everything
+        log.warning("broadcast to room %s failed; clients will resync", room_id, exc_info=True)
+
+
+def send_to_room_on_commit(room_id: int, messages: list[dict[str, Any]]) -> None:
+    """Broadcast after the current transaction commits (never before: rule 1)."""
+    transaction.on_commit(lambda: send_to_room_sync(room_id, messages))

@@ -1,0 +1,237 @@
+"""A Python client for the room protocol (docs/protocol.md): tests, benchmarks and `manage.py chat`.
+
+`RoomState` applies frames by the client rules (seq order, delta indexes, snapshots) and says
+when the client must `sync`; `RoomClient` owns the socket, records every frame it receives,
+resends unacked messages after a reconnect and syncs on gaps by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import websockets
+
+
+@dataclass
+class MessageView:
+    id: int
+    seq: int
+    role: str
+    status: str
+    content: str
+    author: dict[str, Any] | None = None
+    turn_id: int | None = None
+
+
+@dataclass
+class RoomState:
+    """What a client knows of a room, built only from frames."""
+
+    last_seq: int = 0
+    messages: dict[int, MessageView] = field(default_factory=dict)
+    next_index: dict[int, int] = field(default_factory=dict)
+    turns: dict[int, dict[str, Any]] = field(default_factory=dict)
+    applied_seqs: list[int] = field(default_factory=list)
+    pending_snapshots: dict[int, dict[str, Any]] = field(default_factory=dict)
+    duplicate_deltas: int = 0
+
+    def apply(self, frame: dict[str, Any]) -> bool:
+        """Apply one frame; True if the client must `sync` (it saw a gap)."""
+        kind = frame.get("type")
+        if kind in ("message", "message_update", "turn"):
+            seq = frame["seq"]
+            if seq <= self.last_seq:
+                return False
+            if seq > self.last_seq + 1:
+                return True
+            self.last_seq = seq
+            self.applied_seqs.append(seq)
+            if kind == "turn":
+                self.turns[frame["turn"]["id"]] = frame["turn"]
+            else:
+                m = frame["message"]
+                self.messages[m["id"]] = MessageView(
+                    m["id"], m["seq"], m["role"], m["status"], m["content"], m["author"], m["turn_id"]
+                )
+                if m["status"] == "streaming" and kind == "message":
+                    self.next_index.setdefault(m["id"], 0)
+                    early = self.pending_snapshots.pop(m["id"], None)
+                    if early is not None:  # the snapshot overtook the message event
+                        self.apply(early)
+                elif m["status"] != "streaming":
+                    self.next_index.pop(m["id"], None)
+            return False
+        if kind == "delta":
+            mid, index = frame["message_id"], frame["index"]
+            msg = self.messages.get(mid)
+            if msg is None or msg.status != "streaming":
+                return False  # finished already (its final content came in message_update)
+            expected = self.next_index.get(mid, 0)
+            if index < expected:
+                self.duplicate_deltas += 1
+                return False
+            if index > expected:
+                return True
+            msg.content += frame["text"]
+            self.next_index[mid] = expected + 1
+            return False
+        if kind == "snapshot":
+            mid = frame["message_id"]
+            msg = self.messages.get(mid)
+            if msg is None:
+                self.pending_snapshots[mid] = frame
+            elif msg.status == "streaming" and frame["next_index"] >= self.next_index.get(mid, 0):
+                msg.content = frame["content"]
+                self.next_index[mid] = frame["next_index"]
+            return False
+        if kind == "ready":
+            self.last_seq = max(self.last_seq, frame["seq"])
+        if kind == "pong":
+            return frame["latest_seq"] > self.last_seq
+        return False
+
+    def transcript(self) -> list[tuple[int, str, str, str]]:
+        """(seq, role, status, content) of every message, in seq order."""
+        return [
+            (m.seq, m.role, m.status, m.content)
+            for m in sorted(self.messages.values(), key=lambda m: m.seq)
+        ]
+
+
+class RoomClient:
+    """One socket to one room, with resume: `await client.connect()` returns after `ready`."""
+
+    def __init__(
+        self,
+        base_url: str,
+        slug: str,
+        *,
+        token: str | None = None,
+        headers: dict[str, str] | None = None,
+        since: int = 0,
+        state: RoomState | None = None,
+    ) -> None:
+        self.ws_url = base_url.replace("http://", "ws://").replace("https://", "wss://").rstrip("/")
+        self.slug = slug
+        self.headers = dict(headers or {})
+        if token:
+            self.headers["Authorization"] = f"Bearer {token}"
+        self.state = state or RoomState(last_seq=since)
+        self.frames: list[dict[str, Any]] = []  # every frame received, in order
+        self.acks: dict[str, dict[str, Any]] = {}
+        self.errors: list[dict[str, Any]] = []
+        self.unacked: dict[str, str] = {}
+        self.ws: Any = None
+        self.ready = asyncio.Event()
+        self.close_code: int | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self.on_frame: Callable[[dict[str, Any]], None] | None = None
+
+    async def connect(self, timeout: float = 10.0) -> None:
+        """Open the socket with `since = last_seq`, wait for `ready`, resend unacked sends."""
+        self.ready.clear()
+        url = f"{self.ws_url}/ws/rooms/{self.slug}/?since={self.state.last_seq}"
+        self.ws = await websockets.connect(
+            url, additional_headers=self.headers, max_size=None, open_timeout=timeout
+        )
+        self._reader = asyncio.create_task(self._read())
+        await asyncio.wait_for(self._wait_ready_or_close(), timeout)
+        for client_id, content in list(self.unacked.items()):
+            await self._send({"type": "send", "client_id": client_id, "content": content})
+
+    async def _wait_ready_or_close(self) -> None:
+        assert self._reader is not None
+        ready = asyncio.create_task(self.ready.wait())
+        await asyncio.wait({ready, self._reader}, return_when=asyncio.FIRST_COMPLETED)
+        if not self.ready.is_set():
+            ready.cancel()
+            raise ConnectionError(f"closed before ready (code {self.close_code})")
+
+    async def _read(self) -> None:
+        try:
+            async for raw in self.ws:
+                frame = json.loads(raw)
+                self.frames.append(frame)
+                kind = frame.get("type")
+                if kind == "ack":
+                    self.acks[frame["client_id"]] = frame
+                    self.unacked.pop(frame["client_id"], None)
+                elif kind == "error":
+                    self.errors.append(frame)
+                if self.state.apply(frame):
+                    await self._send({"type": "sync", "since": self.state.last_seq})
+                if kind == "ready":
+                    self.ready.set()
+                if self.on_frame is not None:
+                    self.on_frame(frame)
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            self.close_code = self.ws.close_code if self.ws is not None else None
+
+    async def _send(self, frame: dict[str, Any]) -> None:
+        try:
+            await self.ws.send(json.dumps(frame))
+        except websockets.ConnectionClosed:
+            pass  # resent after reconnect if it was a `send`
+
+    async def send_raw(self, text: str | bytes) -> None:
+        await self.ws.send(text)
+
+    async def send(self, content: str, client_id: str | None = None) -> str:
+        """Post a message; returns its client_id (resent on reconnect until acked)."""
+        client_id = client_id or str(uuid.uuid4())
+        self.unacked[client_id] = content
+        await self._send({"type": "send", "client_id": client_id, "content": content})
+        return client_id
+
+    async def cancel(self, turn_id: int) -> None:
+        await self._send({"type": "cancel", "turn_id": turn_id})
+
+    async def ping(self) -> None:
+        await self._send({"type": "ping"})
+
+    async def sync(self) -> None:
+        await self._send({"type": "sync", "since": self.state.last_seq})
+
+    async def close(self) -> None:
+        if self.ws is not None:
+            await self.ws.close()
+        if self._reader is not None:
+            await asyncio.gather(self._reader, return_exceptions=True)
+
+    async def drop(self) -> None:
+        """Lose the connection abruptly (no close handshake), as a network failure would."""
+        if self.ws is not None:
+            self.ws.transport.abort()
+        if self._reader is not None:
+            await asyncio.gather(self._reader, return_exceptions=True)
+
+    async def reconnect(self, timeout: float = 10.0) -> None:
+        await self.close()
+        await self.connect(timeout)
+
+    async def wait_for(
+        self, predicate: Callable[[RoomClient], bool], timeout: float = 20.0
+    ) -> None:
+        """Wait until `predicate(self)` holds (checked after every frame)."""
+        deadline = time.monotonic() + timeout
+        while not predicate(self):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"condition not met in {timeout}s; last frames: {self.frames[-5:]}")
+            if self._reader is not None and self._reader.done() and not predicate(self):
+                raise ConnectionError(f"socket closed (code {self.close_code})")
+            await asyncio.sleep(0.01)
+
+    async def wait_ack(self, client_id: str, timeout: float = 10.0) -> dict[str, Any]:
+        await self.wait_for(lambda c: client_id in c.acks, timeout)
+        return self.acks[client_id]
+
+    def message_status(self, message_id: int) -> str | None:
+        m = self.state.messages.get(message_id)
+        return m.status if m else None

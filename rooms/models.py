@@ -1,0 +1,164 @@
+"""Rooms, their members, messages, stream chunks and the room event log. No I/O here."""
+
+from __future__ import annotations
+
+import secrets
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+def _invite_token() -> str:
+    return secrets.token_urlsafe(16)
+
+
+class Room(models.Model):
+    """A chat room: a durable actor whose memory is these rows."""
+
+    class Visibility(models.TextChoices):
+        PUBLIC = "public", "Public: any signed-in user may join"
+        PRIVATE = "private", "Private: members only, by invite link"
+
+    class AiTrigger(models.TextChoices):
+        EVERY = "every", "Every message"
+        MENTION = "mention", "Only when @ai is mentioned"
+
+    slug = models.SlugField(max_length=64, unique=True)
+    title = models.CharField(max_length=120)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="owned_rooms"
+    )
+    visibility = models.CharField(
+        max_length=16, choices=Visibility.choices, default=Visibility.PUBLIC
+    )
+    invite_token = models.CharField(max_length=64, default=_invite_token, unique=True)
+    ai_enabled = models.BooleanField(default=True)
+    ai_model = models.CharField(max_length=120, blank=True, help_text="Empty: LLM_MODEL")
+    system_prompt = models.TextField(blank=True, default="You are a helpful assistant in a group chat.")
+    ai_trigger = models.CharField(max_length=16, choices=AiTrigger.choices, default=AiTrigger.EVERY)
+    # The newest room event's seq; incremented under the row lock by services.
+    last_seq = models.BigIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.CheckConstraint(condition=Q(last_seq__gte=0), name="room_seq_nonneg")]
+
+    def __str__(self) -> str:
+        return f"{self.title} ({self.slug})"
+
+
+class Membership(models.Model):
+    """A user's place in a room."""
+
+    class Role(models.TextChoices):
+        OWNER = "owner", "Owner"
+        MODERATOR = "moderator", "Moderator"
+        MEMBER = "member", "Member"
+
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
+    )
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.MEMBER)
+    joined_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["room", "user"], name="membership_unique")]
+
+
+class Message(models.Model):
+    """One message of a room's transcript; `seq` is the seq of the event that created it."""
+
+    class Role(models.TextChoices):
+        USER = "user"
+        ASSISTANT = "assistant"
+        SYSTEM = "system"
+        TOOL = "tool"
+
+    class Status(models.TextChoices):
+        COMPLETE = "complete"
+        STREAMING = "streaming"
+        CANCELLED = "cancelled"
+        FAILED = "failed"
+        INTERRUPTED = "interrupted"
+        HIDDEN = "hidden"
+
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="messages")
+    seq = models.BigIntegerField()
+    role = models.CharField(max_length=16, choices=Role.choices)
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    content = models.TextField(blank=True, default="")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.COMPLETE)
+    client_id = models.UUIDField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["seq"]
+        constraints = [
+            models.UniqueConstraint(fields=["room", "seq"], name="message_room_seq_unique"),
+            models.UniqueConstraint(
+                fields=["room", "author", "client_id"],
+                condition=Q(client_id__isnull=False),
+                name="message_client_id_unique",
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["room"], condition=Q(status="streaming"), name="message_streaming_idx"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.seq} {self.role}: {self.content[:40]}"
+
+
+class StreamChunk(models.Model):
+    """A flushed batch of streamed text of one message; `index` counts from 0, no gaps."""
+
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="chunks")
+    index = models.IntegerField()
+    text = models.TextField()
+
+    class Meta:
+        ordering = ["index"]
+        constraints = [
+            models.UniqueConstraint(fields=["message", "index"], name="chunk_message_index_unique"),
+            models.CheckConstraint(condition=Q(index__gte=0), name="chunk_index_nonneg"),
+        ]
+
+
+class RoomEvent(models.Model):
+    """The room's event log that replay reads: `frame` is the exact JSON text clients get."""
+
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="events")
+    seq = models.BigIntegerField()
+    type = models.CharField(max_length=32)
+    frame = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["seq"]
+        constraints = [
+            models.UniqueConstraint(fields=["room", "seq"], name="event_room_seq_unique"),
+        ]
+
+
+class ApiToken(models.Model):
+    """A bearer token for scripts and bots; only its SHA-256 is stored."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
+    )
+    name = models.CharField(max_length=80)
+    prefix = models.CharField(max_length=16)
+    key_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"

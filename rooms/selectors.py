@@ -1,0 +1,172 @@
+"""Reads: rooms for a user, the transcript, events after a seq, snapshots of streams."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.db import connection, transaction
+from django.db.models import Q, QuerySet
+
+from rooms.models import Membership, Message, Room, RoomEvent
+from rooms.rendering import render_markdown
+
+
+def display_name(user: Any) -> str:
+    """The name people see: the display name, else the username."""
+    if user is None:
+        return "Assistant"
+    return (user.first_name or user.username)[:60]
+
+
+def user_data(user: Any) -> dict[str, Any] | None:
+    return None if user is None else {"id": user.pk, "name": display_name(user)}
+
+
+def message_data(message: Message, *, turn_id: int | None = None) -> dict[str, Any]:
+    """A message as it travels on the wire (docs/protocol.md)."""
+    return {
+        "id": message.pk,
+        "seq": message.seq,
+        "role": message.role,
+        "author": user_data(message.author) if message.author_id else None,
+        "content": message.content,
+        "html": render_markdown(message.content),
+        "status": message.status,
+        "client_id": str(message.client_id) if message.client_id else None,
+        "turn_id": turn_id,
+        "created_at": message.created_at.isoformat(),
+    }
+
+
+def room_by_slug(*, slug: str) -> Room | None:
+    return Room.objects.filter(slug=slug).first()
+
+
+def membership_of(*, room: Room, user: AbstractBaseUser | AnonymousUser) -> Membership | None:
+    if not user.is_authenticated:
+        return None
+    return Membership.objects.filter(room=room, user=user).first()
+
+
+def room_access(*, room: Room, user: AbstractBaseUser | AnonymousUser) -> str:
+    """'member', 'can_join' (public room, signed in) or 'denied'."""
+    if not user.is_authenticated:
+        return "denied"
+    if Membership.objects.filter(room=room, user=user).exists():
+        return "member"
+    if room.visibility == Room.Visibility.PUBLIC:
+        return "can_join"
+    return "denied"
+
+
+def rooms_for_user(*, user: AbstractBaseUser) -> QuerySet[Room]:
+    return Room.objects.filter(memberships__user=user).order_by("-created_at").distinct()
+
+
+def rooms_public(*, exclude_user: AbstractBaseUser | None = None) -> QuerySet[Room]:
+    qs = Room.objects.filter(visibility=Room.Visibility.PUBLIC)
+    if exclude_user is not None and exclude_user.is_authenticated:
+        qs = qs.exclude(memberships__user=exclude_user)
+    return qs.order_by("-created_at")[:50]
+
+
+def room_latest_seq(*, room_id: int) -> int:
+    return Room.objects.filter(pk=room_id).values_list("last_seq", flat=True).first() or 0
+
+
+def events_after(*, room_id: int, since: int, limit: int) -> list[tuple[int, str]]:
+    """Room events with seq > since, oldest first, as (seq, frame text)."""
+    return list(
+        RoomEvent.objects.filter(room_id=room_id, seq__gt=since)
+        .order_by("seq")
+        .values_list("seq", "frame")[:limit]
+    )
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    message_id: int
+    content: str
+    next_index: int
+
+
+def snapshots_streaming(*, room_id: int) -> list[Snapshot]:
+    """The text so far of each message still streaming in a room (one query)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT m.id,
+                   COALESCE(string_agg(c.text, '' ORDER BY c.index), ''),
+                   COUNT(c.id)
+            FROM rooms_message m LEFT JOIN rooms_streamchunk c ON c.message_id = m.id
+            WHERE m.room_id = %s AND m.status = 'streaming'
+            GROUP BY m.id ORDER BY m.id
+            """,
+            [room_id],
+        )
+        return [Snapshot(mid, content, int(n)) for mid, content, n in cursor.fetchall()]
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """A consistent view of a room at `seq`: the messages, with streaming text so far."""
+
+    room: Room
+    seq: int
+    messages: list[dict[str, Any]]
+    has_earlier: bool
+
+
+def transcript(*, room: Room, limit: int = 200) -> Transcript:
+    """The newest `limit` visible messages, read in one snapshot so `seq` matches them."""
+    from agents.models import Turn  # reads only; rooms never imports the runner
+
+    outermost = not connection.in_atomic_block
+    with transaction.atomic():
+        if outermost:  # one snapshot for seq, messages and chunks
+            with connection.cursor() as cursor:
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        seq = room_latest_seq(room_id=room.pk)
+        qs = (
+            Message.objects.filter(room=room, seq__lte=seq)
+            .exclude(status=Message.Status.HIDDEN)
+            .select_related("author")
+            .order_by("-seq")
+        )
+        rows = list(qs[: limit + 1])
+        has_earlier = len(rows) > limit
+        rows = list(reversed(rows[:limit]))
+        snaps = {s.message_id: s for s in snapshots_streaming(room_id=room.pk)}
+        turn_of = dict(
+            Turn.objects.filter(assistant_message_id__in=[m.pk for m in rows]).values_list(
+                "assistant_message_id", "pk"
+            )
+        )
+        turn_status = dict(
+            Turn.objects.filter(trigger_message_id__in=[m.pk for m in rows]).values_list(
+                "trigger_message_id", "status"
+            )
+        )
+    messages = []
+    for m in rows:
+        data = message_data(m, turn_id=turn_of.get(m.pk))
+        snap = snaps.get(m.pk)
+        if snap is not None:
+            data["content"] = snap.content
+            data["html"] = render_markdown(snap.content)
+            data["next_index"] = snap.next_index
+        data["turn_status"] = turn_status.get(m.pk)
+        messages.append(data)
+    return Transcript(room=room, seq=seq, messages=messages, has_earlier=has_earlier)
+
+
+def members_of(*, room: Room) -> QuerySet[Membership]:
+    return Membership.objects.filter(room=room).select_related("user").order_by("joined_at")
+
+
+def user_can_moderate(*, room: Room, user: Any) -> bool:
+    return Membership.objects.filter(
+        Q(role=Membership.Role.OWNER) | Q(role=Membership.Role.MODERATOR), room=room, user=user
+    ).exists()

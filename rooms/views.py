@@ -1,0 +1,156 @@
+"""Server-rendered pages; they read through selectors and write through services."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.contrib import messages
+from django.contrib.auth import login
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_POST
+
+from rooms import selectors, services
+from rooms.forms import GuestForm, MessageForm, RoomCreateForm, SignupForm, TokenForm
+from rooms.models import ApiToken, Room
+
+
+def home(request: HttpRequest) -> HttpResponse:
+    """Your rooms, public rooms, and a form to create one."""
+    if not request.user.is_authenticated:
+        return render(request, "home.html", {})
+    form = RoomCreateForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        room = services.room_create(owner=request.user, **form.cleaned_data)
+        return redirect("room", slug=room.slug)
+    return render(
+        request,
+        "home.html",
+        {
+            "form": form,
+            "my_rooms": selectors.rooms_for_user(user=request.user),
+            "public_rooms": selectors.rooms_public(exclude_user=request.user),
+        },
+    )
+
+
+def _room_or_refuse(request: HttpRequest, slug: str) -> Room | HttpResponse:
+    room = selectors.room_by_slug(slug=slug)
+    if room is None:
+        raise Http404("No such room")
+    access = selectors.room_access(room=room, user=request.user)
+    if access == "can_join":
+        services.membership_join(room=room, user=request.user)
+    elif access == "denied":
+        return render(request, "forbidden.html", {"room_title": ""}, status=403)
+    return room
+
+
+@login_required
+def room(request: HttpRequest, slug: str) -> HttpResponse:
+    """The room: its transcript rendered at a seq, then live over the WebSocket."""
+    found = _room_or_refuse(request, slug)
+    if isinstance(found, HttpResponse):
+        return found
+    transcript = selectors.transcript(room=found)
+    invite_url = None
+    if found.visibility == Room.Visibility.PRIVATE:
+        invite_url = request.build_absolute_uri(
+            reverse("room_invite", args=[found.slug, found.invite_token])
+        )
+    return render(
+        request,
+        "room.html",
+        {
+            "room": found,
+            "transcript": transcript,
+            "members": selectors.members_of(room=found),
+            "invite_url": invite_url,
+            "ws_path": f"/ws/rooms/{found.slug}/",
+            "post_url": reverse("room_post", args=[found.slug]),
+            "client_id": uuid.uuid4(),
+            "me": selectors.user_data(request.user),
+        },
+    )
+
+
+@login_required
+@require_POST
+def room_post(request: HttpRequest, slug: str) -> HttpResponse:
+    """The composer without JavaScript: the same service as the socket's `send`."""
+    found = _room_or_refuse(request, slug)
+    if isinstance(found, HttpResponse):
+        return found
+    form = MessageForm(request.POST)
+    if not form.is_valid():
+        for errors in form.errors.values():
+            messages.error(request, " ".join(errors))
+        return redirect("room", slug=slug)
+    try:
+        services.message_post(
+            room=found,
+            author=request.user,
+            client_id=form.cleaned_data["client_id"],
+            content=form.cleaned_data["content"],
+        )
+    except services.ClientIdConflict:
+        messages.error(request, "That message was already sent with different text.")
+    return redirect("room", slug=slug)
+
+
+@login_required
+def room_invite(request: HttpRequest, slug: str, token: str) -> HttpResponse:
+    """Join a room through its invite link."""
+    found = get_object_or_404(Room, slug=slug)
+    if token != found.invite_token:
+        return render(request, "forbidden.html", {"room_title": ""}, status=403)
+    services.membership_join(room=found, user=request.user)
+    return redirect("room", slug=slug)
+
+
+def signup(request: HttpRequest) -> HttpResponse:
+    form = SignupForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        user = form.save()
+        login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+        return redirect("home")
+    return render(request, "signup.html", {"form": form})
+
+
+def guest(request: HttpRequest) -> HttpResponse:
+    """Join as a guest with just a display name."""
+    form = GuestForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        user = services.guest_create(display_name=form.cleaned_data["display_name"])
+        login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+        return redirect(request.GET.get("next") or "home")
+    return render(request, "guest.html", {"form": form})
+
+
+@login_required
+def tokens(request: HttpRequest) -> HttpResponse:
+    """List, create and revoke API tokens."""
+    form = TokenForm(request.POST or None)
+    new_token = None
+    if request.method == "POST" and form.is_valid():
+        _, new_token = services.token_create(user=request.user, name=form.cleaned_data["name"])
+        form = TokenForm()
+    return render(
+        request,
+        "tokens.html",
+        {
+            "form": form,
+            "new_token": new_token,
+            "tokens": ApiToken.objects.filter(user=request.user).order_by("-created_at"),
+        },
+    )
+
+
+@login_required
+@require_POST
+def token_revoke(request: HttpRequest, token_id: int) -> HttpResponse:
+    if services.token_revoke(user=request.user, token_id=token_id):
+        messages.success(request, "Token revoked.")
+    return redirect("tokens")
