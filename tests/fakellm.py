@@ -21,6 +21,7 @@ import json
 import re
 import select
 import socket
+import sys
 import threading
 import time
 from collections import deque
@@ -82,6 +83,11 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True  # a hung stream must never block stop()
     fake: FakeLLM
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Clients resetting idle keep-alive connections is normal, not worth a traceback.
+        if not isinstance(sys.exc_info()[1], _DISCONNECT_ERRORS):
+            super().handle_error(request, client_address)
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive + chunked SSE, like real servers
@@ -126,6 +132,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _chat(self, body: dict[str, Any]) -> None:
         fake = self.server.fake
+        self._completed = False
         plan = fake._plan(body)
         if plan["fail"]:
             err = {"message": f"Fake failure (HTTP {plan['fail']}) requested by !fail",
@@ -139,11 +146,14 @@ class _Handler(BaseHTTPRequestHandler):
             elif plan["hang"] and self._client_gone(None):
                 fake._count("disconnects")
             else:
-                self._json(200, fake._completion(body, plan))
+                # Counted before the write, so a client that got the reply sees it counted.
+                self._completed = True
                 fake._count("completed")
+                self._json(200, fake._completion(body, plan))
         except _DISCONNECT_ERRORS:
             self.close_connection = True
-            fake._count("disconnects")
+            if not self._completed:
+                fake._count("disconnects")
 
     def _stream(self, body: dict[str, Any], plan: dict[str, Any]) -> None:
         fake = self.server.fake
@@ -174,9 +184,11 @@ class _Handler(BaseHTTPRequestHandler):
         self._event(fake._chunk({}, finish_reason=plan["finish_reason"]))
         if (body.get("stream_options") or {}).get("include_usage"):
             self._event(fake._chunk(None, usage=fake._usage(body, plan)))
-        self._write(b"data: [DONE]\n\n")
-        self.wfile.write(b"0\r\n\r\n")  # end of the chunked body: the connection stays reusable
+        # Counted before the last write, so a client that saw [DONE] also sees it counted.
+        self._completed = True
         fake._count("completed")
+        # [DONE], then the end of the chunked body: the connection stays reusable.
+        self.wfile.write(b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n")
 
     def _write(self, data: bytes) -> None:
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
