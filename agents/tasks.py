@@ -12,7 +12,6 @@ from agents.queue import turn_take_next
 from agents.runner import turn_run
 
 
-
 @shared_task(name="agents.tasks.kick_room", acks_late=True, ignore_result=True)
 def kick_room(room_id: int) -> str:
     """Run the room's next queued turn if nobody holds its lease (safe to deliver twice)."""

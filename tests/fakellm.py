@@ -135,9 +135,11 @@ class _Handler(BaseHTTPRequestHandler):
         self._completed = False
         plan = fake._plan(body)
         if plan["fail"]:
-            err = {"message": f"Fake failure (HTTP {plan['fail']}) requested by !fail",
-                   "type": "server_error" if plan["fail"] >= 500 else "invalid_request_error",
-                   "code": "fake_failure"}
+            err = {
+                "message": f"Fake failure (HTTP {plan['fail']}) requested by !fail",
+                "type": "server_error" if plan["fail"] >= 500 else "invalid_request_error",
+                "code": "fake_failure",
+            }
             self._json(plan["fail"], {"error": err})
             return
         try:
@@ -172,16 +174,14 @@ class _Handler(BaseHTTPRequestHandler):
                 raise BrokenPipeError
             self._event(fake._chunk({"content": piece}))
         for index, (name, args) in enumerate(plan["tool_calls"]):
-            # Split the arguments over two chunks (index only on the second), as OpenAI does.
+            # Arguments split over two chunks; only the first has id and name (as OpenAI does).
             half = max(1, len(args) // 2)
-            first = {"index": index, "id": f"call_fake_{index}", "type": "function",
-                     "function": {"name": name, "arguments": args[:half]}}
-            self._event(fake._chunk({"tool_calls": [first]}))
-            if self._client_gone(plan["delay"]):
-                raise BrokenPipeError
-            self._event(fake._chunk({"tool_calls": [
-                {"index": index, "function": {"arguments": args[half:]}}]}))
-        self._event(fake._chunk({}, finish_reason=plan["finish_reason"]))
+            rest = {"index": index, "function": {"arguments": args[half:]}}
+            for part in (_tool_call(index, name, args[:half]), rest):
+                if self._client_gone(plan["delay"]):
+                    raise BrokenPipeError
+                self._event(fake._chunk({"tool_calls": [part]}))
+        self._event(fake._chunk({}, plan["finish_reason"]))
         if (body.get("stream_options") or {}).get("include_usage"):
             self._event(fake._chunk(None, usage=fake._usage(body, plan)))
         # Counted before the last write, so a client that saw [DONE] also sees it counted.
@@ -222,8 +222,15 @@ class _Handler(BaseHTTPRequestHandler):
 class FakeLLM:
     """Fake OpenAI-compatible server; `start()` it, point a client at `base_url`, then `stop()`."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, delay: float = 0.02,
-                 tokens: int = 20, model: str = "fake-model") -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        delay: float = 0.02,
+        tokens: int = 20,
+        model: str = "fake-model",
+    ) -> None:
         self.host, self.port = host, port
         self.delay, self.tokens, self.model = delay, tokens, model
         self._cond = threading.Condition()
@@ -242,8 +249,11 @@ class FakeLLM:
         self._server.fake = self
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-            name=f"fakellm-{self.port}", daemon=True)
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"fakellm-{self.port}",
+            daemon=True,
+        )
         self._thread.start()
         return self
 
@@ -352,36 +362,43 @@ class FakeLLM:
             else:
                 reply = self.default_reply(text, opts.get("tokens"))
         delay = opts["delay"] / 1000 if "delay" in opts else self.delay
-        return {"pieces": split_words(reply), "tool_calls": tool_calls, "delay": delay,
-                "fail": opts.get("fail"), "hang": opts.get("hang", False),
-                "finish_reason": "tool_calls" if tool_calls else "stop"}
+        return {
+            "pieces": split_words(reply),
+            "tool_calls": tool_calls,
+            "delay": delay,
+            "fail": opts.get("fail"),
+            "hang": opts.get("hang", False),
+            "finish_reason": "tool_calls" if tool_calls else "stop",
+        }
 
-    def _chunk(self, delta: dict[str, Any] | None, finish_reason: str | None = None,
-               usage: dict[str, int] | None = None) -> dict[str, Any]:
-        choices = [] if delta is None else [
-            {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]
-        chunk = {"id": "chatcmpl-fake", "object": "chat.completion.chunk",
-                 "created": int(time.time()), "model": self.model, "choices": choices}
-        if usage is not None:
-            chunk["usage"] = usage
-        return chunk
+    def _chunk(self, delta: dict | None, finish: str | None = None, **extra: Any) -> dict:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        choices = [] if delta is None else [choice]  # no choices: the include_usage chunk
+        kind = "chat.completion.chunk"
+        return {"id": "chatcmpl-fake", "object": kind, "created": 0, "model": self.model,
+                "choices": choices, **extra}  # fmt: skip
 
     def _usage(self, body: dict[str, Any], plan: dict[str, Any]) -> dict[str, int]:
-        prompt = sum(len(_message_text(m.get("content")).split()) for m in body.get("messages") or [])
+        texts = (_message_text(m.get("content")) for m in body.get("messages") or [])
+        prompt = sum(len(t.split()) for t in texts)
         completion = len(plan["pieces"]) + len(plan["tool_calls"])
-        return {"prompt_tokens": prompt, "completion_tokens": completion,
-                "total_tokens": prompt + completion}
+        total = prompt + completion
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": total}
 
     def _completion(self, body: dict[str, Any], plan: dict[str, Any]) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": "".join(plan["pieces"])}
-        if plan["tool_calls"]:
-            message["tool_calls"] = [
-                {"id": f"call_fake_{i}", "type": "function", "function": {"name": n, "arguments": a}}
-                for i, (n, a) in enumerate(plan["tool_calls"])]
-        return {"id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
-                "model": body.get("model") or self.model, "usage": self._usage(body, plan),
-                "choices": [{"index": 0, "message": message, "logprobs": None,
-                             "finish_reason": plan["finish_reason"]}]}
+        calls = [_tool_call(i, name, args) for i, (name, args) in enumerate(plan["tool_calls"])]
+        if calls:
+            message["tool_calls"] = calls
+        choice = {"index": 0, "message": message, "finish_reason": plan["finish_reason"]}
+        model, usage = body.get("model") or self.model, self._usage(body, plan)
+        return {"id": "chatcmpl-fake", "object": "chat.completion", "created": 0,
+                "model": model, "choices": [choice], "usage": usage}  # fmt: skip
+
+
+def _tool_call(index: int, name: str, arguments: str) -> dict[str, Any]:
+    function = {"name": name, "arguments": arguments}
+    return {"index": index, "id": f"call_fake_{index}", "type": "function", "function": function}
 
 
 def main() -> None:

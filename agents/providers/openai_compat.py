@@ -48,16 +48,24 @@ _HINTS = {
 class OpenAICompatibleProvider(Provider):
     """Streams Chat Completions through the official `openai` SDK (SDK retries off)."""
 
-    def __init__(self, base_url: str | None, api_key: str, default_model: str,
-                 timeout: float = 60.0, *, include_usage: bool = False) -> None:
+    def __init__(
+        self,
+        base_url: str | None,
+        api_key: str,
+        default_model: str,
+        timeout: float = 60.0,
+        *,
+        include_usage: bool = False,
+    ) -> None:
         self.base_url = base_url or None
         self.default_model = default_model
         self.timeout = timeout
         # stream_options is rejected by some older compatible servers, hence opt-in.
         self.include_usage = include_usage
         # max_retries=0: a silent SDK retry could duplicate text already streamed to users.
-        self.client = openai.OpenAI(base_url=self.base_url, api_key=api_key or "not-needed",
-                                    max_retries=0, timeout=timeout)
+        self.client = openai.OpenAI(
+            base_url=self.base_url, api_key=api_key or "not-needed", max_retries=0, timeout=timeout
+        )
         self.host = urlparse(str(self.client.base_url)).netloc or "api.openai.com"
         self.label = f"{default_model} via {self.host}"
 
@@ -82,13 +90,16 @@ class OpenAICompatibleProvider(Provider):
     def _error(self, exc: Exception) -> ProviderError:
         """Translate an SDK (or unexpected) exception into a readable ProviderError."""
         if isinstance(exc, openai.APITimeoutError):
-            return ProviderError(f"The model server at {self.host} did not answer within "
-                                 f"{self.timeout:g}s.", retryable=True)
+            return ProviderError(
+                f"The model server at {self.host} did not answer within {self.timeout:g}s.",
+                retryable=True,
+            )
         if isinstance(exc, openai.APIConnectionError):
             cause = exc.__cause__ or exc.__context__
             detail = f": {cause}" if cause else "."
-            return ProviderError(f"Could not reach the model server at {self.host}{detail}",
-                                 retryable=True)
+            return ProviderError(
+                f"Could not reach the model server at {self.host}{detail}", retryable=True
+            )
         if isinstance(exc, openai.APIStatusError):
             status = exc.status_code
             body = exc.body
@@ -97,10 +108,12 @@ class OpenAICompatibleProvider(Provider):
             return ProviderError(
                 f"The model server at {self.host} returned HTTP {status}: {detail}"
                 f"{_HINTS.get(status, '')}",
-                retryable=status >= 500 or status in _RETRYABLE_STATUS)
+                retryable=status >= 500 or status in _RETRYABLE_STATUS,
+            )
         if isinstance(exc, openai.APIError):  # an error event inside a 200 stream
-            return ProviderError(f"The model server at {self.host} reported an error: "
-                                 f"{exc.message}", retryable=True)
+            return ProviderError(
+                f"The model server at {self.host} reported an error: {exc.message}", retryable=True
+            )
         return ProviderError(f"Unexpected error from the model server at {self.host}: {exc!r}")
 
 
@@ -132,8 +145,9 @@ class _OpenAIStream(ModelStream):
             usage: dict[str, int] = {}
             while (chunk := self._read(lambda: next(chunks, _END))) not in (_CLOSED, _END):
                 if chunk.usage is not None:  # only with include_usage, in a choice-less chunk
-                    usage = {k: v for k, v in chunk.usage.model_dump().items()
-                             if isinstance(v, int)}
+                    usage = {
+                        k: v for k, v in chunk.usage.model_dump().items() if isinstance(v, int)
+                    }
                 for choice in chunk.choices or ():
                     delta = choice.delta
                     if delta is not None:
@@ -239,8 +253,11 @@ class _ToolCalls:
 
     def requests(self) -> list[ToolCallRequest]:
         return [
-            ToolCallRequest(call_id=c["id"] or f"call_{uuid.uuid4().hex[:24]}", name=c["name"],
-                            arguments=c["arguments"] or "{}")
+            ToolCallRequest(
+                call_id=c["id"] or f"call_{uuid.uuid4().hex[:24]}",
+                name=c["name"],
+                arguments=c["arguments"] or "{}",
+            )
             for _, c in sorted(self._calls.items())
         ]
 

@@ -7,7 +7,15 @@ import threading
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 
-from .base import ModelRequest, ModelStream, Provider, ProviderError, StepEnd, StreamEvent, TextDelta
+from .base import (
+    ModelRequest,
+    ModelStream,
+    Provider,
+    ProviderError,
+    StepEnd,
+    StreamEvent,
+    TextDelta,
+)
 
 #: One scripted reply: a string (streamed word by word, then StepEnd("stop")), a list of
 #: events played exactly as given (an Exception inside it is raised when reached, e.g. after
@@ -86,8 +94,9 @@ class _ScriptedStream(ModelStream):
 
     def __iter__(self) -> Iterator[StreamEvent]:
         for i, event in enumerate(self._events):
-            if (i and self._provider.delay and self._stop.wait(self._provider.delay)) \
-                    or self._stop.is_set():
+            if (
+                i and self._provider.delay and self._stop.wait(self._provider.delay)
+            ) or self._stop.is_set():
                 return
             if isinstance(event, BaseException):
                 raise as_provider_error(event)

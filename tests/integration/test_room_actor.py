@@ -85,7 +85,7 @@ def test_three_messages_sent_during_an_answer_are_answered_one_at_a_time_in_orde
     assert answers[1:] == ["answer 2", "answer 3", "answer 4"]
     turns = list(Turn.objects.filter(room=room).order_by("queue_seq"))
     assert [t.status for t in turns] == ["done"] * 4
-    for earlier, later in zip(turns, turns[1:]):
+    for earlier, later in zip(turns, turns[1:], strict=False):
         assert earlier.finished_at <= later.started_at, "two turns of one room overlapped"
     assert_matches_database(a, room)
 
@@ -244,7 +244,7 @@ def test_each_bad_frame_gets_its_error_code_changes_nothing_and_keeps_the_socket
         for _expected, raw in BAD_FRAMES:
             n = len(a.errors)
             await a.send_raw(raw)
-            await a.wait_for(lambda c: len(c.errors) > n, timeout=5)
+            await a.wait_for(lambda c, n=n: len(c.errors) > n, timeout=5)
             codes.append(a.errors[-1]["code"])
         pongs = sum(f["type"] == "pong" for f in a.frames)
         await a.ping()  # the socket is still usable

@@ -29,7 +29,9 @@ from agents.providers.openai_compat import OpenAICompatibleProvider
 from agents.providers.scripted import ScriptedProvider
 from tests.fakellm import FakeLLM
 
-TOOLS = ({"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}},)
+TOOLS = (
+    {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}},
+)
 
 
 @pytest.fixture(autouse=True)
@@ -77,7 +79,9 @@ class Reader(threading.Thread):
 # -- OpenAICompatibleProvider against FakeLLM ---------------------------------------------------
 
 
-def test_streams_default_reply_as_text_deltas(fake_llm: FakeLLM, provider: OpenAICompatibleProvider):
+def test_streams_default_reply_as_text_deltas(
+    fake_llm: FakeLLM, provider: OpenAICompatibleProvider
+):
     with provider.stream(req("hello there !tokens=7")) as stream:
         events = list(stream)
     assert text_of(events) == fake_llm.default_reply("hello there", tokens=7)
@@ -104,11 +108,16 @@ def test_fake_scripted_replies_are_used_in_order(fake_llm: FakeLLM, provider):
 
 
 def test_messages_tools_and_usage_are_sent(fake_llm: FakeLLM):
-    provider = OpenAICompatibleProvider(fake_llm.base_url, "k", "fake-model", 10, include_usage=True)
+    provider = OpenAICompatibleProvider(
+        fake_llm.base_url, "k", "fake-model", 10, include_usage=True
+    )
     call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
-    messages = (ChatMessage("system", "be brief"), ChatMessage("user", "hi"),
-                ChatMessage("assistant", "", tool_calls=(call,)),
-                ChatMessage("tool", "42", tool_call_id="c1"))
+    messages = (
+        ChatMessage("system", "be brief"),
+        ChatMessage("user", "hi"),
+        ChatMessage("assistant", "", tool_calls=(call,)),
+        ChatMessage("tool", "42", tool_call_id="c1"),
+    )
     events = list(provider.stream(ModelRequest("other-model", messages, TOOLS, temperature=0.2)))
     body = fake_llm.requests[0]
     assert body["model"] == "other-model" and body["temperature"] == 0.2
@@ -174,8 +183,10 @@ def test_connection_survives_a_completed_stream(fake_llm: FakeLLM, provider):
     assert fake_llm.disconnects == 0
 
 
-@pytest.mark.parametrize(("code", "retryable"), [(500, True), (503, True), (429, True),
-                                                 (400, False), (401, False), (404, False)])
+@pytest.mark.parametrize(
+    ("code", "retryable"),
+    [(500, True), (503, True), (429, True), (400, False), (401, False), (404, False)],
+)
 def test_http_errors_map_to_provider_error(fake_llm, provider, code: int, retryable: bool):
     with pytest.raises(ProviderError) as info:
         list(provider.stream(req(f"!fail={code}")))
@@ -205,8 +216,10 @@ def test_tool_calls_are_assembled_by_index(fake_llm: FakeLLM, provider):
     text = 'weather? !tool=get_weather:{"city": "Paris", "unit": "C"} !tool=get_time:{}'
     events = list(provider.stream(req(text, tools=TOOLS)))
     calls = [e for e in events if isinstance(e, ToolCallRequest)]
-    assert [(c.call_id, c.name) for c in calls] == [("call_fake_0", "get_weather"),
-                                                    ("call_fake_1", "get_time")]
+    assert [(c.call_id, c.name) for c in calls] == [
+        ("call_fake_0", "get_weather"),
+        ("call_fake_1", "get_time"),
+    ]
     assert json.loads(calls[0].arguments) == {"city": "Paris", "unit": "C"}
     assert json.loads(calls[1].arguments) == {}
     assert events[-1].finish_reason == "tool_calls"
@@ -242,8 +255,14 @@ def test_fake_http_endpoints(fake_llm: FakeLLM):
 
 def test_scripted_provider_plays_replies_and_records():
     error = ProviderError("boom", retryable=True)
-    provider = ScriptedProvider(["Hello  big\nworld ", [TextDelta("a"), StepEnd("length")],
-                                 error, [TextDelta("part"), ConnectionError("reset")]])
+    provider = ScriptedProvider(
+        [
+            "Hello  big\nworld ",
+            [TextDelta("a"), StepEnd("length")],
+            error,
+            [TextDelta("part"), ConnectionError("reset")],
+        ]
+    )
     first = list(provider.stream(req("one")))
     assert text_of(first) == "Hello  big\nworld " and len(first) > 3
     assert first[-1] == StepEnd("stop")
@@ -257,8 +276,13 @@ def test_scripted_provider_plays_replies_and_records():
     assert info.value.retryable and seen == [TextDelta("part")]
     with pytest.raises(ProviderError, match="no scripted reply"):
         list(provider.stream(req("five")))
-    assert [r.messages[0].content for r in provider.requests] == ["one", "two", "three",
-                                                                   "four", "five"]
+    assert [r.messages[0].content for r in provider.requests] == [
+        "one",
+        "two",
+        "three",
+        "four",
+        "five",
+    ]
 
 
 def test_scripted_provider_close_is_prompt_and_counted():
@@ -299,14 +323,28 @@ def test_scripted_provider_is_thread_safe():
 
 def test_demo_provider_streams_a_labelled_markdown_answer():
     provider = DemoProvider(delay=0)
-    request = ModelRequest("demo", (ChatMessage("user", "old"), ChatMessage("assistant", "x"),
-                                    ChatMessage("user", "\nWhat is Django?\nsecond line")))
+    request = ModelRequest(
+        "demo",
+        (
+            ChatMessage("user", "old"),
+            ChatMessage("assistant", "x"),
+            ChatMessage("user", "\nWhat is Django?\nsecond line"),
+        ),
+    )
     events = list(provider.stream(request))
     text = text_of(events)
     assert text == provider.answer(request)
     assert "> What is Django?" in text and "second line" not in text
-    for needle in ("demo", "LLM_BASE_URL", "LLM_API_KEY", "LLM_MODEL", "https://api.openai.com/v1",
-                   "http://localhost:11434/v1", "\n- ", "```bash"):
+    for needle in (
+        "demo",
+        "LLM_BASE_URL",
+        "LLM_API_KEY",
+        "LLM_MODEL",
+        "https://api.openai.com/v1",
+        "http://localhost:11434/v1",
+        "\n- ",
+        "```bash",
+    ):
         assert needle in text
     assert events[-1] == StepEnd("stop")
     assert provider.is_demo and provider.label == "Demo model (offline)"
@@ -330,8 +368,9 @@ def test_demo_provider_close_stops_promptly():
 @pytest.fixture
 def llm_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[types.SimpleNamespace]:
     # get_provider() reads django.conf.settings at call time: a stand-in keeps Django out.
-    fake_settings = types.SimpleNamespace(LLM_PROVIDER="demo", LLM_BASE_URL="",
-                                          LLM_API_KEY="", LLM_MODEL="m", LLM_TIMEOUT=5.0)
+    fake_settings = types.SimpleNamespace(
+        LLM_PROVIDER="demo", LLM_BASE_URL="", LLM_API_KEY="", LLM_MODEL="m", LLM_TIMEOUT=5.0
+    )
     monkeypatch.setattr("django.conf.settings", fake_settings)
     reset_provider_cache()
     yield fake_settings

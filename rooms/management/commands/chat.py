@@ -50,7 +50,9 @@ class Command(BaseCommand):
                 deltas += 1
                 out.write(frame["text"])
             elif kind == "snapshot" and live:
-                out.write(f"\n(resumed: {len(frame['content'])} chars so far, next chunk {frame['next_index']})")
+                out.write(
+                    f"\n(resumed: {len(frame['content'])} chars so far, next chunk {frame['next_index']})"
+                )
             elif kind == "message_update" and frame["message"]["status"] != "complete":
                 out.write(f"  [{frame['message']['status']}]")
             elif kind == "turn" and frame["turn"]["status"] == "done" and live:
@@ -77,7 +79,10 @@ class Command(BaseCommand):
         while opts["tail"] or self._streaming(client):
             if opts["drop_after"] and not dropped and deltas >= opts["drop_after"]:
                 dropped = True
-                out.write(f"\n-- dropping the socket after {deltas} deltas; reconnecting with since={client.state.last_seq} --")
+                out.write(
+                    f"\n-- dropping the socket after {deltas} deltas;"
+                    f" reconnecting with since={client.state.last_seq} --"
+                )
                 await client.drop()
                 await client.connect()
             await asyncio.sleep(0.05)
