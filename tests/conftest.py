@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import Iterator
@@ -12,6 +13,30 @@ import pytest
 # Playwright's sync API and our asyncio.run() scenarios run an event loop in the test thread;
 # the test code itself only does short ORM set-up around them.
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: None) -> None:
+    """One test database per run (test_chat_<pid>), so two runs on one Postgres never collide;
+    databases left by runs that were killed are dropped first."""
+    import psycopg
+    from django.conf import settings
+
+    db = settings.DATABASES["default"]
+    base = f"test_{db['NAME']}"
+    db.setdefault("TEST", {})["NAME"] = f"{base}_{os.getpid()}"
+    params = {k: v for k, v in {
+        "host": db.get("HOST"), "port": db.get("PORT"), "user": db.get("USER"),
+        "password": db.get("PASSWORD"),
+    }.items() if v}
+    with psycopg.connect(dbname="postgres", autocommit=True, **params) as conn:
+        names = conn.execute(
+            "SELECT datname FROM pg_database WHERE datname LIKE %s", [f"{base}\\_%"]
+        ).fetchall()
+        for (name,) in names:
+            pid = name.rsplit("_", 1)[-1]
+            if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -44,9 +69,49 @@ def stack(_isolated_run: None, django_db_blocker: Any) -> Iterator[Any]:
 
 
 @pytest.fixture
-def fake(stack: Any) -> Any:
+def fake(stack: Any) -> Iterator[Any]:
+    """The fake LLM, reset; afterwards the stack is left idle so the table flush can't deadlock."""
     stack.fake.reset()
-    return stack.fake
+    yield stack.fake
+    stack_quiesce()
+
+
+def stack_quiesce(timeout: float = 15.0) -> None:
+    """Stop every turn and wait until no worker writes (before pytest-django truncates tables)."""
+    import time
+
+    from agents.models import Turn
+
+    Turn.objects.filter(status="queued").update(status="cancelled")
+    Turn.objects.filter(status="running").update(cancel_requested=True)
+    deadline = time.monotonic() + timeout
+    while Turn.objects.filter(status="running").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.1)  # the last broadcast after commit
+
+
+def run_async(coro: Any) -> Any:
+    """asyncio.run in a fresh thread: the test thread may already run Playwright's loop."""
+    import threading
+
+    from django.db import connections
+
+    result: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            result["value"] = asyncio.run(coro)
+        except BaseException as exc:  # re-raised in the test thread
+            result["error"] = exc
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=target, name="scenario")
+    thread.start()
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    return result.get("value")
 
 
 def make_user(name: str) -> tuple[Any, str]:

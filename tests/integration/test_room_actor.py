@@ -14,6 +14,7 @@ import pytest
 from agents.models import Turn
 from rooms.client import RoomClient
 from rooms.models import Message, RoomEvent, StreamChunk
+from tests.conftest import run_async
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -62,7 +63,7 @@ def test_two_clients_see_identical_transcripts_in_the_same_seq_order(stack, fake
         await a.close()
         await b.close()
 
-    asyncio.run(scenario())
+    run_async(scenario())
     assert Message.objects.filter(room=room, role="assistant", status="complete").count() == 2
 
 
@@ -80,7 +81,7 @@ def test_three_messages_sent_during_an_answer_are_answered_one_at_a_time_in_orde
         await a.close()
         return a
 
-    a = asyncio.run(scenario())
+    a = run_async(scenario())
     answers = [m.content for m in assistant_messages(a)]
     assert answers[1:] == ["answer 2", "answer 3", "answer 4"]
     turns = list(Turn.objects.filter(room=room).order_by("queue_seq"))
@@ -111,7 +112,7 @@ def test_reconnect_with_since_after_k_deltas_converges_without_gap_or_duplicate(
         await a.close()
         return a
 
-    a = asyncio.run(scenario())
+    a = run_async(scenario())
     assert_matches_database(a, room)
     message = Message.objects.get(room=room, role="assistant")
     assert message.status == "complete"
@@ -128,7 +129,7 @@ def test_a_turn_finishes_with_no_client_connected_and_a_later_client_gets_it(sta
         await a.wait_ack(await a.send("answer while nobody watches !tokens=30 !delay=20"))
         await a.close()
 
-    asyncio.run(send_and_leave())
+    run_async(send_and_leave())
     deadline = time.monotonic() + 30
     while not Turn.objects.filter(room=room, status="done").exists():
         assert time.monotonic() < deadline, "the turn did not finish without a client"
@@ -140,7 +141,7 @@ def test_a_turn_finishes_with_no_client_connected_and_a_later_client_gets_it(sta
         await b.close()
         return b
 
-    b = asyncio.run(come_back())
+    b = run_async(come_back())
     answer = assistant_messages(b)[0]
     assert answer.status == "complete" and answer.content.endswith("w30")
     assert_matches_database(b, room)
@@ -161,7 +162,7 @@ def test_resending_a_send_with_the_same_client_id_stores_one_message_and_acks_tw
         await a.close()
         return [f for f in a.frames if f["type"] == "ack"]
 
-    acks = asyncio.run(scenario())
+    acks = run_async(scenario())
     assert acks[0] == acks[1]
     assert Message.objects.filter(room=room, client_id=client_id).count() == 1
     assert Turn.objects.filter(room=room).count() == 1
@@ -179,7 +180,7 @@ def test_cancel_keeps_the_partial_text_marks_it_cancelled_and_closes_the_llm_str
         await a.close()
         return a
 
-    a = asyncio.run(scenario())
+    a = run_async(scenario())
     message = Message.objects.get(room=room, role="assistant")
     assert message.status == "cancelled"
     assert message.content and not message.content.endswith("w300")
@@ -205,7 +206,7 @@ def test_a_worker_killed_mid_stream_is_recovered_and_the_next_turn_runs(stack, f
         await a.close()
         return a
 
-    a = asyncio.run(scenario())
+    a = run_async(scenario())
     first, second = Turn.objects.filter(room=room).order_by("queue_seq")
     assert first.status == "interrupted"
     assert second.status == "done"
@@ -252,7 +253,7 @@ def test_each_bad_frame_gets_its_error_code_changes_nothing_and_keeps_the_socket
         await a.close()
         return codes
 
-    codes = asyncio.run(scenario())
+    codes = run_async(scenario())
     assert codes == [expected for expected, _ in BAD_FRAMES]
     assert (Message.objects.count(), RoomEvent.objects.count(), Turn.objects.count()) == before
 
@@ -269,7 +270,7 @@ def test_a_member_removed_mid_socket_gets_forbidden_and_nothing_is_stored(stack,
         await b.close()
         return b.errors[-1]
 
-    error = asyncio.run(scenario())
+    error = run_async(scenario())
     assert error["code"] == "forbidden"
     assert not Message.objects.filter(room=room).exists()
 
@@ -285,6 +286,6 @@ def test_private_rooms_refuse_non_members_and_unknown_tokens(stack, fake, alice,
             await c.connect()
         return c.close_code
 
-    assert asyncio.run(close_code(bob[1], private.slug)) == 4403
-    assert asyncio.run(close_code("rct_not-a-token", private.slug)) == 4401
-    assert asyncio.run(close_code(alice[1], "no-such-room")) == 4404
+    assert run_async(close_code(bob[1], private.slug)) == 4403
+    assert run_async(close_code("rct_not-a-token", private.slug)) == 4401
+    assert run_async(close_code(alice[1], "no-such-room")) == 4404

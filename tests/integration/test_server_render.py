@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import html as htmllib
 import re
 from typing import Any
@@ -11,6 +10,7 @@ import pytest
 from django.test import Client
 
 from rooms.client import RoomClient
+from tests.conftest import run_async
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -69,7 +69,7 @@ def test_a_page_rendered_mid_stream_plus_later_events_equals_a_fresh_render(stac
         await a.close()
         return a
 
-    asyncio.run(post(["first **bold** <script>x</script> !tokens=80 !delay=20", "second !say=*done*"]))
+    run_async(post(["first **bold** <script>x</script> !tokens=80 !delay=20", "second !say=*done*"]))
     old_seq, old = parse_page(browser.get(f"/r/{room.slug}/").content.decode())
     assert any(m["status"] == "streaming" for m in old.values()), "rendered mid-stream"
 
@@ -83,7 +83,7 @@ def test_a_page_rendered_mid_stream_plus_later_events_equals_a_fresh_render(stac
         await c.close()
         return [f for f in c.frames if "seq" in f and f["type"] != "ready"]
 
-    frames = asyncio.run(events_after(old_seq))
+    frames = run_async(events_after(old_seq))
     assert frames and frames[0]["seq"] == old_seq + 1
     apply_events(old, frames)
     new_seq, fresh = parse_page(browser.get(f"/r/{room.slug}/").content.decode())

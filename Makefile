@@ -1,0 +1,66 @@
+# Development tasks; `make help` lists them. Everything runs from the virtualenv in .venv.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+RUN_ARGS ?=
+# set to 1 to let `make test` pass when pytest collects no test (exit code 5)
+ALLOW_NO_TESTS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help venv install chromium run test services-start services-stop services-status \
+	lint clean-data
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) \
+		| awk -F':.*## ' '{printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}'
+
+venv: $(STAMP) ## create .venv and install the dependencies (again only when pyproject.toml changes)
+
+install: $(STAMP) ## same as venv
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# The project is not an installable package (packages = []): install its dependency lists,
+# main + [test], read from pyproject.toml. (`pip install -e .` would work too but leaves
+# roomchat.egg-info behind in the work tree.)
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
+		print("\n".join(p["dependencies"] + p["optional-dependencies"]["test"]))' \
+		> $(VENV)/requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r $(VENV)/requirements.txt
+	touch $@
+
+chromium: ## install Debian's chromium (browser tests) unless /usr/bin/chromium exists
+	@if [ ! -x /usr/bin/chromium ]; then \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update && \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
+	fi
+
+run: $(STAMP) ## run the chat: Postgres+Redis (embedded), Daphne, Celery worker and beat (RUN_ARGS="--port 8001")
+	$(PY) -m chatproject.stack run $(RUN_ARGS)
+
+test: $(STAMP) chromium ## run the tests (PYTEST_ARGS="-x -k name" passes options to pytest)
+	@rc=0; $(PY) -m pytest $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ] && [ -n "$(ALLOW_NO_TESTS)" ] && [ "$(ALLOW_NO_TESTS)" != 0 ]; then \
+		echo "pytest collected no tests (allowed by ALLOW_NO_TESTS)"; rc=0; \
+	fi; exit $$rc
+
+services-start: $(STAMP) ## start the embedded PostgreSQL and Redis (data in .devdata)
+	$(PY) -m chatproject.embedded start
+
+services-stop: ## stop the embedded PostgreSQL and Redis
+	@if [ -x $(PY) ] && [ -d .devdata ]; then $(PY) -m chatproject.embedded stop; fi
+
+services-status: ## show whether the embedded PostgreSQL and Redis are running
+	@$(PY) -m chatproject.embedded status
+
+lint: $(STAMP) ## ruff check
+	$(PY) -m ruff check .
+
+clean-data: services-stop ## stop the embedded services and delete .devdata (database, Redis data, static)
+	rm -rf .devdata

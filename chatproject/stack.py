@@ -1,0 +1,392 @@
+"""Run the whole chat stack in one terminal: ``python -m chatproject.stack run`` (``make run``).
+
+1. Starts the embedded PostgreSQL/Redis (``chatproject.embedded``) unless DATABASE_URL/REDIS_URL
+   are set (in the environment or in .env), and hands their URLs to every child.
+2. ``manage.py migrate`` and ``manage.py collectstatic``.
+3. Children: Daphne (``[web]``), Celery worker(s) (``[worker]``) and Celery beat (``[beat]``),
+   their output prefixed with their name.
+4. Ctrl-C / SIGTERM: SIGTERM to the children, SIGKILL after a grace period, then stops the
+   embedded servers that this run started (servers that were already running are left alone).
+   A child that dies on its own stops everything and the runner exits non-zero.
+
+Django settings are never imported here: the children do that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DATA_DIR = BASE_DIR / ".devdata"
+GRACE_SECONDS = 10.0
+
+_print_lock = threading.Lock()
+_COLORS = ["36", "33", "35", "32", "34", "31"]
+
+
+_output_broken = False
+
+
+def emit(text: str) -> None:
+    """Write to stdout; a closed stdout (e.g. `make run | tee` after Ctrl-C killed tee) must
+    not stop the runner from cleaning up, so output is dropped from then on."""
+    global _output_broken
+    with _print_lock:
+        if _output_broken:
+            return
+        try:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        except (BrokenPipeError, OSError, ValueError):
+            _output_broken = True
+
+
+def say(msg: str) -> None:
+    emit(f"[stack] {msg}\n")
+
+
+def _set_pdeathsig() -> None:
+    """In the child: get SIGTERM if the runner dies without cleaning up (e.g. SIGKILL)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+class Child:
+    def __init__(self, name: str, argv: list[str], color: str | None):
+        self.name = name
+        self.argv = argv
+        self.color = color
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.reader: threading.Thread | None = None
+
+    def start(self, env: dict[str, str], pass_fds: tuple[int, ...] = ()) -> None:
+        self.proc = subprocess.Popen(
+            self.argv,
+            cwd=BASE_DIR,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            # own process group: the terminal's Ctrl-C reaches only the runner, which then
+            # stops the children in order; the group also holds Celery's pool processes
+            start_new_session=True,
+            pass_fds=pass_fds,
+            preexec_fn=_set_pdeathsig if sys.platform.startswith("linux") else None,
+        )
+
+    def start_reader(self) -> None:
+        self.reader = threading.Thread(target=self._pump, name=f"pump-{self.name}", daemon=True)
+        self.reader.start()
+
+    def _pump(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        tag = f"[{self.name}]"
+        if self.color:
+            tag = f"\033[{self.color}m{tag}\033[0m"
+        for raw in iter(self.proc.stdout.readline, b""):
+            emit(f"{tag} {raw.decode(errors='replace').rstrip(chr(13) + chr(10))}\n")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def group_alive(self) -> bool:
+        """Anything left in the child's process group (e.g. Celery pool processes)?"""
+        if self.proc is None:
+            return False
+        try:
+            os.killpg(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def signal_group(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, sig)
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+
+
+def _read_dotenv() -> None:
+    """Honour DATABASE_URL/REDIS_URL from .env like settings does (it setdefaults os.environ)."""
+    env_file = BASE_DIR / ".env"
+    if env_file.exists():
+        import environ
+
+        environ.Env.read_env(str(env_file))
+
+
+def _manage(args: list[str], env: dict[str, str], label: str) -> None:
+    cmd = [sys.executable, str(BASE_DIR / "manage.py"), *args]
+    result = subprocess.run(
+        cmd,
+        cwd=BASE_DIR,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines = result.stdout.splitlines()
+    if result.returncode != 0:
+        for line in lines:
+            say(f"{label}: {line}")
+        raise SystemExit(f"[stack] manage.py {' '.join(args)} failed ({result.returncode})")
+    applied = [line.strip() for line in lines if line.strip().startswith("Applying ")]
+    for line in applied:
+        say(f"{label}: {line}")
+    if label == "migrate":
+        say("migrate: " + (f"{len(applied)} migration(s) applied" if applied else "up to date"))
+
+
+def _check_port_free(host: str, port: int) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise SystemExit(f"[stack] cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+def _shared_listener(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise SystemExit(f"[stack] cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(1024)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _probe_host(host: str) -> str:
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+class Stopper:
+    """Signal handling: before the children run a signal aborts; after, it requests a stop."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.running = False
+        self.signals = 0
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.signals += 1
+        if not self.running:
+            raise KeyboardInterrupt
+        if self.signals == 1:
+            say(f"got {signal.Signals(signum).name}, stopping (again to force)...")
+        self.event.set()
+
+
+def _stop_children(children: list[Child], stopper: Stopper) -> None:
+    alive = [c for c in children if c.alive()]
+    for child in alive:
+        child.signal(signal.SIGTERM)
+    deadline = time.monotonic() + GRACE_SECONDS
+    forced_at = stopper.signals
+    while time.monotonic() < deadline and any(c.alive() for c in children):
+        if stopper.signals > max(forced_at, 1):
+            say("forced stop")
+            break
+        time.sleep(0.1)
+    for child in children:
+        if child.alive():
+            say(f"{child.name} (pid {child.pid}) did not stop in time: SIGKILL")
+            child.signal_group(signal.SIGKILL)
+    # leftovers of each group (Celery pool processes whose parent is gone, ...)
+    for child in children:
+        if child.group_alive():
+            child.signal_group(signal.SIGTERM)
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and any(c.group_alive() for c in children):
+        time.sleep(0.1)
+    for child in children:
+        if child.group_alive():
+            child.signal_group(signal.SIGKILL)
+    for child in children:
+        if child.proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.proc.wait(timeout=5)
+        if child.reader is not None:
+            child.reader.join(timeout=2)
+
+
+def run(args: argparse.Namespace) -> int:
+    stopper = Stopper()
+    signal.signal(signal.SIGINT, stopper)
+    signal.signal(signal.SIGTERM, stopper)
+    signal.signal(signal.SIGHUP, stopper)
+
+    _read_dotenv()
+    need_pg = not os.environ.get("DATABASE_URL")
+    need_redis = not os.environ.get("REDIS_URL")
+    started_services: list[str] = []
+    children: list[Child] = []
+    listener: socket.socket | None = None
+    exit_code = 0
+    try:
+        # fail fast, before starting anything, when the web port is taken
+        pass_fds: tuple[int, ...] = ()
+        web_args: list[str] = []
+        if args.asgi == 1:
+            _check_port_free(args.host, args.port)
+            web_args = ["-b", args.host, "-p", str(args.port)]
+        elif args.asgi > 1:
+            # several Daphne processes accept on one listening socket made here
+            listener = _shared_listener(args.host, args.port)
+            pass_fds = (listener.fileno(),)
+            web_args = ["--fd", str(listener.fileno())]
+
+        env = dict(os.environ)
+        if need_pg or need_redis:
+            from chatproject import embedded
+
+            t0 = time.monotonic()
+            result = embedded.start_services(DATA_DIR, postgres=need_pg, redis=need_redis)
+            started_services = result.started
+            env.update(result.env)
+            what = ", ".join(result.started) or "none (already running)"
+            say(f"embedded services ready in {time.monotonic() - t0:.1f}s; started: {what}")
+        env.setdefault("DJANGO_SETTINGS_MODULE", "chatproject.settings")
+        env["PYTHONUNBUFFERED"] = "1"
+        say(f"DATABASE_URL={env.get('DATABASE_URL')}  REDIS_URL={env.get('REDIS_URL')}")
+
+        _manage(["migrate", "--noinput"], env, "migrate")
+        _manage(["collectstatic", "--noinput", "--verbosity", "0"], env, "collectstatic")
+
+        color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+        palette = iter(_COLORS * 10)
+        py = sys.executable
+        for i in range(args.asgi):
+            name = "web" if i == 0 else f"web{i + 1}"
+            argv = [py, "-m", "daphne", *web_args, "chatproject.asgi:application"]
+            children.append(Child(name, argv, next(palette) if color else None))
+        for i in range(args.workers):
+            name = "worker" if i == 0 else f"worker{i + 1}"
+            argv = [py, "-m", "celery", "-A", "chatproject", "worker", "-l", "info"]
+            argv += ["-P", "prefork", "--concurrency", str(args.concurrency)]
+            if args.workers > 1:
+                argv += ["-n", f"worker{i + 1}@%h"]
+            children.append(Child(name, argv, next(palette) if color else None))
+        if args.beat:
+            schedule = DATA_DIR / "celerybeat-schedule"
+            DATA_DIR.mkdir(parents=True, exist_ok=True)
+            argv = [py, "-m", "celery", "-A", "chatproject", "beat", "-l", "info"]
+            argv += ["--schedule", str(schedule)]
+            children.append(Child("beat", argv, next(palette) if color else None))
+
+        # spawn all first (preexec_fn is only safe before the reader threads exist), then read
+        stopper.running = True
+        for child in children:
+            child.start(env, pass_fds if child.name.startswith("web") else ())
+        if listener is not None:
+            listener.close()  # the Daphne processes hold it now
+            listener = None
+        for child in children:
+            child.start_reader()
+        say("started " + ", ".join(f"{c.name} (pid {c.pid})" for c in children))
+
+        announced = args.asgi == 0
+        if announced:
+            say("running without a web server (Ctrl-C to stop)")
+        started_at = time.monotonic()
+        warned = False
+        while not stopper.event.wait(0.2):
+            dead = [c for c in children if not c.alive()]
+            if dead:
+                for c in dead:
+                    say(f"{c.name} exited unexpectedly with code {c.proc.returncode}")  # type: ignore[union-attr]
+                say("shutting everything down")
+                exit_code = 1
+                break
+            if not announced:
+                with contextlib.suppress(OSError):
+                    socket.create_connection((_probe_host(args.host), args.port), 0.2).close()
+                    announced = True
+                    url = f"http://{_url_host(args.host)}:{args.port}/"
+                    emit(f"\n    Chat is running at {url} (Ctrl-C to stop)\n\n")
+                if not announced and not warned and time.monotonic() - started_at > 30:
+                    warned = True
+                    say(f"web server still not answering on {args.host}:{args.port}")
+    except KeyboardInterrupt:
+        say("interrupted")
+        exit_code = 130
+    except SystemExit as exc:
+        if exc.code not in (None, 0):
+            if isinstance(exc.code, str):
+                with contextlib.suppress(OSError):
+                    print(exc.code, file=sys.stderr, flush=True)
+            exit_code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        # from here on a signal only counts towards forcing
+        stopper.running = True
+        stopper.event.set()
+        stopping_at = time.monotonic()
+        if listener is not None:
+            listener.close()
+        if children:
+            say("stopping " + ", ".join(c.name for c in children if c.alive()))
+            _stop_children(children, stopper)
+        if started_services:
+            from chatproject import embedded
+
+            say("stopping embedded " + ", ".join(started_services))
+            embedded.stop_services(
+                DATA_DIR,
+                postgres="postgres" in started_services,
+                redis="redis" in started_services,
+            )
+        say(f"stopped in {time.monotonic() - stopping_at:.1f}s")
+    return exit_code
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m chatproject.stack")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="run Daphne + Celery worker + beat (+ embedded services)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--asgi", type=int, default=1, help="Daphne processes (default 1)")
+    p.add_argument("--workers", type=int, default=1, help="Celery worker processes (default 1)")
+    p.add_argument("--concurrency", type=int, default=2, help="pool size per worker (default 2)")
+    p.add_argument("--beat", type=int, choices=[0, 1], default=1, help="run Celery beat")
+    args = parser.parse_args(argv)
+    if args.asgi < 0 or args.workers < 0 or args.concurrency < 1:
+        parser.error("--asgi/--workers must be >= 0 and --concurrency >= 1")
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
