@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -16,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import websockets
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -169,7 +172,10 @@ class RoomClient:
                 if kind == "ready":
                     self.ready.set()
                 if self.on_frame is not None:
-                    self.on_frame(frame)
+                    try:
+                        self.on_frame(frame)
+                    except Exception:  # a display bug must not stop the socket reader
+                        log.exception("on_frame failed for %s", kind)
         except websockets.ConnectionClosed:
             pass
         finally:

@@ -39,22 +39,32 @@ class Command(BaseCommand):
         deltas = 0
         live = False
 
+        shown: dict[int, int] = {}  # characters of each message already on screen
+
+        def write_rest(message_id: int, content: str) -> None:
+            out.write(content[shown.get(message_id, 0):])
+            shown[message_id] = max(shown.get(message_id, 0), len(content))
+
         def show(frame: dict[str, Any]) -> None:
             nonlocal deltas
             kind = frame["type"]
             if kind == "message" and (live or opts["since"] is not None):
                 m = frame["message"]
                 who = (m["author"] or {}).get("name", "Assistant")
-                out.write(f"\n[{frame['seq']}] {who}: {m['content']}")
+                out.write(f"\n[{frame['seq']}] {who}: ")
+                shown[m["id"]] = 0
+                write_rest(m["id"], m["content"])
             elif kind == "delta" and live:
                 deltas += 1
-                out.write(frame["text"])
+                write_rest(frame["message_id"], client.state.messages[frame["message_id"]].content)
             elif kind == "snapshot" and live:
-                out.write(
-                    f"\n(resumed: {len(frame['content'])} chars so far, next chunk {frame['next_index']})"
-                )
-            elif kind == "message_update" and frame["message"]["status"] != "complete":
-                out.write(f"  [{frame['message']['status']}]")
+                out.write(f"\n-- resumed at chunk {frame['next_index']}; the text since the drop: --\n")
+                write_rest(frame["message_id"], frame["content"])
+            elif kind == "message_update" and frame["message"]["id"] in shown:
+                m = frame["message"]
+                write_rest(m["id"], m["content"])
+                if m["status"] != "complete":
+                    out.write(f"  [{m['status']}]")
             elif kind == "turn" and frame["turn"]["status"] == "done" and live:
                 out.write(f"\n[{frame['seq']}] (turn {frame['turn']['id']} done)")
             elif kind == "error":
