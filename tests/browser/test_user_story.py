@@ -108,3 +108,39 @@ def test_an_answer_finishes_with_every_tab_closed(stack, fake, room, alice, page
     assert message.status == "complete" and message.content.endswith("w40")
     assert again.locator("li.msg.role-assistant").get_attribute("data-status") == "complete"
     assert assistant_bodies(again)[0].strip() == message.content.strip()
+
+
+def test_sign_up_create_a_room_and_a_guest_joins_it(stack, fake, chromium):
+    signup = chromium.new_context()
+    guest = chromium.new_context()
+    try:
+        a = signup.new_page()
+        a.goto(stack.base_url + "/")
+        a.click("text=Sign up")
+        a.fill("#id_username", "carol")
+        a.fill("#id_display_name", "Carol")
+        a.fill("#id_password1", "a-long-Passw0rd!")
+        a.fill("#id_password2", "a-long-Passw0rd!")
+        a.click("button:has-text('Create account')")
+        a.fill("#id_title", "Book club")
+        a.click("button:has-text('Create room')")
+        a.wait_for_url(re.compile(r"/r/book-club-[0-9a-f]+/$"))
+        wait_live(a)
+        room_path = a.url.split(stack.base_url)[1]
+        send(a, "What should we read next? !say=Try *Middlemarch*.")
+        a.wait_for_selector("li.msg.role-assistant[data-status=complete] em >> text=Middlemarch")
+
+        g = guest.new_page()
+        g.goto(f"{stack.base_url}/guest/?next={room_path}")
+        g.fill("#id_display_name", "Dana (guest)")
+        g.click("button:has-text('Join')")
+        g.wait_for_url(re.compile(re.escape(room_path) + "$"))
+        wait_live(g)
+        assert "What should we read next?" in g.locator("#transcript").inner_text()
+        send(g, "Hi from a guest !say=Welcome, Dana.")
+        a.wait_for_selector("li.msg.role-user >> text=Hi from a guest")
+        a.wait_for_selector("li.msg.role-assistant >> text=Welcome, Dana.")
+        assert "Dana (guest)" in a.locator("#transcript").inner_text()
+    finally:
+        signup.close()
+        guest.close()
