@@ -194,6 +194,13 @@ def turn_run(*, taken: TakenTurn) -> str:
             batcher.flush()
         except LeaseLost:
             return "lost"
+    except Exception as exc:  # a bug or a database fault: end the turn in a known state
+        log.exception("turn %s crashed", taken.turn_id)
+        status, error = Turn.Status.FAILED, f"internal error: {type(exc).__name__}"
+        try:
+            batcher.flush()
+        except Exception:
+            log.warning("turn %s: could not save the last chunk", taken.turn_id)
     if not turn_finish(taken=taken, status=status, error=error):
         return "lost"
     return status
