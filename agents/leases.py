@@ -10,8 +10,15 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from agents.models import Turn
-from agents.queue import TakenTurn, _lock_room, kick_room_on_commit, turn_close_locked
+from agents.queue import (
+    TakenTurn,
+    _lock_room,
+    kick_room_on_commit,
+    turn_close_locked,
+    turn_requeue_locked,
+)
 from rooms import broadcast
+from rooms.models import Room
 from rooms.protocol import delta_frame
 
 log = logging.getLogger(__name__)
@@ -68,10 +75,25 @@ def chunk_write(*, taken: TakenTurn, index: int, text: str) -> LeaseState:
 
 
 def turn_recover_locked(*, turn: Turn, reason: str) -> None:
-    """Finalise a turn whose worker vanished: keep its persisted text, mark it interrupted."""
-    log.warning("turn %s of room %s interrupted: %s", turn.pk, turn.room_id, reason)
+    """A turn whose worker vanished: keep its persisted text, then continue it or end it.
+
+    Per the room's policy the answer is continued in the same message (a new attempt) or
+    marked `interrupted`; a turn whose tool had side effects is never re-run, and one that
+    keeps failing ends `failed` once it used its attempts.
+    """
+    recovery = Room.objects.values_list("recovery", flat=True).get(pk=turn.room_id)
     turn.lease_generation += 1  # fence off the old holder for good
-    turn_close_locked(turn=turn, status=Turn.Status.INTERRUPTED, error=reason)
+    if turn.side_effects_started or recovery == Room.Recovery.INTERRUPT:
+        log.warning("turn %s of room %s interrupted: %s", turn.pk, turn.room_id, reason)
+        turn_close_locked(turn=turn, status=Turn.Status.INTERRUPTED, error=reason)
+    elif turn.attempt >= settings.MAX_TURN_ATTEMPTS:
+        log.warning("turn %s of room %s failed after %s attempts", turn.pk, turn.room_id, turn.attempt)
+        turn_close_locked(
+            turn=turn, status=Turn.Status.FAILED, error=f"gave up after {turn.attempt} attempts: {reason}"
+        )
+    else:
+        log.warning("turn %s of room %s will be continued: %s", turn.pk, turn.room_id, reason)
+        turn_requeue_locked(turn=turn, reason=reason)
 
 
 def turn_recover_if_expired(*, turn_id: int) -> bool:

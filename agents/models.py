@@ -31,6 +31,8 @@ class Turn(models.Model):
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     attempt = models.IntegerField(default=0)
     cancel_requested = models.BooleanField(default=False)
+    # Set before a tool with side effects runs: such a turn is never re-run or continued.
+    side_effects_started = models.BooleanField(default=False)
     # The lease: who runs the turn, until when, and a fencing token every write checks.
     lease_owner = models.CharField(max_length=120, blank=True, default="")
     lease_until = models.DateTimeField(null=True, blank=True)

@@ -13,7 +13,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from agents.models import Turn
-from rooms.models import Message, Room
+from rooms.models import Message, Room, StreamChunk
 from rooms.selectors import message_data
 from rooms.services import event_record, message_update_locked, seq_reserve_locked
 
@@ -31,6 +31,8 @@ def turn_data(turn: Turn) -> dict[str, Any]:
         "message_id": turn.assistant_message_id,
         "attempt": turn.attempt,
         "error": turn.error,
+        # queued again after its worker was lost: the answer so far is kept and continued
+        "recovering": turn.status == Turn.Status.QUEUED and turn.assistant_message_id is not None,
     }
 
 
@@ -39,6 +41,14 @@ def turn_wanted(*, room: Room, content: str) -> bool:
     if not room.ai_enabled:
         return False
     return room.ai_trigger == Room.AiTrigger.EVERY or bool(_MENTION.search(content))
+
+
+def turn_queue_full(*, room: Room) -> bool:
+    """Whether the room's queue holds as many waiting turns as the rate limit allows."""
+    limit = settings.RATE_QUEUED_TURNS_PER_ROOM
+    if limit <= 0:
+        return False
+    return Turn.objects.filter(room=room, status=Turn.Status.QUEUED).count() >= limit
 
 
 def kick_room_on_commit(room_id: int) -> None:
@@ -66,6 +76,7 @@ class TakenTurn:
     message_id: int
     trigger_message_id: int
     attempt: int
+    next_index: int = 0  # > 0 when continuing an answer that already has chunks
 
 
 def _lock_room(room_id: int) -> None:
@@ -92,26 +103,33 @@ def turn_take_next(*, room_id: int, owner: str) -> TakenTurn | None:
         )
         if turn is None:
             return None
-        seq = seq_reserve_locked(room_id=room_id, count=2)
-        message = Message.objects.create(
-            room_id=room_id, seq=seq, role=Message.Role.ASSISTANT, status=Message.Status.STREAMING
-        )
+        continuing = turn.assistant_message_id is not None
+        seq = seq_reserve_locked(room_id=room_id, count=1 if continuing else 2)
+        if continuing:
+            message = turn.assistant_message
+        else:
+            message = Message.objects.create(
+                room_id=room_id, seq=seq, role=Message.Role.ASSISTANT, status=Message.Status.STREAMING
+            )
         now = timezone.now()
         turn.status = Turn.Status.RUNNING
         turn.attempt += 1
         turn.lease_generation += 1
         turn.lease_owner = owner[:120]
         turn.lease_until = now + timedelta(seconds=settings.LEASE_TIMEOUT)
-        turn.started_at = now
+        turn.started_at = turn.started_at or now
         turn.assistant_message = message
         turn.save()
-        event_record(
-            room_id=room_id,
-            seq=seq,
-            type="message",
-            body={"message": message_data(message, turn_id=turn.pk)},
-        )
-        event_record(room_id=room_id, seq=seq + 1, type="turn", body={"turn": turn_data(turn)})
+        if not continuing:
+            event_record(
+                room_id=room_id,
+                seq=seq,
+                type="message",
+                body={"message": message_data(message, turn_id=turn.pk)},
+            )
+            seq += 1
+        event_record(room_id=room_id, seq=seq, type="turn", body={"turn": turn_data(turn)})
+        next_index = StreamChunk.objects.filter(message=message).count() if continuing else 0
     return TakenTurn(
         turn_id=turn.pk,
         room_id=room_id,
@@ -119,6 +137,7 @@ def turn_take_next(*, room_id: int, owner: str) -> TakenTurn | None:
         message_id=message.pk,
         trigger_message_id=turn.trigger_message_id,
         attempt=turn.attempt,
+        next_index=next_index,
     )
 
 
@@ -160,17 +179,47 @@ def turn_close_locked(*, turn: Turn, status: str, error: str = "") -> None:
     kick_room_on_commit(turn.room_id)
 
 
+def turn_requeue_locked(*, turn: Turn, reason: str) -> None:
+    """Put a running turn back at the head of its room's queue, to be continued by any worker.
+
+    Its message stays `streaming` with the text so far; the `turn` event says `recovering`.
+    """
+    seq = seq_reserve_locked(room_id=turn.room_id, count=1)
+    turn.status = Turn.Status.QUEUED
+    turn.error = reason[:2000]
+    turn.lease_until = None
+    turn.lease_owner = ""
+    turn.lease_generation += 1  # fence off the old holder for good
+    turn.cancel_requested = False
+    turn.save()
+    event_record(room_id=turn.room_id, seq=seq, type="turn", body={"turn": turn_data(turn)})
+    kick_room_on_commit(turn.room_id)
+
+
+def _locked_own_turn(taken: TakenTurn) -> Turn | None:
+    _lock_room(taken.room_id)
+    return (
+        Turn.objects.select_for_update()
+        .filter(pk=taken.turn_id, status=Turn.Status.RUNNING, lease_generation=taken.generation)
+        .first()
+    )
+
+
+def turn_release(*, taken: TakenTurn, reason: str) -> bool:
+    """Hand a running turn back (graceful worker shutdown): another worker continues it."""
+    with transaction.atomic():
+        turn = _locked_own_turn(taken)
+        if turn is None:
+            return False
+        turn.attempt = max(0, turn.attempt - 1)  # a clean hand-over is not a failed attempt
+        turn_requeue_locked(turn=turn, reason=reason)
+    return True
+
+
 def turn_finish(*, taken: TakenTurn, status: str, error: str = "") -> bool:
     """End the turn this worker runs; False if it lost the lease (someone else finished it)."""
     with transaction.atomic():
-        _lock_room(taken.room_id)
-        turn = (
-            Turn.objects.select_for_update()
-            .filter(
-                pk=taken.turn_id, status=Turn.Status.RUNNING, lease_generation=taken.generation
-            )
-            .first()
-        )
+        turn = _locked_own_turn(taken)
         if turn is None:
             log.warning("turn %s: lease lost before finish; not writing", taken.turn_id)
             return False
@@ -210,4 +259,34 @@ def turn_cancel(*, room: Room, user: Any, turn_id: int) -> str:
             # The runner sees the flag within one flush or heartbeat and closes the stream.
             turn.cancel_requested = True
             turn.save(update_fields=["cancel_requested"])
+        return turn.status
+
+
+def turn_retry(*, room: Room, user: Any, turn_id: int) -> str:
+    """Continue an interrupted or failed answer (any member may ask; never after side effects)."""
+    with transaction.atomic():
+        _lock_room(room.pk)
+        turn = Turn.objects.select_for_update().filter(pk=turn_id, room=room).first()
+        if turn is None:
+            raise CancelRefused("not_found", f"no turn {turn_id} in this room")
+        if turn.status not in (Turn.Status.INTERRUPTED, Turn.Status.FAILED):
+            raise CancelRefused(
+                "conflict", f"turn {turn_id} is {turn.status}: only interrupted or failed turns retry"
+            )
+        if turn.side_effects_started:
+            raise CancelRefused("forbidden", "this turn ran a tool with side effects: not re-run")
+        seq = seq_reserve_locked(room_id=room.pk, count=2 if turn.assistant_message_id else 1)
+        if turn.assistant_message_id:
+            message = Message.objects.get(pk=turn.assistant_message_id)
+            message.status = Message.Status.STREAMING
+            message_update_locked(message=message, event_seq=seq, turn_id=turn.pk)
+            seq += 1
+        turn.status = Turn.Status.QUEUED
+        turn.attempt = 0
+        turn.error = ""
+        turn.finished_at = None
+        turn.cancel_requested = False
+        turn.save()
+        event_record(room_id=room.pk, seq=seq, type="turn", body={"turn": turn_data(turn)})
+        kick_room_on_commit(room.pk)
         return turn.status

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 
+from agents.drain import drain_requested
 from agents.leases import LeaseLost, LeaseState, chunk_write, lease_renew
 from agents.models import Turn
 from agents.providers import get_provider
@@ -22,7 +23,7 @@ from agents.providers.base import (
     TextDelta,
     ToolCallRequest,
 )
-from agents.queue import TakenTurn, turn_finish
+from agents.queue import TakenTurn, turn_finish, turn_release
 from rooms.models import Message, Room
 from rooms.selectors import display_name
 
@@ -50,7 +51,19 @@ def context_build(*, taken: TakenTurn) -> tuple[Room, list[ChatMessage]]:
             messages.append(ChatMessage(role="user", content=f"{display_name(m.author)}: {m.content}"))
         elif m.role == Message.Role.ASSISTANT:
             messages.append(ChatMessage(role="assistant", content=m.content))
+    if taken.next_index:
+        # A continuation step: the model gets what it already said and goes on from there.
+        from agents.queue import message_text_from_chunks
+
+        messages.append(ChatMessage(role="assistant", content=message_text_from_chunks(taken.message_id)))
+        messages.append(ChatMessage(role="user", content=CONTINUE_PROMPT))
     return room, messages
+
+
+CONTINUE_PROMPT = (
+    "(Your previous answer was cut off by a server fault. Continue it exactly where it stopped, "
+    "without repeating anything already written.)"
+)
 
 
 @dataclass
@@ -154,6 +167,8 @@ def _step_stream(
             next_beat = now + _heartbeat_every()
         if state is not None and state.cancel_requested:
             raise TurnStopped(Turn.Status.CANCELLED, "stopped by a user")
+        if drain_requested():  # looked up at most twice a second
+            raise TurnStopped("released", "the worker is shutting down")
         if now >= deadline:
             raise TurnStopped(Turn.Status.FAILED, "the turn hit its time limit")
 
@@ -161,7 +176,7 @@ def _step_stream(
 def turn_run(*, taken: TakenTurn) -> str:
     """Run a leased turn to a terminal status; returns it ('lost' if the lease was lost)."""
     deadline = time.monotonic() + settings.TURN_TIME_LIMIT
-    batcher = ChunkBatcher(taken=taken)
+    batcher = ChunkBatcher(taken=taken, next_index=taken.next_index)
     status, error = Turn.Status.DONE, ""
     try:
         room, messages = context_build(taken=taken)
@@ -184,6 +199,8 @@ def turn_run(*, taken: TakenTurn) -> str:
             batcher.flush()
         except LeaseLost:
             return "lost"
+        if status == "released":  # graceful shutdown: another worker continues the answer
+            return "released" if turn_release(taken=taken, reason=error) else "lost"
     except LeaseLost:
         log.warning("turn %s: lease lost mid-stream; stopping without writing", taken.turn_id)
         return "lost"

@@ -128,6 +128,12 @@ CHUNK_FLUSH_INTERVAL = env.float("CHUNK_FLUSH_INTERVAL", default=0.03)  # second
 CHUNK_FLUSH_MAX_CHARS = env.int("CHUNK_FLUSH_MAX_CHARS", default=2048)
 CONTEXT_MESSAGES = env.int("CONTEXT_MESSAGES", default=40)
 MAX_TURN_STEPS = env.int("MAX_TURN_STEPS", default=8)
+MAX_TURN_ATTEMPTS = env.int("MAX_TURN_ATTEMPTS", default=3)  # runs of one turn, recoveries included
+# Rate limits (0 turns a limit off): frames per second per socket (burst = 2x), messages per
+# minute per user (all sockets), turns waiting in one room's queue.
+RATE_FRAMES_PER_SECOND = env.float("RATE_FRAMES_PER_SECOND", default=20.0)
+RATE_MESSAGES_PER_MINUTE = env.int("RATE_MESSAGES_PER_MINUTE", default=30)
+RATE_QUEUED_TURNS_PER_ROOM = env.int("RATE_QUEUED_TURNS_PER_ROOM", default=20)
 
 # --- LLM -------------------------------------------------------------------------------------
 LLM_BASE_URL = env.str("LLM_BASE_URL", default="")

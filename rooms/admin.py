@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 
+from rooms import services
 from rooms.models import ApiToken, Membership, Message, Room, RoomEvent, StreamChunk
 
 
@@ -9,6 +10,25 @@ class MembershipInline(admin.TabularInline):
     model = Membership
     extra = 0
     raw_id_fields = ["user"]
+    readonly_fields = ["banned_at"]
+
+
+@admin.register(Membership)
+class MembershipAdmin(admin.ModelAdmin):
+    list_display = ["room", "user", "role", "banned_at", "joined_at"]
+    list_filter = ["role"]
+    raw_id_fields = ["room", "user"]
+    actions = ["ban", "unban"]
+
+    @admin.action(description="Ban from the room (closes their sockets)")
+    def ban(self, request, queryset):  # type: ignore[no-untyped-def]
+        for membership in queryset.exclude(role=Membership.Role.OWNER).select_related("room", "user"):
+            services.member_ban(room=membership.room, user=membership.user)
+
+    @admin.action(description="Lift the ban")
+    def unban(self, request, queryset):  # type: ignore[no-untyped-def]
+        for membership in queryset.select_related("room", "user"):
+            services.member_unban(room=membership.room, user=membership.user)
 
 
 @admin.register(Room)

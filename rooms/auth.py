@@ -16,7 +16,7 @@ from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 from django.http.request import split_domain_port, validate_host
 
-from rooms.services import token_authenticate
+from rooms.services import token_lookup
 
 
 def origin_allowed(origin: bytes | None) -> bool:
@@ -58,8 +58,9 @@ class RoomAuthMiddleware:
         if token is not None:
             if origin is not None and not origin_allowed(origin):
                 return await WebsocketDenier()(scope, receive, send)
-            user = await database_sync_to_async(token_authenticate)(raw=token)
-            scope = dict(scope, user=user or AnonymousUser(), auth_method="token")
+            found = await database_sync_to_async(token_lookup)(raw=token)
+            user, token_id = found if found else (AnonymousUser(), None)
+            scope = dict(scope, user=user, auth_method="token", token_id=token_id)
             return await self.inner(scope, receive, send)
         if not origin_allowed(origin):
             return await WebsocketDenier()(scope, receive, send)

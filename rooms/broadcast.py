@@ -24,6 +24,11 @@ def room_group(room_id: int) -> str:
     return f"room.{int(room_id)}"
 
 
+def user_group(user_id: int) -> str:
+    """The group of all sockets of one user (token revocation)."""
+    return f"user.{int(user_id)}"
+
+
 def event_message(seq: int, text: str) -> dict[str, Any]:
     return {"type": "room.event", "seq": seq, "text": text}
 
@@ -71,18 +76,26 @@ _publisher = _LoopThread()
 
 def send_to_room_sync(room_id: int, messages: list[dict[str, Any]]) -> None:
     """Broadcast from sync code, in order; a failure is logged: `sync` repairs it."""
+    send_to_group_sync(room_group(room_id), messages)
+
+
+def send_to_group_sync(group: str, messages: list[dict[str, Any]]) -> None:
     if not messages:
         return
 
     async def _send_all() -> None:
         layer = get_channel_layer()
         for message in messages:
-            await layer.group_send(room_group(room_id), message)
+            await layer.group_send(group, message)
 
     try:
         _publisher.run(_send_all())
     except Exception:  # the doorbell failed; the database still has everything
-        log.warning("broadcast to room %s failed; clients will resync", room_id, exc_info=True)
+        log.warning("broadcast to %s failed; clients will resync", group, exc_info=True)
+
+
+def send_to_group_on_commit(group: str, message: dict[str, Any]) -> None:
+    transaction.on_commit(lambda: send_to_group_sync(group, [message]))
 
 
 def send_to_room_on_commit(room_id: int, messages: list[dict[str, Any]]) -> None:

@@ -11,13 +11,14 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from agents.queue import CancelRefused, turn_cancel
-from rooms import broadcast, presence, selectors
+from agents.queue import CancelRefused, turn_cancel, turn_retry
+from rooms import broadcast, presence, ratelimit, selectors, shutdown
 from rooms.models import Room
 from rooms.protocol import (
     CancelFrame,
     FrameError,
     PingFrame,
+    RetryFrame,
     SendFrame,
     SyncFrame,
     ToolResultFrame,
@@ -31,7 +32,7 @@ from rooms.protocol import (
     snapshot_frame,
     typing_frame,
 )
-from rooms.services import ClientIdConflict, membership_join, message_post
+from rooms.services import ClientIdConflict, RoomBusy, membership_join, message_post
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +106,11 @@ class RoomConsumer(AsyncWebsocketConsumer):
         self.user_data = selectors.user_data(user)
         self.delta_floor: dict[int, int] = {}
         self.typing_at = 0.0
+        self.bucket = ratelimit.frame_bucket()
+        shutdown.track(self)
         # Subscribe before reading the database: nothing falls between replay and live.
         await self.channel_layer.group_add(broadcast.room_group(self.room_id), self.channel_name)
+        await self.channel_layer.group_add(broadcast.user_group(user.pk), self.channel_name)
         await self._send_replay(since)
         await presence.presence_touch(self.room_id, self.channel_name, self.user_data)
         await self._announce_presence()
@@ -114,7 +118,11 @@ class RoomConsumer(AsyncWebsocketConsumer):
     async def disconnect(self, code: int) -> None:
         if not self.room_id:
             return
+        shutdown.forget(self)
         await self.channel_layer.group_discard(broadcast.room_group(self.room_id), self.channel_name)
+        await self.channel_layer.group_discard(
+            broadcast.user_group(self.scope["user"].pk), self.channel_name
+        )
         try:
             await presence.presence_leave(self.room_id, self.channel_name)
             await self._announce_presence()
@@ -149,11 +157,16 @@ class RoomConsumer(AsyncWebsocketConsumer):
         if not self.room_id:
             return
         try:
+            wait = self.bucket.take()
+            if wait is not None:
+                raise FrameError("rate_limited", "too many frames; slow down", retry_after=wait)
             frame = parse_client_frame(text_data, bytes_data)
             if isinstance(frame, SendFrame):
                 await self._on_send(frame)
             elif isinstance(frame, CancelFrame):
                 await self._on_cancel(frame)
+            elif isinstance(frame, RetryFrame):
+                await self._on_retry(frame)
             elif isinstance(frame, SyncFrame):
                 await self._send_replay(frame.since)
             elif isinstance(frame, TypingFrame):
@@ -163,7 +176,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
             elif isinstance(frame, ToolResultFrame):
                 raise FrameError("unsupported", "this room has no client-side tools", frame.call_id)
         except FrameError as exc:
-            await self.send(text_data=error_frame(exc.code, exc.detail, exc.ref))
+            await self.send(text_data=error_frame(exc.code, exc.detail, exc.ref, exc.retry_after))
 
     async def _room_for_write(self, ref: Any) -> Any:
         """The room, if this user is still a member (memberships can be removed mid-socket)."""
@@ -174,6 +187,11 @@ class RoomConsumer(AsyncWebsocketConsumer):
 
     async def _on_send(self, frame: SendFrame) -> None:
         room = await self._room_for_write(frame.client_id)
+        wait = await ratelimit.message_quota_take(self.scope["user"].pk)
+        if wait is not None:
+            raise FrameError(
+                "rate_limited", "too many messages this minute", frame.client_id, retry_after=wait
+            )
         try:
             result = await database_sync_to_async(message_post)(
                 room=room, author=self.scope["user"], client_id=frame.client_id, content=frame.content
@@ -182,12 +200,23 @@ class RoomConsumer(AsyncWebsocketConsumer):
             raise FrameError(
                 "conflict", "client_id was already used for another message", frame.client_id
             ) from None
+        except RoomBusy as exc:
+            raise FrameError("rate_limited", str(exc), frame.client_id, retry_after=5.0) from None
         await self.send(text_data=ack_frame(frame.client_id, result.message_id, result.seq))
 
     async def _on_cancel(self, frame: CancelFrame) -> None:
         room = await self._room_for_write(frame.turn_id)
         try:
             await database_sync_to_async(turn_cancel)(
+                room=room, user=self.scope["user"], turn_id=frame.turn_id
+            )
+        except CancelRefused as exc:
+            raise FrameError(exc.code, str(exc), frame.turn_id) from None
+
+    async def _on_retry(self, frame: RetryFrame) -> None:
+        room = await self._room_for_write(frame.turn_id)
+        try:
+            await database_sync_to_async(turn_retry)(
                 room=room, user=self.scope["user"], turn_id=frame.turn_id
             )
         except CancelRefused as exc:
@@ -235,6 +264,16 @@ class RoomConsumer(AsyncWebsocketConsumer):
         if floor is not None and message["index"] < floor:
             return
         await self.send(text_data=message["text"])
+
+    async def room_kick(self, message: dict[str, Any]) -> None:
+        """A member was banned: close their sockets."""
+        if message["user_id"] == self.scope["user"].pk:
+            await self.close(code=CLOSE_FORBIDDEN)
+
+    async def user_revoked(self, message: dict[str, Any]) -> None:
+        """A token was revoked: close the sockets it opened."""
+        if message["token_id"] == self.scope.get("token_id"):
+            await self.close(code=CLOSE_UNAUTHENTICATED)
 
     async def room_ephemeral(self, message: dict[str, Any]) -> None:
         if message.get("sender") != self.channel_name:

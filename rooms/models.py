@@ -37,6 +37,13 @@ class Room(models.Model):
     ai_model = models.CharField(max_length=120, blank=True, help_text="Empty: LLM_MODEL")
     system_prompt = models.TextField(blank=True, default="You are a helpful assistant in a group chat.")
     ai_trigger = models.CharField(max_length=16, choices=AiTrigger.choices, default=AiTrigger.EVERY)
+
+    class Recovery(models.TextChoices):
+        CONTINUE = "continue", "Continue the answer where it stopped"
+        INTERRUPT = "interrupt", "Mark it interrupted (members can retry)"
+
+    # What to do with an answer whose worker died mid-stream.
+    recovery = models.CharField(max_length=16, choices=Recovery.choices, default=Recovery.CONTINUE)
     # The newest room event's seq; incremented under the row lock by services.
     last_seq = models.BigIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -61,6 +68,8 @@ class Membership(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
     )
     role = models.CharField(max_length=16, choices=Role.choices, default=Role.MEMBER)
+    # A banned member keeps the row (so a public room can't be re-joined) and loses all access.
+    banned_at = models.DateTimeField(null=True, blank=True)
     joined_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+import weakref
 from typing import Any
 
 import redis.asyncio as aioredis
 from django.conf import settings
 
 _STALE_AFTER = 90.0  # seconds without a heartbeat: the socket's process died
-_clients: dict[int, aioredis.Redis] = {}
+# One client per event loop (a client is bound to the loop it was made on).
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Redis] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _redis() -> aioredis.Redis:
-    import asyncio
-
-    loop_id = id(asyncio.get_running_loop())
-    client = _clients.get(loop_id)
+    loop = asyncio.get_running_loop()
+    client = _clients.get(loop)
     if client is None:
-        client = _clients[loop_id] = aioredis.from_url(settings.REDIS_URL)
+        client = _clients[loop] = aioredis.from_url(settings.REDIS_URL)
     return client
 
 

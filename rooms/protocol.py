@@ -45,6 +45,11 @@ class CancelFrame(_Frame):
     turn_id: Annotated[int, Field(ge=1, le=2**62)]
 
 
+class RetryFrame(_Frame):
+    type: Literal["retry"]
+    turn_id: Annotated[int, Field(ge=1, le=2**62)]
+
+
 class SyncFrame(_Frame):
     type: Literal["sync"]
     since: Annotated[int, Field(ge=0, le=2**62)]
@@ -66,21 +71,24 @@ class ToolResultFrame(_Frame):
 
 
 ClientFrame = Annotated[
-    SendFrame | CancelFrame | SyncFrame | TypingFrame | PingFrame | ToolResultFrame,
+    SendFrame | CancelFrame | RetryFrame | SyncFrame | TypingFrame | PingFrame | ToolResultFrame,
     Field(discriminator="type"),
 ]
 _client_adapter: TypeAdapter[ClientFrame] = TypeAdapter(ClientFrame)
-CLIENT_TYPES = frozenset({"send", "cancel", "sync", "typing", "ping", "tool_result"})
+CLIENT_TYPES = frozenset({"send", "cancel", "retry", "sync", "typing", "ping", "tool_result"})
 
 
 class FrameError(Exception):
     """A rejected frame: `code` is the wire error code (docs/protocol.md)."""
 
-    def __init__(self, code: str, detail: str, ref: Any = None) -> None:
+    def __init__(
+        self, code: str, detail: str, ref: Any = None, retry_after: float | None = None
+    ) -> None:
         super().__init__(detail)
         self.code = code
         self.detail = detail
         self.ref = ref
+        self.retry_after = retry_after
 
 
 def _ref_of(data: dict[str, Any]) -> Any:
@@ -122,10 +130,12 @@ def dumps(frame: dict[str, Any]) -> str:
     return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
 
 
-def error_frame(code: str, detail: str, ref: Any = None) -> str:
+def error_frame(code: str, detail: str, ref: Any = None, retry_after: float | None = None) -> str:
     frame: dict[str, Any] = {"type": "error", "code": code, "detail": detail}
     if ref is not None:
         frame["ref"] = str(ref) if isinstance(ref, UUID) else ref
+    if retry_after is not None:
+        frame["retry_after"] = round(max(retry_after, 0.01), 2)
     return dumps(frame)
 
 

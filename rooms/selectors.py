@@ -45,24 +45,30 @@ def room_by_slug(*, slug: str) -> Room | None:
 
 
 def membership_of(*, room: Room, user: AbstractBaseUser | AnonymousUser) -> Membership | None:
+    """The user's membership, unless they are banned."""
     if not user.is_authenticated:
         return None
-    return Membership.objects.filter(room=room, user=user).first()
+    return Membership.objects.filter(room=room, user=user, banned_at__isnull=True).first()
 
 
 def room_access(*, room: Room, user: AbstractBaseUser | AnonymousUser) -> str:
     """'member', 'can_join' (public room, signed in) or 'denied'."""
     if not user.is_authenticated:
         return "denied"
-    if Membership.objects.filter(room=room, user=user).exists():
-        return "member"
+    membership = Membership.objects.filter(room=room, user=user).first()
+    if membership is not None:
+        return "denied" if membership.banned_at else "member"
     if room.visibility == Room.Visibility.PUBLIC:
         return "can_join"
     return "denied"
 
 
 def rooms_for_user(*, user: AbstractBaseUser) -> QuerySet[Room]:
-    return Room.objects.filter(memberships__user=user).order_by("-created_at").distinct()
+    return (
+        Room.objects.filter(memberships__user=user, memberships__banned_at__isnull=True)
+        .order_by("-created_at")
+        .distinct()
+    )
 
 
 def rooms_public(*, exclude_user: AbstractBaseUser | None = None) -> QuerySet[Room]:
@@ -163,7 +169,11 @@ def transcript(*, room: Room, limit: int = 200) -> Transcript:
 
 
 def members_of(*, room: Room) -> QuerySet[Membership]:
-    return Membership.objects.filter(room=room).select_related("user").order_by("joined_at")
+    return (
+        Membership.objects.filter(room=room, banned_at__isnull=True)
+        .select_related("user")
+        .order_by("joined_at")
+    )
 
 
 def user_can_moderate(*, room: Room, user: Any) -> bool:

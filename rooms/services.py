@@ -99,6 +99,10 @@ class ClientIdConflict(Exception):
     """The client_id was already used by this author for a different message."""
 
 
+class RoomBusy(Exception):
+    """Too many turns are queued in the room (a rate limit)."""
+
+
 def _existing_post(*, room: Room, author: Any, client_id: uuid.UUID, content: str) -> PostResult | None:
     found = (
         Message.objects.filter(room=room, author=author, client_id=client_id)
@@ -114,12 +118,14 @@ def _existing_post(*, room: Room, author: Any, client_id: uuid.UUID, content: st
 
 def message_post(*, room: Room, author: Any, client_id: uuid.UUID, content: str) -> PostResult:
     """Store a user's message once per client_id, queue the AI turn it triggers, emit events."""
-    from agents.queue import turn_enqueue_locked, turn_wanted  # the queue, not the runner
+    from agents.queue import turn_enqueue_locked, turn_queue_full, turn_wanted  # not the runner
 
     existing = _existing_post(room=room, author=author, client_id=client_id, content=content)
     if existing is not None:
         return existing
     wants_turn = turn_wanted(room=room, content=content)
+    if wants_turn and turn_queue_full(room=room):
+        raise RoomBusy("the assistant has too many questions waiting in this room; try again soon")
     try:
         with transaction.atomic():
             seq = seq_reserve_locked(room_id=room.pk, count=2 if wants_turn else 1)
@@ -179,16 +185,46 @@ def token_create(*, user: Any, name: str) -> tuple[ApiToken, str]:
 
 
 def token_revoke(*, user: Any, token_id: int) -> bool:
-    """Revoke one of the user's tokens; True if it was active."""
-    return bool(
-        ApiToken.objects.filter(pk=token_id, user=user, revoked_at__isnull=True).update(
-            revoked_at=timezone.now()
+    """Revoke one of the user's tokens and close the sockets it opened; True if it was active."""
+    with transaction.atomic():
+        revoked = bool(
+            ApiToken.objects.filter(pk=token_id, user=user, revoked_at__isnull=True).update(
+                revoked_at=timezone.now()
+            )
         )
-    )
+        if revoked:
+            broadcast.send_to_group_on_commit(
+                broadcast.user_group(user.pk), {"type": "user.revoked", "token_id": token_id}
+            )
+    return revoked
+
+
+def member_ban(*, room: Room, user: Any) -> Membership:
+    """Ban a user from a room: no more access, and their open sockets are closed."""
+    with transaction.atomic():
+        membership, _ = Membership.objects.get_or_create(room=room, user=user)
+        if membership.role == Membership.Role.OWNER:
+            raise ValueError("the owner cannot be banned from their room")
+        membership.banned_at = timezone.now()
+        membership.save(update_fields=["banned_at"])
+        broadcast.send_to_group_on_commit(
+            broadcast.room_group(room.pk), {"type": "room.kick", "user_id": user.pk}
+        )
+    return membership
+
+
+def member_unban(*, room: Room, user: Any) -> None:
+    Membership.objects.filter(room=room, user=user).update(banned_at=None)
 
 
 def token_authenticate(*, raw: str) -> Any | None:
     """The active user a raw token belongs to, or None."""
+    found = token_lookup(raw=raw)
+    return found[0] if found else None
+
+
+def token_lookup(*, raw: str) -> tuple[Any, int] | None:
+    """(user, token id) of an active token, or None."""
     if not raw or len(raw) > 200:
         return None
     token = (
@@ -199,4 +235,4 @@ def token_authenticate(*, raw: str) -> Any | None:
     if token is None or not token.user.is_active:
         return None
     ApiToken.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
-    return token.user
+    return token.user, token.pk

@@ -66,6 +66,14 @@ def stack(_isolated_run: None, django_db_blocker: Any) -> Iterator[Any]:
     finally:
         s.stop_all()
         s.fake.stop()
+        with django_db_blocker.unblock():
+            from django.db import connection
+
+            with connection.cursor() as cursor:  # sessions of killed processes, other threads
+                cursor.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
 
 
 @pytest.fixture

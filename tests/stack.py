@@ -60,6 +60,7 @@ class Stack:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, name: str) -> None:
+        kind = "worker" if name.startswith("worker") else name
         commands = {
             "web": [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
                     "chatproject.asgi:application"],
@@ -71,7 +72,7 @@ class Stack:
         }
         log = open(self.logdir / f"{name}.log", "ab")
         self.procs[name] = subprocess.Popen(
-            commands[name], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            commands[kind], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         if name == "web":
@@ -88,8 +89,12 @@ class Stack:
         try:
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
+            pass
+        try:  # pool processes that outlived their parent
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        except ProcessLookupError:
+            pass
+        proc.wait()
 
     def restart(self, name: str) -> None:
         self.stop(name)
@@ -123,6 +128,10 @@ def stack_start(**overrides: Any) -> Stack:
         SWEEP_INTERVAL=str(settings.SWEEP_INTERVAL),
         TURN_TIME_LIMIT=str(settings.TURN_TIME_LIMIT),
         PYTHONUNBUFFERED="1",
+        # generous limits: tests send bursts on purpose; test_limits.py checks the limits
+        RATE_FRAMES_PER_SECOND="200",
+        RATE_MESSAGES_PER_MINUTE="600",
+        RATE_QUEUED_TURNS_PER_ROOM="8",
         LOG_LEVEL="INFO",
     )
     env.update({k: str(v) for k, v in overrides.items()})

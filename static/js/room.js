@@ -68,7 +68,11 @@ function start(root) {
   const outbox = new Map(); // client_id -> {content}; unacked sends
   const outboxKey = `roomchat:outbox:${slug}`;
 
-  // Streaming messages rendered by the server: their next delta index and running turn.
+  // Streaming messages rendered by the server: their next delta index and running turn;
+  // interrupted and failed answers get their retry button (after addRetry is defined below).
+  queueMicrotask(() => {
+    for (const li of els.transcript.querySelectorAll('li.msg[data-status="interrupted"], li.msg[data-status="failed"]')) addRetry(li);
+  });
   for (const li of els.transcript.querySelectorAll('li.msg[data-status="streaming"]')) {
     nextIndex.set(Number(li.dataset.id), parseInt(li.dataset.nextIndex, 10) || 0);
     if (li.dataset.turnId) running.add(Number(li.dataset.turnId));
@@ -198,7 +202,15 @@ function start(root) {
     if (m.status === 'hidden') { li.remove(); nextIndex.delete(m.id); return; }
     li.dataset.status = m.status;
     setStatusLabel(li, STATUS_LABEL[m.status]);
-    if (m.status === 'streaming') return; // text keeps arriving as deltas
+    li.querySelector('.retry')?.remove();
+    if (m.status === 'streaming') { // retried: the text so far, then deltas (a sync fills the rest)
+      const body = bodyOf(li);
+      body.className = 'body streaming';
+      body.textContent = m.content;
+      nextIndex.delete(m.id);
+      return;
+    }
+    addRetry(li);
     const body = bodyOf(li);
     body.className = 'body';
     body.innerHTML = m.html || ''; // sanitized by the server
@@ -206,9 +218,23 @@ function start(root) {
     delete li.dataset.nextIndex;
   }
 
+  // An interrupted or failed answer can be continued by any member.
+  function addRetry(li) {
+    const turnId = Number(li.dataset.turnId);
+    if (!turnId || !['interrupted', 'failed'].includes(li.dataset.status)) return;
+    if (li.querySelector('.retry')) return;
+    const btn = el('button', 'retry link small', 'retry');
+    btn.type = 'button';
+    btn.addEventListener('click', () => { btn.disabled = true; send({ type: 'retry', turn_id: turnId }); });
+    li.querySelector('.meta').append(' ', btn);
+  }
+
   function onTurn(t) {
     if (t.status === 'running') running.add(t.id); else running.delete(t.id);
     updateStop();
+    const answer = t.message_id ? byId(t.message_id) : null;
+    if (answer && t.recovering) setStatusLabel(answer, 'recovering…');
+    else if (answer && t.status === 'running') setStatusLabel(answer, STATUS_LABEL.streaming);
     const trigger = t.trigger_message_id ? byId(t.trigger_message_id) : null;
     if (!trigger) return;
     const before = trigger.dataset.turnStatus;
@@ -425,6 +451,12 @@ function start(root) {
     }
     setState('reconnecting');
     updateStop();
+    if (code === 4012) { // the server is restarting on purpose: come back at once
+      attempt = 0;
+      clearTimeout(reconnectTimer);
+      reconnectTimer = setTimeout(connect, Math.random() * 300);
+      return;
+    }
     scheduleReconnect();
   }
 

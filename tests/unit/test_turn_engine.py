@@ -13,7 +13,7 @@ from agents.leases import LeaseLost, chunk_write, rooms_sweep
 from agents.models import Turn
 from agents.providers.base import ProviderError, TextDelta
 from agents.providers.scripted import ScriptedProvider
-from agents.queue import turn_cancel, turn_take_next
+from agents.queue import CancelRefused, turn_cancel, turn_retry, turn_take_next
 from rooms.models import Message, RoomEvent, StreamChunk
 from rooms.services import ClientIdConflict, message_post
 
@@ -100,11 +100,17 @@ def test_withdrawing_a_queued_turn_needs_its_author_or_the_owner(room, alice, bo
     assert turn_cancel(room=room, user=alice[0], turn_id=queued.pk) == "cancelled"
 
 
+def expire_lease(taken) -> None:
+    Turn.objects.filter(pk=taken.turn_id).update(lease_until=timezone.now() - timedelta(seconds=1))
+
+
 def test_a_worker_that_lost_its_lease_cannot_write_another_chunk(room, alice, scripted):
+    room.recovery = "interrupt"
+    room.save()
     post(room, alice[0], "hi")
     taken = turn_take_next(room_id=room.pk, owner="zombie")
     chunk_write(taken=taken, index=0, text="before ")
-    Turn.objects.filter(pk=taken.turn_id).update(lease_until=timezone.now() - timedelta(seconds=1))
+    expire_lease(taken)
     report = rooms_sweep()
     assert report.recovered == 1
     with pytest.raises(LeaseLost):
@@ -132,3 +138,114 @@ def test_mention_rooms_only_answer_when_mentioned(alice, scripted):
     assert not Turn.objects.filter(room=quiet).exists()
     post(quiet, alice[0], "@ai what do you think?")
     assert Turn.objects.filter(room=quiet).count() == 1
+
+
+def test_a_lost_turn_is_continued_in_the_same_message_with_what_it_already_said(room, alice, scripted):
+    post(room, alice[0], "tell me a story")
+    first = turn_take_next(room_id=room.pk, owner="dies")
+    chunk_write(taken=first, index=0, text="Once upon ")
+    chunk_write(taken=first, index=1, text="a time")
+    expire_lease(first)
+    assert rooms_sweep().recovered == 1
+    turn = Turn.objects.get(pk=first.turn_id)
+    assert turn.status == "queued" and turn.assistant_message_id == first.message_id
+    assert Message.objects.get(pk=first.message_id).status == "streaming"  # recovering
+    with pytest.raises(LeaseLost):  # the zombie is fenced off
+        chunk_write(taken=first, index=2, text="zombie")
+    scripted.add(", there was a room.")
+    second = turn_take_next(room_id=room.pk, owner="heir")
+    assert (second.turn_id, second.message_id, second.next_index) == (first.turn_id, first.message_id, 2)
+    assert second.generation > first.generation
+    assert runner.turn_run(taken=second) == "done"
+    message = Message.objects.get(pk=first.message_id)
+    assert (message.status, message.content) == ("complete", "Once upon a time, there was a room.")
+    context = scripted.requests[-1].messages
+    assert context[-2].role == "assistant" and context[-2].content == "Once upon a time"
+    assert context[-1].content == runner.CONTINUE_PROMPT
+    assert Message.objects.filter(room=room, role="assistant").count() == 1
+
+
+def test_a_turn_that_keeps_losing_its_worker_ends_failed_with_the_reason(room, alice, scripted, settings):
+    settings.MAX_TURN_ATTEMPTS = 2
+    post(room, alice[0], "hi")
+    for _ in range(2):
+        taken = turn_take_next(room_id=room.pk, owner="dies")
+        expire_lease(taken)
+        rooms_sweep()
+    turn = Turn.objects.get(pk=taken.turn_id)
+    assert turn.status == "failed" and "gave up after 2 attempts" in turn.error
+    assert Message.objects.get(pk=taken.message_id).status == "failed"
+
+
+def test_a_turn_whose_tool_had_side_effects_is_never_rerun(room, alice, scripted):
+    post(room, alice[0], "hi")
+    taken = turn_take_next(room_id=room.pk, owner="dies")
+    Turn.objects.filter(pk=taken.turn_id).update(side_effects_started=True)
+    expire_lease(taken)
+    rooms_sweep()
+    assert Turn.objects.get(pk=taken.turn_id).status == "interrupted"
+    with pytest.raises(CancelRefused):
+        turn_retry(room=room, user=alice[0], turn_id=taken.turn_id)
+
+
+def test_retry_continues_an_interrupted_answer(room, alice, bob, scripted):
+    room.recovery = "interrupt"
+    room.save()
+    post(room, alice[0], "hi")
+    taken = turn_take_next(room_id=room.pk, owner="dies")
+    chunk_write(taken=taken, index=0, text="Half ")
+    expire_lease(taken)
+    rooms_sweep()
+    assert turn_retry(room=room, user=alice[0], turn_id=taken.turn_id) == "queued"
+    assert Message.objects.get(pk=taken.message_id).status == "streaming"
+    scripted.add("done.")
+    again = turn_take_next(room_id=room.pk, owner="heir")
+    runner.turn_run(taken=again)
+    assert Message.objects.get(pk=taken.message_id).content == "Half done."
+    with pytest.raises(CancelRefused):  # only interrupted or failed turns retry
+        turn_retry(room=room, user=alice[0], turn_id=taken.turn_id)
+
+
+def test_a_worker_shutting_down_hands_its_turn_over(room, alice, scripted, monkeypatch):
+    scripted.add(" ".join(f"w{i}" for i in range(100)))
+    scripted.delay = 0.01
+    post(room, alice[0], "hi")
+    taken = turn_take_next(room_id=room.pk, owner="leaving")
+    monkeypatch.setattr(runner, "drain_requested", lambda: True)
+    monkeypatch.setattr(runner, "_heartbeat_every", lambda: 0.05)
+    assert runner.turn_run(taken=taken) == "released"
+    turn = Turn.objects.get(pk=taken.turn_id)
+    assert turn.status == "queued" and turn.attempt == 0
+    written = StreamChunk.objects.filter(message_id=taken.message_id).count()
+    monkeypatch.setattr(runner, "drain_requested", lambda: False)
+    scripted.add("the rest")
+    heir = turn_take_next(room_id=room.pk, owner="heir")
+    assert heir.next_index == written
+    assert runner.turn_run(taken=heir) == "done"
+
+
+def test_the_queue_refuses_more_turns_than_the_room_limit(room, alice, scripted, settings):
+    from rooms.services import RoomBusy
+
+    settings.RATE_QUEUED_TURNS_PER_ROOM = 2
+    post(room, alice[0], "1")
+    post(room, alice[0], "2")
+    with pytest.raises(RoomBusy):
+        post(room, alice[0], "3")
+    assert Message.objects.filter(room=room).count() == 2
+
+
+def test_the_message_quota_counts_per_user_per_minute(settings):
+    from rooms.ratelimit import TokenBucket, message_quota_take
+    from tests.conftest import run_async
+
+    settings.RATE_MESSAGES_PER_MINUTE = 3
+    user_id = int(uuid.uuid4().int % 10**9)
+
+    async def take(n: int) -> list:
+        return [await message_quota_take(user_id) for _ in range(n)]
+
+    results = run_async(take(4))
+    assert results[:3] == [None, None, None] and 0 < results[3] <= 60
+    bucket = TokenBucket(rate=10, burst=2)
+    assert [bucket.take() is None for _ in range(3)] == [True, True, False]

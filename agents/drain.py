@@ -1,0 +1,56 @@
+"""Graceful worker shutdown: on SIGTERM a worker hands its running turns to other workers.
+
+Celery's warm shutdown waits for running tasks, and a turn can run for minutes. The worker's
+main process marks itself draining in Redis; a runner in one of its pool processes sees the
+mark at its next heartbeat, writes its last batch, and puts the turn back at the head of the
+room's queue, so any other worker continues the same answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+import redis
+from celery.signals import worker_shutting_down
+from django.conf import settings
+
+log = logging.getLogger(__name__)
+_CHECK_EVERY = 0.5  # seconds
+_client: tuple[int, redis.Redis] | None = None
+_last: tuple[float, bool] = (0.0, False)
+
+
+def _redis() -> redis.Redis:
+    global _client
+    if _client is None or _client[0] != os.getpid():
+        _client = (os.getpid(), redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1))
+    return _client[1]
+
+
+def _key(main_pid: int) -> str:
+    return f"chat:drain:{os.uname().nodename}:{main_pid}"
+
+
+@worker_shutting_down.connect
+def _mark_draining(sig: str = "", how: str = "", exitcode: int = 0, **_: Any) -> None:
+    try:
+        _redis().set(_key(os.getpid()), how or "1", ex=3600)
+    except redis.RedisError:
+        log.warning("could not mark the worker as draining; running turns finish instead")
+
+
+def drain_requested() -> bool:
+    """Whether this pool process's worker is shutting down (checked at most every 0.5 s)."""
+    global _last
+    now = time.monotonic()
+    if now - _last[0] < _CHECK_EVERY:
+        return _last[1]
+    try:
+        draining = bool(_redis().exists(_key(os.getppid())))
+    except redis.RedisError:
+        draining = False
+    _last = (now, draining)
+    return draining

@@ -1,0 +1,53 @@
+"""Rate limits: frames per socket (in memory), messages per user (Redis, all processes)."""
+
+from __future__ import annotations
+
+import time
+
+from django.conf import settings
+
+from rooms.presence import _redis
+
+
+class TokenBucket:
+    """Allows `rate` events per second with bursts of `burst`; `take()` says how long to wait."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.at = time.monotonic()
+
+    def take(self) -> float | None:
+        """Spend one token; None if allowed, else the seconds until one is available."""
+        if self.rate <= 0:
+            return None
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return None
+        return (1 - self.tokens) / self.rate
+
+
+def frame_bucket() -> TokenBucket:
+    rate = settings.RATE_FRAMES_PER_SECOND
+    return TokenBucket(rate, max(1.0, 2 * rate))
+
+
+async def message_quota_take(user_id: int) -> float | None:
+    """Count one message against the user's per-minute quota; seconds to wait if it is spent."""
+    limit = settings.RATE_MESSAGES_PER_MINUTE
+    if limit <= 0:
+        return None
+    now = time.time()
+    window = int(now // 60)
+    key = f"chat:rate:msg:{int(user_id)}:{window}"
+    client = _redis()
+    count = await client.incr(key)
+    if count == 1:
+        await client.expire(key, 120)
+    if count > limit:
+        return (window + 1) * 60 - now
+    return None
