@@ -27,6 +27,24 @@ class RoomCreateForm(forms.ModelForm):
         return title
 
 
+class RoomSettingsForm(forms.ModelForm):
+    """The owner's settings of a room, AI included."""
+
+    class Meta:
+        model = Room
+        fields = [
+            "title", "visibility", "ai_enabled", "ai_model", "system_prompt", "ai_trigger", "recovery",
+        ]
+        labels = RoomCreateForm.Meta.labels | {"recovery": "If a worker dies mid-answer"}
+        widgets = {"system_prompt": forms.Textarea(attrs={"rows": 4})}
+
+    clean_title = RoomCreateForm.clean_title
+
+
+class ProfileForm(forms.Form):
+    display_name = forms.CharField(max_length=60, min_length=1, strip=True)
+
+
 class SignupForm(UserCreationForm):
     display_name = forms.CharField(max_length=60, required=False, help_text="Shown to others.")
 

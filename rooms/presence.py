@@ -26,8 +26,15 @@ def _redis() -> aioredis.Redis:
     return client
 
 
+def redis_key(*parts: object) -> str:
+    """A Redis key in this deployment's namespace (the channel prefix), so two deployments or
+    test runs sharing one Redis (and each having a room 1) never see each other's keys."""
+    prefix = settings.CHANNEL_LAYERS["default"]["CONFIG"].get("prefix", "chat")
+    return ":".join([prefix, *map(str, parts)])
+
+
 def _key(room_id: int) -> str:
-    return f"chat:presence:{int(room_id)}"
+    return redis_key("presence", int(room_id))
 
 
 async def presence_list(room_id: int) -> list[dict[str, Any]]:

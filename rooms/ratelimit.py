@@ -6,7 +6,7 @@ import time
 
 from django.conf import settings
 
-from rooms.presence import _redis
+from rooms.presence import _redis, redis_key
 
 
 class TokenBucket:
@@ -43,7 +43,7 @@ async def message_quota_take(user_id: int) -> float | None:
         return None
     now = time.time()
     window = int(now // 60)
-    key = f"chat:rate:msg:{int(user_id)}:{window}"
+    key = redis_key("rate", "msg", int(user_id), window)
     client = _redis()
     count = await client.incr(key)
     if count == 1:

@@ -125,36 +125,43 @@ class Transcript:
     has_earlier: bool
 
 
-def transcript(*, room: Room, limit: int = 200) -> Transcript:
+def transcript(*, room: Room, limit: int = 100) -> Transcript:
     """The newest `limit` visible messages, read in one snapshot so `seq` matches them."""
-    from agents.models import Turn  # reads only; rooms never imports the runner
-
     outermost = not connection.in_atomic_block
     with transaction.atomic():
         if outermost:  # one snapshot for seq, messages and chunks
             with connection.cursor() as cursor:
                 cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         seq = room_latest_seq(room_id=room.pk)
-        qs = (
-            Message.objects.filter(room=room, seq__lte=seq)
-            .exclude(status=Message.Status.HIDDEN)
-            .select_related("author")
-            .order_by("-seq")
-        )
-        rows = list(qs[: limit + 1])
-        has_earlier = len(rows) > limit
-        rows = list(reversed(rows[:limit]))
-        snaps = {s.message_id: s for s in snapshots_streaming(room_id=room.pk)}
-        turn_of = dict(
-            Turn.objects.filter(assistant_message_id__in=[m.pk for m in rows]).values_list(
-                "assistant_message_id", "pk"
-            )
-        )
-        turn_status = dict(
-            Turn.objects.filter(trigger_message_id__in=[m.pk for m in rows]).values_list(
-                "trigger_message_id", "status"
-            )
-        )
+        messages, has_earlier = _messages_page(room=room, through=seq, limit=limit)
+    return Transcript(room=room, seq=seq, messages=messages, has_earlier=has_earlier)
+
+
+def transcript_before(*, room: Room, before: int, limit: int = 100) -> Transcript:
+    """The `limit` visible messages just before seq `before` ("load earlier")."""
+    messages, has_earlier = _messages_page(room=room, through=before - 1, limit=limit)
+    return Transcript(room=room, seq=before - 1, messages=messages, has_earlier=has_earlier)
+
+
+def _messages_page(*, room: Room, through: int, limit: int) -> tuple[list[dict[str, Any]], bool]:
+    from agents.models import Turn  # reads only; rooms never imports the runner
+
+    rows = list(
+        Message.objects.filter(room=room, seq__lte=through)
+        .exclude(status=Message.Status.HIDDEN)
+        .select_related("author")
+        .order_by("-seq")[: limit + 1]
+    )
+    has_earlier = len(rows) > limit
+    rows = list(reversed(rows[:limit]))
+    ids = [m.pk for m in rows]
+    snaps = {s.message_id: s for s in snapshots_streaming(room_id=room.pk)}
+    turn_of = dict(
+        Turn.objects.filter(assistant_message_id__in=ids).values_list("assistant_message_id", "pk")
+    )
+    turn_status = dict(
+        Turn.objects.filter(trigger_message_id__in=ids).values_list("trigger_message_id", "status")
+    )
     messages = []
     for m in rows:
         data = message_data(m, turn_id=turn_of.get(m.pk))
@@ -164,8 +171,21 @@ def transcript(*, room: Room, limit: int = 200) -> Transcript:
             data["html"] = render_markdown(snap.content)
             data["next_index"] = snap.next_index
         data["turn_status"] = turn_status.get(m.pk)
+        data["initials"] = initials(data["author"]["name"] if data["author"] else "AI")
+        data["hue"] = avatar_hue(m.author_id)
         messages.append(data)
-    return Transcript(room=room, seq=seq, messages=messages, has_earlier=has_earlier)
+    return messages, has_earlier
+
+
+def avatar_hue(user_id: int | None) -> int:
+    """A stable colour per person (room.js computes the same)."""
+    return 265 if user_id is None else (user_id * 47) % 360
+
+
+def initials(name: str) -> str:
+    """Up to two letters for an avatar."""
+    parts = [p for p in name.replace("(", " ").split() if p[:1].isalnum()]
+    return ("".join(p[0] for p in parts[:2]) or "?").upper()
 
 
 def members_of(*, room: Room) -> QuerySet[Membership]:

@@ -79,6 +79,20 @@ def room_create(
     return room
 
 
+def room_update(*, room: Room, **fields: Any) -> Room:
+    """Change a room's settings (the owner's form); takes effect from the next turn."""
+    for name, value in fields.items():
+        setattr(room, name, value)
+    room.save(update_fields=list(fields))
+    return room
+
+
+def profile_update(*, user: Any, display_name: str) -> None:
+    """Set the name other people see (new messages carry it)."""
+    user.first_name = display_name.strip()[:60]
+    user.save(update_fields=["first_name"])
+
+
 def membership_join(*, room: Room, user: Any) -> Membership:
     """Add a user to a room (idempotent)."""
     membership, _ = Membership.objects.get_or_create(room=room, user=user)

@@ -13,7 +13,15 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from rooms import selectors, services
-from rooms.forms import GuestForm, MessageForm, RoomCreateForm, SignupForm, TokenForm
+from rooms.forms import (
+    GuestForm,
+    MessageForm,
+    ProfileForm,
+    RoomCreateForm,
+    RoomSettingsForm,
+    SignupForm,
+    TokenForm,
+)
 from rooms.models import ApiToken, Room
 
 
@@ -77,6 +85,37 @@ def room(request: HttpRequest, slug: str) -> HttpResponse:
 
 
 @login_required
+def room_settings(request: HttpRequest, slug: str) -> HttpResponse:
+    """The owner's page for a room's settings, AI included."""
+    found = get_object_or_404(Room, slug=slug)
+    if found.owner_id != request.user.pk:
+        return render(request, "forbidden.html", {"room_title": found.title}, status=403)
+    form = RoomSettingsForm(request.POST or None, instance=found)
+    if request.method == "POST" and form.is_valid():
+        services.room_update(room=found, **{f: form.cleaned_data[f] for f in form.changed_data})
+        messages.success(request, "Room settings saved.")
+        return redirect("room", slug=slug)
+    return render(request, "room_settings.html", {"room": found, "form": form})
+
+
+@login_required
+def room_earlier(request: HttpRequest, slug: str) -> HttpResponse:
+    """Older messages of a room as HTML rows, for "load earlier" (before=<seq>)."""
+    found = _room_or_refuse(request, slug)
+    if isinstance(found, HttpResponse):
+        return found
+    before = request.GET.get("before", "")
+    if not before.isdigit() or len(before) > 18:
+        return HttpResponse("before must be a seq", status=400)
+    page = selectors.transcript_before(room=found, before=int(before))
+    return render(
+        request,
+        "includes/messages.html",
+        {"messages": page.messages, "has_earlier": page.has_earlier, "me": selectors.user_data(request.user)},
+    )
+
+
+@login_required
 @require_POST
 def room_post(request: HttpRequest, slug: str) -> HttpResponse:
     """The composer without JavaScript: the same service as the socket's `send`."""
@@ -127,6 +166,17 @@ def guest(request: HttpRequest) -> HttpResponse:
         login(request, user, backend="django.contrib.auth.backends.ModelBackend")
         return redirect(request.GET.get("next") or "home")
     return render(request, "guest.html", {"form": form})
+
+
+@login_required
+def profile(request: HttpRequest) -> HttpResponse:
+    """Your display name (and a link to your API tokens)."""
+    form = ProfileForm(request.POST or None, initial={"display_name": request.user.first_name})
+    if request.method == "POST" and form.is_valid():
+        services.profile_update(user=request.user, display_name=form.cleaned_data["display_name"])
+        messages.success(request, "Profile saved.")
+        return redirect("profile")
+    return render(request, "profile.html", {"form": form})
 
 
 @login_required

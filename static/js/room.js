@@ -72,6 +72,8 @@ function start(root) {
   // interrupted and failed answers get their retry button (after addRetry is defined below).
   queueMicrotask(() => {
     for (const li of els.transcript.querySelectorAll('li.msg[data-status="interrupted"], li.msg[data-status="failed"]')) addRetry(li);
+    updateQueuePositions();
+    setupLoadEarlier();
   });
   for (const li of els.transcript.querySelectorAll('li.msg[data-status="streaming"]')) {
     nextIndex.set(Number(li.dataset.id), parseInt(li.dataset.nextIndex, 10) || 0);
@@ -148,6 +150,9 @@ function start(root) {
     if (m.turn_id) li.dataset.turnId = m.turn_id;
     if (m.client_id) li.dataset.clientId = m.client_id;
     if (m.author) li.dataset.authorId = m.author.id;
+    const avatar = el('span', 'avatar', initials(m.author ? m.author.name : 'AI'));
+    avatar.setAttribute('aria-hidden', 'true');
+    avatar.style.setProperty('--hue', m.author ? (m.author.id * 47) % 360 : 265);
     const meta = el('div', 'meta');
     const time = el('time');
     time.dateTime = m.created_at || new Date().toISOString();
@@ -161,8 +166,13 @@ function start(root) {
     } else {
       body.innerHTML = m.html || ''; // sanitized by the server (rooms/rendering.py)
     }
-    li.append(meta, body);
+    li.append(avatar, meta, body);
     return li;
+  }
+
+  function initials(name) {
+    const parts = name.replace('(', ' ').split(/\s+/).filter((p) => /^[\p{L}\p{N}]/u.test(p));
+    return (parts.slice(0, 2).map((p) => p[0]).join('') || '?').toUpperCase();
   }
 
   // Insert in seq order; optimistic (pending) messages always stay at the bottom.
@@ -229,6 +239,39 @@ function start(root) {
     li.querySelector('.meta').append(' ', btn);
   }
 
+  // "queued #n": where each waiting question stands (the running answer is ahead of #1).
+  function updateQueuePositions() {
+    const waiting = els.transcript.querySelectorAll('li.msg[data-turn-status="queued"]');
+    waiting.forEach((li, i) => setStatusLabel(li, `queued #${i + 1}`));
+  }
+
+  // "Load earlier": fetch older rows (server-rendered, same markup) and put them on top.
+  function setupLoadEarlier() {
+    const link = document.getElementById('load-earlier');
+    if (!link) return;
+    link.addEventListener('click', async (event) => {
+      event.preventDefault();
+      link.setAttribute('aria-busy', 'true');
+      try {
+        const response = await fetch(link.href, { credentials: 'same-origin' });
+        if (!response.ok) throw new Error(`HTTP ${response.status}`);
+        const tpl = document.createElement('template');
+        tpl.innerHTML = await response.text(); // our own server-rendered, sanitized rows
+        const more = tpl.content.querySelector('.earlier-marker');
+        if (more) more.remove();
+        const rows = [...tpl.content.querySelectorAll('li.msg')].filter((li) => !document.getElementById(li.id));
+        els.transcript.prepend(...rows);
+        for (const li of rows) addRetry(li);
+        if (!more || !rows.length) link.parentElement.remove();
+        else link.href = link.href.replace(/before=\d+/, `before=${rows[0].dataset.seq}`);
+      } catch (err) {
+        notice('load_failed', `Could not load earlier messages (${err.message}).`);
+      } finally {
+        link.removeAttribute('aria-busy');
+      }
+    });
+  }
+
   function onTurn(t) {
     if (t.status === 'running') running.add(t.id); else running.delete(t.id);
     updateStop();
@@ -255,6 +298,7 @@ function start(root) {
     } else {
       setStatusLabel(trigger, '');
     }
+    updateQueuePositions();
   }
 
   function onRoomEvent(f) {
