@@ -64,3 +64,21 @@ lint: $(STAMP) ## ruff check
 
 clean-data: services-stop ## stop the embedded services and delete .devdata (database, Redis data, static)
 	rm -rf .devdata
+
+LOAD_ARGS ?=
+.PHONY: load
+load: $(STAMP) ## load test of one Daphne: 1000 idle sockets, 100 streaming (LOAD_ARGS="--sockets 100 --active 10")
+	$(PY) -m bench.load $(LOAD_ARGS)
+
+CHAOS_ARGS ?=
+.PHONY: chaos
+chaos: $(STAMP) ## fault-injection run checking every room guarantee, 3 min (CHAOS_ARGS="--duration 600")
+	$(PY) -m bench.chaos $(CHAOS_ARGS)
+
+BENCH_ARGS ?=
+.PHONY: bench bench-quick
+bench: $(STAMP) ## performance figures vs floors measured in the same run, a few minutes; rewrites docs/performance.md's table (BENCH_ARGS="--profile")
+	$(PY) -m bench.perf $(BENCH_ARGS)
+
+bench-quick: $(STAMP) ## the same, smaller sizes, about a minute (BENCH_ARGS="--only fanout,latency")
+	$(PY) -m bench.perf --quick $(BENCH_ARGS)

@@ -75,6 +75,14 @@ def _replay(room_id: int, since: int) -> tuple[list[tuple[int, str]], list[selec
     return events, snapshots, (events[-1][0] if events else since)
 
 
+class NoRouteConsumer(AsyncWebsocketConsumer):
+    """Any WebSocket path that is not a room: refused with 4404."""
+
+    async def connect(self) -> None:
+        await self.accept()
+        await self.close(code=CLOSE_NOT_FOUND)
+
+
 class RoomConsumer(AsyncWebsocketConsumer):
     """One socket of one member in one room."""
 
@@ -120,9 +128,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
             return
         shutdown.forget(self)
         await self.channel_layer.group_discard(broadcast.room_group(self.room_id), self.channel_name)
-        await self.channel_layer.group_discard(
-            broadcast.user_group(self.scope["user"].pk), self.channel_name
-        )
+        await self.channel_layer.group_discard(broadcast.user_group(self.scope["user"].pk), self.channel_name)
         try:
             await presence.presence_leave(self.room_id, self.channel_name)
             await self._announce_presence()
@@ -235,6 +241,16 @@ class RoomConsumer(AsyncWebsocketConsumer):
         latest = await database_sync_to_async(selectors.room_latest_seq)(room_id=self.room_id)
         await self.send(text_data=pong_frame(latest))
         await presence.presence_touch(self.room_id, self.channel_name, self.user_data)
+
+    async def send(
+        self, text_data: str | None = None, bytes_data: bytes | None = None, close: bool = False
+    ) -> None:
+        """Send, unless the client is already gone (it left mid-answer: nothing to tell it)."""
+        try:
+            await super().send(text_data=text_data, bytes_data=bytes_data, close=close)
+        except Exception as exc:
+            if type(exc).__name__ != "Disconnected":  # autobahn's, under Daphne
+                raise
 
     # --- broadcasts (no database work on the fast path) -----------------------------------
 

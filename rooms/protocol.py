@@ -37,6 +37,8 @@ class SendFrame(_Frame):
             raise ValueError(f"content is over {settings.CHAT_MAX_MESSAGE_CHARS} characters")
         if "\x00" in value:
             raise ValueError("content contains a NUL character")
+        if not _encodable(value):
+            raise ValueError("content contains a lone surrogate (not valid Unicode text)")
         return value
 
 
@@ -91,9 +93,20 @@ class FrameError(Exception):
         self.retry_after = retry_after
 
 
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _ref_of(data: dict[str, Any]) -> Any:
+    """The frame's client_id or turn_id, echoed in an error only if it is safe to echo."""
     ref = data.get("client_id", data.get("turn_id"))
-    return ref if isinstance(ref, (str, int)) and not isinstance(ref, bool) else None
+    if isinstance(ref, str):
+        return ref if len(ref) <= 100 and _encodable(ref) else None
+    return ref if isinstance(ref, int) and not isinstance(ref, bool) and abs(ref) < 2**63 else None
 
 
 def parse_client_frame(text: str | None, binary: bytes | None = None) -> ClientFrame:

@@ -10,6 +10,7 @@ from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from rooms import selectors, services
@@ -164,7 +165,11 @@ def guest(request: HttpRequest) -> HttpResponse:
     if request.method == "POST" and form.is_valid():
         user = services.guest_create(display_name=form.cleaned_data["display_name"])
         login(request, user, backend="django.contrib.auth.backends.ModelBackend")
-        return redirect(request.GET.get("next") or "home")
+        target = request.GET.get("next", "")
+        safe = url_has_allowed_host_and_scheme(
+            target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+        )
+        return redirect(target if safe and target.startswith("/") else "home")
     return render(request, "guest.html", {"form": form})
 
 

@@ -1,0 +1,217 @@
+"""The stack under measurement, standalone (the way tests/stack.py builds it, without pytest).
+
+Embedded Postgres/Redis (unless DATABASE_URL / REDIS_URL are set), a fresh database
+``load_<pid>`` (created, migrated, dropped at exit), ONE Daphne process (the one measured),
+one Celery worker (prefork, concurrency 2), beat, and the fake OpenAI server in a thread.
+Nothing here imports Django: the driver sets the environment first, then calls django.setup().
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+ROOT = Path(__file__).resolve().parents[2]
+NOFILE = 65536
+DB_PREFIX = "load_"
+
+
+def raise_nofile(target: int = NOFILE) -> int:
+    """Raise RLIMIT_NOFILE of this process to `target` (hard limit too, when allowed)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, target))
+            return target
+        except (ValueError, OSError):  # not root: as high as the hard limit allows
+            target = hard
+    if soft == resource.RLIM_INFINITY or soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def _child_preexec() -> None:
+    """preexec_fn of the children: a high fd limit (only async-signal-safe-ish work here)."""
+    raise_nofile(NOFILE)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on {port}")
+
+
+# --- services and the fresh database ----------------------------------------------------------
+
+
+def service_urls() -> dict[str, str]:
+    """DATABASE_URL (of an existing database, used to create ours) and REDIS_URL."""
+    urls = {k: os.environ[k] for k in ("DATABASE_URL", "REDIS_URL") if os.environ.get(k)}
+    if len(urls) < 2:
+        from chatproject.embedded import ensure_services
+
+        for key, value in ensure_services(ROOT / ".devdata").items():
+            urls.setdefault(key, value)
+    return urls
+
+
+def _with_db(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class FreshDatabase:
+    """`load_<pid>` on the server of `admin_url`; `url` is its DATABASE_URL."""
+
+    admin_url: str
+    name: str = field(default_factory=lambda: f"{DB_PREFIX}{os.getpid()}")
+    created: bool = False
+
+    @property
+    def url(self) -> str:
+        return _with_db(self.admin_url, self.name)
+
+    def _admin(self):  # noqa: ANN202 - psycopg connection
+        import psycopg
+
+        return psycopg.connect(self.admin_url, autocommit=True, connect_timeout=10)
+
+    def create(self) -> list[str]:
+        """Drop databases of earlier runs that died (their pid is gone), create ours."""
+        dropped = []
+        with self._admin() as conn:
+            rows = conn.execute(
+                "SELECT datname FROM pg_database WHERE datname LIKE %s", [f"{DB_PREFIX}%"]
+            ).fetchall()
+            for (name,) in rows:
+                m = re.fullmatch(rf"{DB_PREFIX}(\d+)", name)
+                if m and (name == self.name or not _pid_alive(int(m.group(1)))):
+                    conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                    dropped.append(name)
+            conn.execute(f'CREATE DATABASE "{self.name}"')
+        self.created = True
+        return dropped
+
+    def drop(self) -> None:
+        if not self.created:
+            return
+        with self._admin() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+        self.created = False
+
+    def pg_stats(self) -> dict[str, int | None]:
+        """Sessions ever opened on our database (pg_stat_database.sessions, PostgreSQL 14+)
+        and the backends connected to it now."""
+        out: dict[str, int | None] = {"sessions": None, "backends": None}
+        try:
+            with self._admin() as conn:
+                conn.execute("SELECT pg_stat_clear_snapshot()")
+                row = conn.execute(
+                    "SELECT sessions FROM pg_stat_database WHERE datname = %s", [self.name]
+                ).fetchone()
+                out["sessions"] = int(row[0]) if row and row[0] is not None else None
+                row = conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = %s", [self.name]
+                ).fetchone()
+                out["backends"] = int(row[0]) if row else None
+        except Exception:  # a statistic, never a reason to fail the run
+            pass
+        return out
+
+
+# --- processes ------------------------------------------------------------------------------
+
+
+@dataclass
+class Processes:
+    """Daphne (measured), a Celery worker, beat; each in its own session, logs in `logdir`."""
+
+    env: dict[str, str]
+    port: int
+    logdir: Path
+    concurrency: int = 2
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def start(self, name: str) -> subprocess.Popen[bytes]:
+        py = sys.executable
+        commands = {
+            # exactly how `make run` starts a single ASGI process (chatproject/stack.py)
+            "web": [py, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
+                    "chatproject.asgi:application"],
+            "worker": [py, "-m", "celery", "-A", "chatproject", "worker", "-l", "info",
+                       "-P", "prefork", "--concurrency", str(self.concurrency),
+                       "-n", f"load-{uuid.uuid4().hex[:6]}@%h", "--without-gossip",
+                       "--without-mingle"],
+            "beat": [py, "-m", "celery", "-A", "chatproject", "beat", "-l", "info",
+                     "--schedule", str(self.logdir / "beat-schedule")],
+        }  # fmt: skip
+        log = open(self.logdir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
+        proc = subprocess.Popen(
+            commands[name], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_child_preexec,
+        )  # fmt: skip
+        log.close()
+        self.procs[name] = proc
+        if name == "web":
+            wait_port(self.port, proc)
+        return proc
+
+    def stop(self, name: str, timeout: float = 15.0) -> int | None:
+        proc = self.procs.pop(name, None)
+        if proc is None:
+            return None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            return proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            return proc.wait()
+
+    def stop_all(self) -> dict[str, int | None]:
+        # the web first (its sockets close), then beat, then the worker (it may be streaming)
+        return {name: self.stop(name) for name in ("web", "beat", "worker") if name in self.procs}
+
+    def log_path(self, name: str) -> Path:
+        return self.logdir / f"{name}.log"
+
+
+def make_logdir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="load-"))

@@ -1,0 +1,5 @@
+import sys
+
+from bench.perf.run import main
+
+sys.exit(main())
