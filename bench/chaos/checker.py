@@ -1,0 +1,506 @@
+"""The checker: every client's frame record and final state against the database.
+
+The checks, one letter each (the guarantees of ARCHITECTURE.md, stated so a program can check
+them; every violation names its room, its client and the first event that differs):
+
+  a  gapless, exactly once: the room-event seqs a client applied are 1, 2, 3, ... with no hole
+     and no repeat, end at the room's last seq, and every room-event frame it received equals
+     the database's RoomEvent.frame for that seq
+  b  converged: the client's text and status of every message (and status of every turn)
+     equal the database's, and it knows no message the database does not
+  c  no acked message lost: every ack names a stored message of that client (id, seq, author,
+     client_id); every stored user message was sent by a client; every send got an answer
+  d  no duplicated assistant message: each assistant message belongs to exactly one turn, and
+     the `message` event that created it names that turn
+  e  every turn terminal and no message left streaming after the settle phase
+  f  a room's turns started in the order of their triggering messages
+  g  no two turns of a room overlap in time
+  h  chunk indexes gapless from 0; a finished assistant message's content == its joined chunks
+  i  every delta a client received equals the persisted chunk at that index (nothing written
+     or sent that is not in the database, e.g. by a paused worker that lost its lease)
+  j  the broadcast path recovered: after the faults, a probe message's turn reaches every open
+     socket of its room without the client asking (no pings then)
+  k  a turn whose worker was killed or paused leaves that worker's lease (is recovered) within
+     the lease timeout plus one sweep (plus a slack for a loaded machine)
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from rooms.client import RoomState
+
+ROOM_EVENTS = ("message", "message_update", "turn")
+TERMINAL = frozenset({"done", "cancelled", "failed", "interrupted"})
+
+CHECKS = {
+    "a": "gapless, exactly once",
+    "b": "converged text",
+    "c": "no acked message lost",
+    "d": "no duplicated assistant message",
+    "e": "every turn terminal",
+    "f": "turns start in order",
+    "g": "no overlapping turns",
+    "h": "chunks gapless, content == chunks",
+    "i": "deltas == persisted chunks",
+    "j": "live delivery recovered",
+    "k": "recovered within lease + one sweep",
+}
+
+
+@dataclass
+class ClientRecord:
+    """What one client saw and did, as the checker needs it."""
+
+    name: str
+    room_id: int
+    user_id: int
+    frames: list[dict[str, Any]]
+    state: RoomState
+    acks: dict[str, dict[str, Any]]
+    sent: dict[str, str]
+    rejected: dict[str, dict[str, Any]]
+    unanswered: dict[str, str]
+
+
+@dataclass
+class Violation:
+    check: str
+    room: str
+    client: str
+    detail: str
+
+    def __str__(self) -> str:
+        what = f"{self.check}: {CHECKS[self.check]}"
+        return f"VIOLATION [{what}] room={self.room} client={self.client}: {self.detail}"
+
+
+@dataclass
+class RoomData:
+    """One room as the database has it."""
+
+    id: int
+    slug: str
+    last_seq: int
+    events: dict[int, tuple[str, str]] = field(default_factory=dict)  # seq -> (type, frame text)
+    messages: dict[int, dict[str, Any]] = field(default_factory=dict)
+    turns: dict[int, dict[str, Any]] = field(default_factory=dict)
+    chunks: dict[int, list[tuple[int, str]]] = field(default_factory=lambda: defaultdict(list))
+
+
+def load_rooms(room_ids: list[int]) -> dict[int, RoomData]:
+    """Read every room of the run, with its events, messages, turns and chunks."""
+    from agents.models import Turn
+    from rooms.models import Message, Room, RoomEvent, StreamChunk
+
+    rooms = {
+        pk: RoomData(pk, slug, last_seq)
+        for pk, slug, last_seq in Room.objects.filter(pk__in=room_ids).values_list("pk", "slug", "last_seq")
+    }
+    for room_id, seq, type_, frame in RoomEvent.objects.filter(room_id__in=room_ids).values_list(
+        "room_id", "seq", "type", "frame"
+    ):
+        rooms[room_id].events[seq] = (type_, frame)
+    for m in Message.objects.filter(room_id__in=room_ids).values(
+        "id", "room_id", "seq", "role", "author_id", "content", "status", "client_id"
+    ):
+        rooms[m["room_id"]].messages[m["id"]] = m
+    for t in Turn.objects.filter(room_id__in=room_ids).values(
+        "id",
+        "room_id",
+        "queue_seq",
+        "trigger_message_id",
+        "assistant_message_id",
+        "status",
+        "attempt",
+        "started_at",
+        "finished_at",
+        "error",
+    ):
+        rooms[t["room_id"]].turns[t["id"]] = t
+    message_room = {mid: m["room_id"] for r in rooms.values() for mid, m in r.messages.items()}
+    for message_id, index, text in (
+        StreamChunk.objects.filter(message__room_id__in=room_ids)
+        .order_by("message_id", "index")
+        .values_list("message_id", "index", "text")
+    ):
+        rooms[message_room[message_id]].chunks[message_id].append((index, text))
+    return rooms
+
+
+def _first_diff(a: str, b: str) -> str:
+    """Where two texts part, with a little context."""
+    i = next((k for k, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+    start = max(0, i - 20)
+    return f"at char {i}: client {a[start : i + 30]!r} vs db {b[start : i + 30]!r} (len {len(a)} vs {len(b)})"
+
+
+def _brief(frame_text: str | dict[str, Any] | None) -> str:
+    if frame_text is None:
+        return "none"
+    f = json.loads(frame_text) if isinstance(frame_text, str) else frame_text
+    inner = f.get("message") or f.get("turn") or {}
+    keep = {
+        k: inner.get(k)
+        for k in ("id", "role", "status", "turn_id", "trigger_message_id", "message_id")
+        if k in inner
+    }
+    return f"{f.get('type')} seq={f.get('seq')} {keep}"
+
+
+@dataclass
+class CheckReport:
+    violations: list[Violation] = field(default_factory=list)
+    frames_checked: int = 0
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+class Checker:
+    """Runs every check over the records of all clients and the rooms they were in."""
+
+    def __init__(
+        self,
+        records: list[ClientRecord],
+        rooms: dict[int, RoomData],
+        *,
+        probes: list[dict[str, Any]] | None = None,
+        recoveries: list[dict[str, Any]] | None = None,
+        recovery_bound: float = 8.0,
+    ) -> None:
+        self.records = records
+        self.rooms = rooms
+        self.probes = probes or []
+        self.recoveries = recoveries or []
+        self.recovery_bound = recovery_bound
+        self.report = CheckReport()
+
+    def fail(self, check: str, room: RoomData, client: str, detail: str) -> None:
+        self.report.violations.append(Violation(check, room.slug, client, detail))
+
+    def run(self) -> CheckReport:
+        for rec in self.records:
+            room = self.rooms[rec.room_id]
+            self.check_events(rec, room)
+            self.check_converged(rec, room)
+            self.check_acks(rec, room)
+            self.check_deltas(rec, room)
+        sent_by = {(rec.user_id, cid): content for rec in self.records for cid, content in rec.sent.items()}
+        for room in self.rooms.values():
+            self.check_user_messages(room, sent_by)
+            self.check_assistant_messages(room)
+            self.check_terminal(room)
+            self.check_order(room)
+            self.check_chunks(room)
+        self.check_probes()
+        self.check_recoveries()
+        self.report.stats = self.stats()
+        return self.report
+
+    # --- a ----------------------------------------------------------------------------------
+
+    def check_events(self, rec: ClientRecord, room: RoomData) -> None:
+        seqs = rec.state.applied_seqs
+        for i, seq in enumerate(seqs):
+            if seq != i + 1:
+                missing = i + 1
+                what = "applied twice" if seq in seqs[:i] else f"applied {seq} where {missing} was due"
+                self.fail(
+                    "a",
+                    room,
+                    rec.name,
+                    f"event #{i}: {what}; first differing event: db "
+                    f"{_brief(room.events.get(missing, (None, None))[1])}",
+                )
+                break
+        if rec.state.last_seq != room.last_seq:
+            self.fail(
+                "a", room, rec.name, f"client ended at seq {rec.state.last_seq}, room at {room.last_seq}"
+            )
+        bad = 0
+        for frame in rec.frames:
+            if frame.get("type") not in ROOM_EVENTS:
+                continue
+            self.report.frames_checked += 1
+            db = room.events.get(frame["seq"])
+            if db is None or json.loads(db[1]) != frame:
+                bad += 1
+                if bad == 1:
+                    self.fail(
+                        "a",
+                        room,
+                        rec.name,
+                        f"received {_brief(frame)} but db has {_brief(db[1] if db else None)}: "
+                        f"{json.dumps(frame)[:300]} vs {(db[1] if db else '')[:300]}",
+                    )
+        if bad > 1:
+            self.fail("a", room, rec.name, f"{bad} event frames in all differ from the database")
+
+    # --- b ----------------------------------------------------------------------------------
+
+    def check_converged(self, rec: ClientRecord, room: RoomData) -> None:
+        mine = rec.state.messages
+        for mid, m in sorted(room.messages.items(), key=lambda kv: kv[1]["seq"]):
+            cm = mine.get(mid)
+            # a message still streaming has its text in its chunks (check e reports it)
+            text = (
+                "".join(t for _, t in room.chunks.get(mid, []))
+                if m["status"] == "streaming"
+                else m["content"]
+            )
+            if cm is None:
+                self.fail("b", room, rec.name, f"message {mid} (seq {m['seq']}, {m['role']}) never seen")
+            elif cm.content != text:
+                self.fail(
+                    "b",
+                    room,
+                    rec.name,
+                    f"message {mid} ({m['role']}, db {m['status']}, client {cm.status}) text differs "
+                    f"{_first_diff(cm.content, text)}",
+                )
+            elif cm.status != m["status"]:
+                self.fail("b", room, rec.name, f"message {mid} status: client {cm.status}, db {m['status']}")
+        for mid in set(mine) - set(room.messages):
+            self.fail("b", room, rec.name, f"client has message {mid} the database does not")
+        for tid, t in room.turns.items():
+            ct = rec.state.turns.get(tid)
+            if ct is None or ct["status"] != t["status"]:
+                self.fail(
+                    "b",
+                    room,
+                    rec.name,
+                    f"turn {tid}: client {ct['status'] if ct else 'never saw it'}, db {t['status']}",
+                )
+
+    # --- c ----------------------------------------------------------------------------------
+
+    def check_acks(self, rec: ClientRecord, room: RoomData) -> None:
+        for cid, ack in rec.acks.items():
+            m = room.messages.get(ack["message_id"])
+            if m is None:
+                self.fail("c", room, rec.name, f"acked message {ack['message_id']} ({cid}) is not stored")
+            elif (str(m["client_id"]), m["author_id"], m["seq"], m["content"]) != (
+                cid,
+                rec.user_id,
+                ack["seq"],
+                rec.sent.get(cid),
+            ):
+                self.fail(
+                    "c",
+                    room,
+                    rec.name,
+                    f"ack {ack} does not match stored message (client_id {m['client_id']}, author "
+                    f"{m['author_id']}, seq {m['seq']}, content {m['content'][:60]!r})",
+                )
+        for cid in rec.unanswered:
+            self.fail("c", room, rec.name, f"send {cid} never acked nor rejected after settling")
+
+    def check_user_messages(self, room: RoomData, sent_by: dict[tuple[int, str], str]) -> None:
+        for m in room.messages.values():
+            if m["role"] != "user":
+                continue
+            sent = sent_by.get((m["author_id"], str(m["client_id"])))
+            if sent != m["content"]:
+                self.fail(
+                    "c",
+                    room,
+                    "-",
+                    f"stored user message {m['id']} was never sent like that: {m['content'][:80]!r}",
+                )
+
+    # --- d ----------------------------------------------------------------------------------
+
+    def check_assistant_messages(self, room: RoomData) -> None:
+        owners: dict[int, list[int]] = defaultdict(list)
+        for tid, t in room.turns.items():
+            if t["assistant_message_id"] is not None:
+                owners[t["assistant_message_id"]].append(tid)
+        created_by: dict[int, Any] = {}
+        for _seq, (type_, text) in room.events.items():
+            if type_ == "message":
+                body = json.loads(text)["message"]
+                if body["role"] == "assistant":
+                    created_by[body["id"]] = body.get("turn_id")
+        per_turn: Counter[Any] = Counter(created_by.values())
+        for mid, m in room.messages.items():
+            if m["role"] != "assistant":
+                continue
+            turns = owners.get(mid, [])
+            if len(turns) != 1:
+                self.fail("d", room, "-", f"assistant message {mid} belongs to turns {turns}")
+            elif created_by.get(mid) != turns[0]:
+                self.fail(
+                    "d",
+                    room,
+                    "-",
+                    f"assistant message {mid} was created for turn {created_by.get(mid)}, "
+                    f"but turn {turns[0]} holds it",
+                )
+        for tid, n in per_turn.items():
+            if n > 1:
+                self.fail("d", room, "-", f"turn {tid} created {n} assistant messages")
+
+    # --- e ----------------------------------------------------------------------------------
+
+    def check_terminal(self, room: RoomData) -> None:
+        for tid, t in room.turns.items():
+            if t["status"] not in TERMINAL:
+                self.fail(
+                    "e",
+                    room,
+                    "-",
+                    f"turn {tid} is still {t['status']} (attempt {t['attempt']}, "
+                    f"error {t['error']!r}); its events: {self.turn_history(room, tid)}",
+                )
+        for mid, m in room.messages.items():
+            if m["status"] == "streaming":
+                turn = next((t for t in room.turns.values() if t["assistant_message_id"] == mid), None)
+                history = self.turn_history(room, turn["id"]) if turn else "-"
+                self.fail(
+                    "e",
+                    room,
+                    "-",
+                    f"message {mid} is still streaming ({len(room.chunks.get(mid, []))} "
+                    f"chunks); its turn {turn['id'] if turn else None} is "
+                    f"{turn['status'] if turn else None} (error {turn['error'] if turn else ''!r}); "
+                    f"the turn's events: {history}",
+                )
+
+    @staticmethod
+    def turn_history(room: RoomData, turn_id: int) -> str:
+        """The `turn` events of one turn, in seq order: how it got where it is."""
+        steps = []
+        for seq in sorted(room.events):
+            type_, text = room.events[seq]
+            if type_ == "turn":
+                t = json.loads(text)["turn"]
+                if t["id"] == turn_id:
+                    extra = " recovering" if t.get("recovering") else ""
+                    steps.append(f"seq {seq} {t['status']}{extra} (attempt {t['attempt']})")
+        return "; ".join(steps)
+
+    # --- f, g -------------------------------------------------------------------------------
+
+    def check_order(self, room: RoomData) -> None:
+        started = sorted((t for t in room.turns.values() if t["started_at"]), key=lambda t: t["started_at"])
+        for prev, nxt in zip(started, started[1:], strict=False):
+            if nxt["queue_seq"] < prev["queue_seq"]:
+                self.fail(
+                    "f",
+                    room,
+                    "-",
+                    f"turn {nxt['id']} (queue_seq {nxt['queue_seq']}) started at "
+                    f"{nxt['started_at']:%H:%M:%S.%f}, after turn {prev['id']} (queue_seq "
+                    f"{prev['queue_seq']}) at {prev['started_at']:%H:%M:%S.%f}",
+                )
+            if prev["finished_at"] is None or prev["finished_at"] > nxt["started_at"]:
+                self.fail(
+                    "g",
+                    room,
+                    "-",
+                    f"turn {prev['id']} ran {prev['started_at']:%H:%M:%S.%f}.."
+                    f"{prev['finished_at'] and format(prev['finished_at'], '%H:%M:%S.%f')} and turn "
+                    f"{nxt['id']} started {nxt['started_at']:%H:%M:%S.%f}",
+                )
+
+    # --- h, i -------------------------------------------------------------------------------
+
+    def check_chunks(self, room: RoomData) -> None:
+        for mid, m in room.messages.items():
+            chunks = room.chunks.get(mid, [])
+            if m["role"] != "assistant":
+                if chunks:
+                    self.fail("h", room, "-", f"{m['role']} message {mid} has chunks")
+                continue
+            indexes = [i for i, _ in chunks]
+            if indexes != list(range(len(indexes))):
+                self.fail("h", room, "-", f"message {mid} chunk indexes {indexes[:20]}...")
+            joined = "".join(t for _, t in chunks)
+            if m["status"] != "streaming" and m["content"] != joined:
+                self.fail(
+                    "h",
+                    room,
+                    "-",
+                    f"message {mid} ({m['status']}) content != chunks {_first_diff(m['content'], joined)}",
+                )
+
+    def check_deltas(self, rec: ClientRecord, room: RoomData) -> None:
+        bad = 0
+        for frame in rec.frames:
+            if frame.get("type") != "delta":
+                continue
+            self.report.frames_checked += 1
+            chunks = dict(room.chunks.get(frame["message_id"], []))
+            if chunks.get(frame["index"]) != frame["text"]:
+                bad += 1
+                if bad == 1:
+                    self.fail(
+                        "i",
+                        room,
+                        rec.name,
+                        f"delta message {frame['message_id']} index {frame['index']} text "
+                        f"{frame['text'][:60]!r}, db chunk {chunks.get(frame['index'], '<none>')!r:.80}",
+                    )
+        if bad > 1:
+            self.fail("i", room, rec.name, f"{bad} delta frames in all differ from the chunks")
+
+    # --- j, k -------------------------------------------------------------------------------
+
+    def check_probes(self) -> None:
+        by_slug = {r.slug: r for r in self.rooms.values()}
+        for probe in self.probes:
+            if not probe["ok"]:
+                detail = (
+                    probe.get("detail") or f"never saw the probe's turn end: {', '.join(probe['missing'])}"
+                )
+                self.fail("j", by_slug[probe["room"]], "-", detail)
+
+    def check_recoveries(self) -> None:
+        by_id = self.rooms
+        for r in self.recoveries:
+            room = by_id.get(r["room"])
+            if room is None:
+                continue
+            if r["latency_s"] is None or r["latency_s"] > self.recovery_bound:
+                took = "never" if r["latency_s"] is None else f"after {r['latency_s']}s"
+                self.fail(
+                    "k",
+                    room,
+                    "-",
+                    f"{r['kind']} at t={r['t']}s: turn {r['turn']} kept the lost lease (generation "
+                    f"{r['generation']}) until {took} (bound {self.recovery_bound:.0f}s); then {r['after']}",
+                )
+
+    # --- numbers ----------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        turns: Counter[str] = Counter()
+        messages: Counter[str] = Counter()
+        attempts: Counter[int] = Counter()
+        endings: Counter[str] = Counter()  # why turns ended other than done
+        for room in self.rooms.values():
+            turns.update(t["status"] for t in room.turns.values())
+            endings.update(
+                f"{t['status']}: {t['error'][:50] or '-'}"
+                for t in room.turns.values()
+                if t["status"] != "done"
+            )
+            attempts.update(t["attempt"] for t in room.turns.values())
+            messages.update(m["role"] for m in room.messages.values())
+        by_check = Counter(v.check for v in self.report.violations)
+        return {
+            "rooms": len(self.rooms),
+            "clients": len(self.records),
+            "turns": dict(sorted(turns.items())),
+            "turn_attempts": dict(sorted(attempts.items())),
+            "turn_endings": dict(endings.most_common()),
+            "messages": dict(sorted(messages.items())),
+            "events": sum(len(r.events) for r in self.rooms.values()),
+            "chunks": sum(len(c) for r in self.rooms.values() for c in r.chunks.values()),
+            "frames_received": sum(len(r.frames) for r in self.records),
+            "frames_checked": self.report.frames_checked,
+            "violations": len(self.report.violations),
+            "violations_by_check": {k: by_check.get(k, 0) for k in CHECKS},
+        }

