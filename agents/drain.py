@@ -15,19 +15,12 @@ from typing import Any
 
 import redis
 from celery.signals import worker_shutting_down
-from django.conf import settings
+
+from agents.kicks import redis_sync
 
 log = logging.getLogger(__name__)
 _CHECK_EVERY = 0.5  # seconds
-_client: tuple[int, redis.Redis] | None = None
 _last: tuple[float, bool] = (0.0, False)
-
-
-def _redis() -> redis.Redis:
-    global _client
-    if _client is None or _client[0] != os.getpid():
-        _client = (os.getpid(), redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1))
-    return _client[1]
 
 
 def _key(main_pid: int) -> str:
@@ -37,7 +30,7 @@ def _key(main_pid: int) -> str:
 @worker_shutting_down.connect
 def _mark_draining(sig: str = "", how: str = "", exitcode: int = 0, **_: Any) -> None:
     try:
-        _redis().set(_key(os.getpid()), how or "1", ex=3600)
+        redis_sync().set(_key(os.getpid()), how or "1", ex=3600)
     except redis.RedisError:
         log.warning("could not mark the worker as draining; running turns finish instead")
 
@@ -49,7 +42,7 @@ def drain_requested() -> bool:
     if now - _last[0] < _CHECK_EVERY:
         return _last[1]
     try:
-        draining = bool(_redis().exists(_key(os.getppid())))
+        draining = bool(redis_sync().exists(_key(os.getppid())))
     except redis.RedisError:
         draining = False
     _last = (now, draining)

@@ -3,25 +3,24 @@
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
+from agents.kicks import kick_room_on_commit
 from agents.models import Turn
-from agents.queue import (
-    TakenTurn,
-    _lock_room,
-    kick_room_on_commit,
-    turn_close_locked,
-    turn_requeue_locked,
-)
+from agents.queue import TakenTurn, _lock_room, turn_close_locked, turn_requeue_locked
 from rooms import broadcast
 from rooms.models import Room
 from rooms.protocol import delta_frame
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class LeaseLost(Exception):
@@ -55,23 +54,58 @@ def lease_renew(*, taken: TakenTurn) -> LeaseState:
         return _renew_locked(cursor, taken)
 
 
-def chunk_write(*, taken: TakenTurn, index: int, text: str) -> LeaseState:
-    """Persist one chunk and renew the lease in one transaction, then broadcast the delta.
+# One statement, so one round trip and its own transaction: the fenced renewal and the insert
+# commit together or not at all, and the UPDATE holds the turn row's lock until then, so a
+# worker that lost its lease (paused, partitioned) can never add a chunk afterwards. The insert
+# is idempotent, so a write retried after a lost COMMIT reply cannot fail or duplicate.
+_CHUNK_SQL = """
+    WITH lease AS (
+        UPDATE agents_turn
+           SET lease_until = now() + make_interval(secs => %s)
+         WHERE id = %s AND lease_generation = %s AND status = 'running'
+        RETURNING cancel_requested
+    ), chunk AS (
+        INSERT INTO rooms_streamchunk (message_id, index, text)
+        SELECT %s, %s, %s FROM lease
+        ON CONFLICT (message_id, index) DO NOTHING
+    )
+    SELECT cancel_requested FROM lease
+"""
 
-    The fencing check and the insert share the transaction, and the UPDATE locks the turn row,
-    so a worker that lost its lease (paused, partitioned) can never add a chunk afterwards.
-    """
-    with transaction.atomic(), connection.cursor() as cursor:
-        state = _renew_locked(cursor, taken)
-        cursor.execute(
-            "INSERT INTO rooms_streamchunk (message_id, index, text) VALUES (%s, %s, %s)",
-            [taken.message_id, index, text],
-        )
+
+def chunk_write(*, taken: TakenTurn, index: int, text: str) -> LeaseState:
+    """Persist one chunk and renew the lease in one fenced statement, then broadcast the delta."""
+    params = [settings.LEASE_TIMEOUT, taken.turn_id, taken.generation, taken.message_id, index, text]
+    with connection.cursor() as cursor:  # autocommit: the statement is its transaction
+        cursor.execute(_CHUNK_SQL, params)
+        row = cursor.fetchone()
+    if row is None:
+        raise LeaseLost(f"turn {taken.turn_id} generation {taken.generation}")
     frame = delta_frame(taken.message_id, index, text)
     broadcast.send_to_room_sync(
         taken.room_id, [broadcast.delta_message(taken.message_id, index, frame)]
     )
-    return state
+    return LeaseState(cancel_requested=bool(row[0]))
+
+
+_DB_ERRORS = (OperationalError, InterfaceError)
+
+
+def db_retry(fn: Callable[[], T], *, what: str) -> T:
+    """Run `fn` again across a brief database outage (a restart, dropped sessions), for at most
+    half a lease; past that the error propagates and the lease is left to expire."""
+    deadline = time.monotonic() + settings.LEASE_TIMEOUT / 2
+    delay = 0.05
+    while True:
+        try:
+            return fn()
+        except _DB_ERRORS as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("%s: database error, retrying in %.2fs: %s", what, delay, exc)
+            connection.close()  # a broken connection goes back to the pool, which drops it
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
 
 def turn_recover_locked(*, turn: Turn, reason: str) -> None:
@@ -130,6 +164,7 @@ def rooms_sweep() -> SweepReport:
     idle = list(
         Turn.objects.filter(status=Turn.Status.QUEUED)
         .exclude(room__turns__status=Turn.Status.RUNNING)
+        .order_by()  # Turn.Meta.ordering would add a column to the DISTINCT
         .values_list("room_id", flat=True)
         .distinct()[:1000]
     )

@@ -12,6 +12,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+from agents.kicks import kick_room_on_commit
 from agents.models import Turn
 from rooms.models import Message, Room, StreamChunk
 from rooms.selectors import message_data
@@ -49,13 +50,6 @@ def turn_queue_full(*, room: Room) -> bool:
     if limit <= 0:
         return False
     return Turn.objects.filter(room=room, status=Turn.Status.QUEUED).count() >= limit
-
-
-def kick_room_on_commit(room_id: int) -> None:
-    """Ask a worker to look at the room's queue once the transaction commits."""
-    from agents.tasks import kick_room
-
-    transaction.on_commit(lambda: kick_room.delay(room_id))
 
 
 def turn_enqueue_locked(*, room: Room, trigger: Message, event_seq: int) -> Turn:
@@ -250,11 +244,9 @@ def turn_cancel(*, room: Room, user: Any, turn_id: int) -> str:
         if turn.status == Turn.Status.QUEUED:
             if turn.trigger_message.author_id != user.pk and room.owner_id != user.pk:
                 raise CancelRefused("forbidden", "only its author or the owner can withdraw it")
-            seq = seq_reserve_locked(room_id=room.pk, count=1)
-            turn.status = Turn.Status.CANCELLED
-            turn.finished_at = timezone.now()
-            turn.save(update_fields=["status", "finished_at"])
-            event_record(room_id=room.pk, seq=seq, type="turn", body={"turn": turn_data(turn)})
+            # A turn queued again after its worker was lost already has a streaming message:
+            # closing it keeps the text so far and ends the message as well.
+            turn_close_locked(turn=turn, status=Turn.Status.CANCELLED)
         elif turn.status == Turn.Status.RUNNING and not turn.cancel_requested:
             # The runner sees the flag within one flush or heartbeat and closes the stream.
             turn.cancel_requested = True

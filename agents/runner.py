@@ -9,9 +9,10 @@ import time
 from dataclasses import dataclass, field
 
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
 
 from agents.drain import drain_requested
-from agents.leases import LeaseLost, LeaseState, chunk_write, lease_renew
+from agents.leases import LeaseLost, LeaseState, chunk_write, db_retry, lease_renew
 from agents.models import Turn
 from agents.providers import get_provider
 from agents.providers.base import (
@@ -93,7 +94,8 @@ class ChunkBatcher:
         if not self.pending:
             return None
         text = "".join(self.pending)
-        state = chunk_write(taken=self.taken, index=self.next_index, text=text)
+        index = self.next_index
+        state = db_retry(lambda: chunk_write(taken=self.taken, index=index, text=text), what="chunk write")
         self.next_index += 1
         self.pending.clear()
         self.pending_chars = 0
@@ -163,7 +165,7 @@ def _step_stream(
             state = batcher.flush()
             next_beat = now + _heartbeat_every()
         elif now >= next_beat:
-            state = lease_renew(taken=batcher.taken)
+            state = db_retry(lambda: lease_renew(taken=batcher.taken), what="lease renewal")
             next_beat = now + _heartbeat_every()
         if state is not None and state.cancel_requested:
             raise TurnStopped(Turn.Status.CANCELLED, "stopped by a user")
@@ -200,9 +202,15 @@ def turn_run(*, taken: TakenTurn) -> str:
         except LeaseLost:
             return "lost"
         if status == "released":  # graceful shutdown: another worker continues the answer
-            return "released" if turn_release(taken=taken, reason=error) else "lost"
+            released = db_retry(lambda: turn_release(taken=taken, reason=error), what="release")
+            return "released" if released else "lost"
     except LeaseLost:
         log.warning("turn %s: lease lost mid-stream; stopping without writing", taken.turn_id)
+        return "lost"
+    except (OperationalError, InterfaceError) as exc:
+        # The database stayed away longer than db_retry waits: nothing more can be written, so
+        # the lease is left to expire and the sweeper continues the answer (a new attempt).
+        log.warning("turn %s: database unavailable, leaving it to recovery: %s", taken.turn_id, exc)
         return "lost"
     except ProviderError as exc:
         log.warning("turn %s: provider failed: %s", taken.turn_id, exc)
@@ -218,6 +226,11 @@ def turn_run(*, taken: TakenTurn) -> str:
             batcher.flush()
         except Exception:
             log.warning("turn %s: could not save the last chunk", taken.turn_id)
-    if not turn_finish(taken=taken, status=status, error=error):
+    try:
+        finished = db_retry(lambda: turn_finish(taken=taken, status=status, error=error), what="finish")
+    except (OperationalError, InterfaceError):
+        log.warning("turn %s: could not write its end; left to recovery", taken.turn_id)
+        return "lost"
+    if not finished:
         return "lost"
     return status

@@ -7,6 +7,7 @@ import socket
 
 from celery import shared_task
 
+from agents.kicks import kick_taken
 from agents.leases import rooms_sweep
 from agents.queue import turn_take_next
 from agents.runner import turn_run
@@ -15,6 +16,7 @@ from agents.runner import turn_run
 @shared_task(name="agents.tasks.kick_room", acks_late=True, ignore_result=True)
 def kick_room(room_id: int) -> str:
     """Run the room's next queued turn if nobody holds its lease (safe to deliver twice)."""
+    kick_taken(int(room_id))  # before looking at the queue: a later ring sends a new kick
     taken = turn_take_next(room_id=int(room_id), owner=f"{socket.gethostname()}:{os.getpid()}")
     if taken is None:
         return "idle"

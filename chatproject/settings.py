@@ -83,6 +83,18 @@ if env.bool("DB_POOL", default=True):
     DATABASES["default"]["OPTIONS"]["pool"] = {
         "min_size": 1, "max_size": env.int("DB_POOL_MAX", default=10), "timeout": 10,
     }
+# A pooled connection is checked (one empty round trip) when it is taken, so after Postgres
+# restarts or drops sessions the pool hands out live connections instead of one error each.
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = env.bool("CONN_HEALTH_CHECKS", default=True)
+# Our transactions are a few statements long. A process frozen inside one (SIGSTOP, a GC pause,
+# a debugger) would hold its row locks, e.g. a room's, and stall that room for every process;
+# Postgres ends such a session after this many ms, releasing the locks.
+_idle_tx_ms = env.int("DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", default=5000)
+if _idle_tx_ms > 0:
+    _pg_options = DATABASES["default"]["OPTIONS"].get("options", "")
+    DATABASES["default"]["OPTIONS"]["options"] = (
+        f"{_pg_options} -c idle_in_transaction_session_timeout={_idle_tx_ms}".strip()
+    )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env.str("REDIS_URL")
@@ -155,6 +167,11 @@ LLM_TIMEOUT = env.float("LLM_TIMEOUT", default=60.0)
 # --- Celery ----------------------------------------------------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL)
 CELERY_TASK_DEFAULT_QUEUE = env.str("CELERY_QUEUE", default="celery")
+# The sweeper gets a queue (and a small worker) of its own: on the turn queue it would wait
+# behind a backlog of kicks while every pool process streams a long answer, and recovery of a
+# lost worker's turn would wait with it.
+CELERY_CONTROL_QUEUE = f"{CELERY_TASK_DEFAULT_QUEUE}.control"
+CELERY_TASK_ROUTES = {"agents.tasks.sweep_rooms": {"queue": CELERY_CONTROL_QUEUE}}
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_ACKS_LATE = True
@@ -169,5 +186,10 @@ CELERY_VISIBILITY_TIMEOUT = _visibility
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BEAT_SCHEDULE = {
-    "sweep-rooms": {"task": "agents.tasks.sweep_rooms", "schedule": SWEEP_INTERVAL},
+    # expires: a sweep that waited longer than two intervals is stale; the next one is due
+    "sweep-rooms": {
+        "task": "agents.tasks.sweep_rooms",
+        "schedule": SWEEP_INTERVAL,
+        "options": {"expires": SWEEP_INTERVAL * 2},
+    },
 }

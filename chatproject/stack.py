@@ -3,7 +3,8 @@
 1. Starts the embedded PostgreSQL/Redis (``chatproject.embedded``) unless DATABASE_URL/REDIS_URL
    are set (in the environment or in .env), and hands their URLs to every child.
 2. ``manage.py migrate`` and ``manage.py collectstatic``.
-3. Children: Daphne (``[web]``), Celery worker(s) (``[worker]``) and Celery beat (``[beat]``),
+3. Children: Daphne (``[web]``), Celery worker(s) (``[worker]``), the sweeper's small worker
+   (``[sweeper]``) and Celery beat (``[beat]``),
    their output prefixed with their name.
 4. Ctrl-C / SIGTERM: SIGTERM to the children, SIGKILL after a grace period, then stops the
    embedded servers that this run started (servers that were already running are left alone).
@@ -52,6 +53,33 @@ def emit(text: str) -> None:
 
 def say(msg: str) -> None:
     emit(f"[stack] {msg}\n")
+
+
+def celery_argv(
+    kind: str,
+    *,
+    env: dict[str, str],
+    node: str = "",
+    concurrency: int = 2,
+    schedule: str | Path = "",
+) -> list[str]:
+    """The command of one Celery process of the stack (also used by the test and chaos stacks).
+
+    kind: "worker" runs turns (prefork: one turn per pool process), "sweeper" runs only the
+    sweeper's queue (solo pool, so it is never stuck behind long turns), "beat" schedules sweeps.
+    """
+    base = [sys.executable, "-m", "celery", "-A", "chatproject"]
+    if kind == "beat":
+        return [*base, "beat", "-l", "info", "--schedule", str(schedule)]
+    queue = env.get("CELERY_QUEUE") or "celery"
+    argv = [*base, "worker", "-l", "info", "--without-gossip", "--without-mingle"]
+    if kind == "worker":
+        argv += ["-Q", queue, "-P", "prefork", "--concurrency", str(concurrency)]
+    elif kind == "sweeper":
+        argv += ["-Q", f"{queue}.control", "-P", "solo"]  # chatproject.settings.CELERY_CONTROL_QUEUE
+    else:
+        raise ValueError(kind)
+    return argv + (["-n", node] if node else [])
 
 
 def _set_pdeathsig() -> None:
@@ -295,16 +323,13 @@ def run(args: argparse.Namespace) -> int:
             children.append(Child(name, argv, next(palette) if color else None))
         for i in range(args.workers):
             name = "worker" if i == 0 else f"worker{i + 1}"
-            argv = [py, "-m", "celery", "-A", "chatproject", "worker", "-l", "info"]
-            argv += ["-P", "prefork", "--concurrency", str(args.concurrency)]
-            if args.workers > 1:
-                argv += ["-n", f"worker{i + 1}@%h"]
+            argv = celery_argv("worker", env=env, concurrency=args.concurrency, node=f"{name}@%h")
             children.append(Child(name, argv, next(palette) if color else None))
         if args.beat:
-            schedule = DATA_DIR / "celerybeat-schedule"
             DATA_DIR.mkdir(parents=True, exist_ok=True)
-            argv = [py, "-m", "celery", "-A", "chatproject", "beat", "-l", "info"]
-            argv += ["--schedule", str(schedule)]
+            argv = celery_argv("sweeper", env=env, node="sweeper@%h")
+            children.append(Child("sweeper", argv, next(palette) if color else None))
+            argv = celery_argv("beat", env=env, schedule=DATA_DIR / "celerybeat-schedule")
             children.append(Child("beat", argv, next(palette) if color else None))
 
         # spawn all first (preexec_fn is only safe before the reader threads exist), then read

@@ -16,6 +16,7 @@ from typing import Any
 
 from django.conf import settings
 
+from chatproject.stack import celery_argv
 from tests.fakellm import FakeLLM
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,18 +62,15 @@ class Stack:
 
     def start(self, name: str) -> None:
         kind = "worker" if name.startswith("worker") else name
-        commands = {
-            "web": [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
-                    "chatproject.asgi:application"],
-            "worker": [sys.executable, "-m", "celery", "-A", "chatproject", "worker", "-l", "info",
-                       "-P", "prefork", "--concurrency", "2", "-n", f"test-{uuid.uuid4().hex[:6]}@%h",
-                       "--without-gossip", "--without-mingle"],
-            "beat": [sys.executable, "-m", "celery", "-A", "chatproject", "beat", "-l", "info",
-                     "--schedule", str(self.logdir / "beat-schedule")],
-        }
+        if kind == "web":
+            command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
+                       "chatproject.asgi:application"]
+        else:
+            command = celery_argv(kind, env=self.env, node=f"test-{kind}-{uuid.uuid4().hex[:6]}@%h",
+                                  schedule=self.logdir / "beat-schedule")
         log = open(self.logdir / f"{name}.log", "ab")
         self.procs[name] = subprocess.Popen(
-            commands[kind], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         if name == "web":
@@ -137,6 +135,6 @@ def stack_start(**overrides: Any) -> Stack:
     env.update({k: str(v) for k, v in overrides.items()})
     logdir = Path(tempfile.mkdtemp(prefix=f"stack-{run_id}-"))
     stack = Stack(fake=fake, env=env, port=free_port(), logdir=logdir)
-    for name in ("web", "worker", "beat"):
+    for name in ("web", "worker", "sweeper", "beat"):
         stack.start(name)
     return stack

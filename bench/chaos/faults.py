@@ -107,13 +107,15 @@ class FaultInjector:
         if not kinds:
             return
         names, weights = list(kinds), list(kinds.values())
+        # every kind once first (in random order), so even a short run injects each of them
+        not_yet = self.rng.sample(names, len(names))
         while not stop.is_set():
             try:
                 await asyncio.wait_for(stop.wait(), self.rng.uniform(*gap))
                 return
             except TimeoutError:
                 pass
-            kind = self.rng.choices(names, weights)[0]
+            kind = not_yet[-1] if not_yet else self.rng.choices(names, weights)[0]
             method: Callable[[], Awaitable[dict[str, Any] | None]] = getattr(self, kind)
             at = time.monotonic() - self.started
             try:
@@ -121,11 +123,19 @@ class FaultInjector:
             except Exception as exc:
                 log.warning("fault %s failed: %r", kind, exc)
                 self.skipped[f"{kind} (error)"] += 1
+                if kind in not_yet:
+                    not_yet.remove(kind)
+                    not_yet.insert(0, kind)
                 continue
             if detail is None:
                 self.skipped[kind] += 1
+                if kind in not_yet:  # not possible now (e.g. no turn running): others first
+                    not_yet.remove(kind)
+                    not_yet.insert(0, kind)
                 continue
             self.counts[kind] += 1
+            if kind in not_yet:
+                not_yet.remove(kind)
             self.timeline.append({"t": round(at, 2), "kind": kind, **detail})
             log.info("t=%6.1fs %-18s %s", at, kind, detail)
 

@@ -1,4 +1,4 @@
-"""The chaos run's private stack: a fresh database, its own Redis, Daphne x2, workers x2, beat.
+"""The chaos run's private stack: a fresh database, its own Redis, Daphne x2, workers x2, sweeper, beat.
 
 Everything here is synchronous and starts processes from the calling (main) thread only: the
 children are started through `setpriv --pdeathsig KILL` when it exists, and the parent-death
@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 from urllib.parse import urlsplit, urlunsplit
+
+from chatproject.stack import celery_argv
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 _SETPRIV = shutil.which("setpriv")
@@ -248,7 +250,7 @@ class ChaosRedis:
 
 @dataclass
 class AppProcesses:
-    """Daphne x2, Celery workers x2 (prefork, concurrency 2), beat; restartable by name."""
+    """Daphne x2, Celery workers x2 (prefork, concurrency 2), the sweeper, beat; restartable by name."""
 
     env: dict[str, str]
     logdir: Path
@@ -277,38 +279,11 @@ class AppProcesses:
                 "chatproject.asgi:application",
             ]
         if name in self.WORKERS:
-            node = f"chaos-{name}-{uuid.uuid4().hex[:6]}@%h"
-            return [
-                py,
-                "-m",
-                "celery",
-                "-A",
-                "chatproject",
-                "worker",
-                "-l",
-                "info",
-                "-P",
-                "prefork",
-                "--concurrency",
-                "2",
-                "-n",
-                node,
-                "--without-gossip",
-                "--without-mingle",
-            ]
+            return celery_argv("worker", env=self.env, node=f"chaos-{name}-{uuid.uuid4().hex[:6]}@%h")
+        if name == "sweeper":
+            return celery_argv("sweeper", env=self.env, node=f"chaos-sweeper-{uuid.uuid4().hex[:6]}@%h")
         if name == "beat":
-            return [
-                py,
-                "-m",
-                "celery",
-                "-A",
-                "chatproject",
-                "beat",
-                "-l",
-                "info",
-                "--schedule",
-                str(self.logdir / "beat-schedule"),
-            ]
+            return celery_argv("beat", env=self.env, schedule=self.logdir / "beat-schedule")
         raise KeyError(name)
 
     def start(self, name: str, wait: bool = True) -> None:
@@ -322,7 +297,7 @@ class AppProcesses:
             wait_port(self.web_ports[name], proc=self.procs[name])
 
     def start_all(self) -> None:
-        for name in (*self.WORKERS, "beat", *self.WEBS):
+        for name in (*self.WORKERS, "sweeper", "beat", *self.WEBS):
             self.start(name, wait=False)
         for name in self.WEBS:
             wait_port(self.web_ports[name], proc=self.procs[name])
@@ -362,7 +337,7 @@ class AppProcesses:
 
     def not_running(self) -> list[str]:
         """The names of processes that are not running now."""
-        return [n for n in (*self.WEBS, *self.WORKERS, "beat") if not self.running(n)]
+        return [n for n in (*self.WEBS, *self.WORKERS, "sweeper", "beat") if not self.running(n)]
 
 
 def app_env(

@@ -5,7 +5,7 @@
 Phases (all against a fresh database ``load_<pid>``, dropped at exit):
 
 setup   users + API tokens + rooms (``--per-room`` sockets each, distinct users), Daphne, one
-        Celery worker (prefork, concurrency 2), beat, the fake OpenAI server (a thread here).
+        Celery worker (prefork, concurrency 2), the sweeper, beat, the fake OpenAI server (a thread).
 idle    Daphne's RSS before; open every socket (``rooms.client.RoomClient``, a capped number of
         handshakes in flight so Twisted's listen backlog of 50 is never overrun) until ``ready``;
         every socket pings every ~10 s (jittered); hold; RSS after. Reported: sockets held (open,
@@ -412,6 +412,7 @@ class Bench:
         self.result["logdir"] = str(self.procs.logdir)
         web = self.procs.start("web")
         worker = self.procs.start("worker")
+        self.procs.start("sweeper")
         self.procs.start("beat")
         self.web = psutil.Process(web.pid)
         self.worker = psutil.Process(worker.pid)

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from chatproject.stack import celery_argv
+
 ROOT = Path(__file__).resolve().parents[2]
 NOFILE = 65536
 DB_PREFIX = "load_"
@@ -169,21 +171,16 @@ class Processes:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def start(self, name: str) -> subprocess.Popen[bytes]:
-        py = sys.executable
-        commands = {
-            # exactly how `make run` starts a single ASGI process (chatproject/stack.py)
-            "web": [py, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
-                    "chatproject.asgi:application"],
-            "worker": [py, "-m", "celery", "-A", "chatproject", "worker", "-l", "info",
-                       "-P", "prefork", "--concurrency", str(self.concurrency),
-                       "-n", f"load-{uuid.uuid4().hex[:6]}@%h", "--without-gossip",
-                       "--without-mingle"],
-            "beat": [py, "-m", "celery", "-A", "chatproject", "beat", "-l", "info",
-                     "--schedule", str(self.logdir / "beat-schedule")],
-        }  # fmt: skip
+        if name == "web":  # exactly how `make run` starts a single ASGI process
+            command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
+                       "chatproject.asgi:application"]  # fmt: skip
+        else:
+            command = celery_argv(name, env=self.env, concurrency=self.concurrency,
+                                  node=f"load-{name}-{uuid.uuid4().hex[:6]}@%h",
+                                  schedule=self.logdir / "beat-schedule")  # fmt: skip
         log = open(self.logdir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
         proc = subprocess.Popen(
-            commands[name], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_child_preexec,
         )  # fmt: skip
         log.close()

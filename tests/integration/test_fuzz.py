@@ -258,6 +258,8 @@ def _same_ref(expected: Any, got: Any) -> bool:
         except UnicodeEncodeError:
             return True
         return len(expected) > 100
+    if got is None and _is_int(expected):  # so are ids outside a signed 64-bit integer
+        return abs(expected) >= 2**63
     return _is_uuid_text(expected) and _is_uuid_text(got) and uuid.UUID(expected) == uuid.UUID(got)
 
 

@@ -249,3 +249,62 @@ def test_the_message_quota_counts_per_user_per_minute(settings):
     assert results[:3] == [None, None, None] and 0 < results[3] <= 60
     bucket = TokenBucket(rate=10, burst=2)
     assert [bucket.take() is None for _ in range(3)] == [True, True, False]
+
+
+def test_withdrawing_a_recovering_turn_ends_its_message_with_the_text_so_far(room, alice, scripted):
+    post(room, alice[0], "tell me a story")
+    taken = turn_take_next(room_id=room.pk, owner="dies")
+    chunk_write(taken=taken, index=0, text="Once upon")
+    expire_lease(taken)
+    rooms_sweep()  # queued again, its message still streaming: "recovering"
+    assert turn_cancel(room=room, user=alice[0], turn_id=taken.turn_id) == "cancelled"
+    message = Message.objects.get(pk=taken.message_id)
+    assert (message.status, message.content) == ("cancelled", "Once upon")
+    last = RoomEvent.objects.filter(room=room).order_by("-seq")[:2]
+    assert [e.type for e in last] == ["turn", "message_update"]
+
+
+def test_a_chunk_write_repeated_after_a_lost_commit_reply_stores_one_chunk(room, alice, scripted):
+    post(room, alice[0], "hi")
+    taken = turn_take_next(room_id=room.pk, owner="w")
+    chunk_write(taken=taken, index=0, text="Hello")
+    chunk_write(taken=taken, index=0, text="Hello")  # the retry of a write that did commit
+    assert list(StreamChunk.objects.filter(message_id=taken.message_id).values_list("text", flat=True)) == [
+        "Hello"
+    ]
+
+
+def test_a_brief_database_outage_mid_turn_is_retried_and_the_turn_ends_done(room, alice, scripted, monkeypatch):
+    from django.db import OperationalError
+
+    from agents import leases
+
+    scripted.add("one two three")
+    post(room, alice[0], "hi")
+    taken = turn_take_next(room_id=room.pk, owner="w")
+    failures = {"left": 2}
+    real = leases.chunk_write
+
+    def flaky(**kwargs):
+        if failures["left"]:
+            failures["left"] -= 1
+            raise OperationalError("terminating connection due to administrator command")
+        return real(**kwargs)
+
+    monkeypatch.setattr(runner, "chunk_write", flaky)
+    assert runner.turn_run(taken=taken) == "done"
+    assert failures["left"] == 0
+    assert Message.objects.get(pk=taken.message_id).content == "one two three"
+
+
+def test_a_room_has_at_most_one_waiting_kick(room, monkeypatch):
+    from agents import kicks, tasks
+
+    sent = []
+    monkeypatch.setattr(tasks.kick_room, "delay", lambda room_id: sent.append(room_id))
+    kicks.kick_taken(room.pk)
+    assert kicks.kick_room_send(room.pk) and not kicks.kick_room_send(room.pk)
+    kicks.kick_taken(room.pk)  # a worker started on it: the next ring sends a new kick
+    assert kicks.kick_room_send(room.pk)
+    assert sent == [room.pk, room.pk]
+    kicks.kick_taken(room.pk)
