@@ -10,6 +10,7 @@ Directives in the LAST user message (anywhere in the text):
   !say=TEXT      reply exactly TEXT (up to the end of the line), streamed word by word
   !fail=CODE     answer with HTTP CODE and an OpenAI-style error JSON
   !hang          send the role chunk, then nothing until the client disconnects
+  !streamerror   stream the reply, then an OpenAI-style error event instead of the end
   !tool=NAME:{JSON}  if the request has `tools`, stream that tool call (repeatable)
 Stats: ``requests`` (bodies), ``disconnects``, ``completed``; also GET /_stats, POST /_reset.
 """
@@ -30,7 +31,7 @@ from typing import Any
 
 _DIRECTIVE = re.compile(
     r"!(?:(?P<key>tokens|delay|fail)=(?P<num>\d+)|say=(?P<say>[^\n]*)"
-    r"|tool=(?P<tool>[\w.-]+):|(?P<hang>hang)\b)"
+    r"|tool=(?P<tool>[\w.-]+):|(?P<hang>hang)\b|(?P<streamerror>streamerror)\b)"
 )
 _WORDS = re.compile(r"\s+|\S+\s*")  # tokens keep their trailing spaces: "".join(...) == text
 _DISCONNECT_ERRORS = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
@@ -55,6 +56,8 @@ def parse_directives(text: str) -> tuple[dict[str, Any], str]:
             opts["say"] = m["say"].rstrip("\r")
         elif m["hang"]:
             opts["hang"] = True
+        elif m["streamerror"]:
+            opts["streamerror"] = True
         else:  # !tool=name:{json} - the JSON may contain spaces, so decode it rather than regex it
             try:
                 args, pos = json.JSONDecoder().raw_decode(text, pos)
@@ -173,6 +176,12 @@ class _Handler(BaseHTTPRequestHandler):
             if self._client_gone(plan["delay"]):
                 raise BrokenPipeError
             self._event(fake._chunk({"content": piece}))
+        if plan["streamerror"]:  # as OpenAI reports a failure after the 200 status line
+            self._event({"error": {"message": "Fake error mid-stream", "type": "server_error"}})
+            self._completed = True
+            fake._count("completed")
+            self.wfile.write(b"0\r\n\r\n")
+            return
         for index, (name, args) in enumerate(plan["tool_calls"]):
             # Arguments split over two chunks; only the first has id and name (as OpenAI does).
             half = max(1, len(args) // 2)
@@ -368,6 +377,7 @@ class FakeLLM:
             "delay": delay,
             "fail": opts.get("fail"),
             "hang": opts.get("hang", False),
+            "streamerror": opts.get("streamerror", False),
             "finish_reason": "tool_calls" if tool_calls else "stop",
         }
 

@@ -13,6 +13,7 @@ Cancellation contract of the returned stream:
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import uuid
@@ -73,7 +74,10 @@ class OpenAICompatibleProvider(Provider):
         """Return a stream; the HTTP request starts on first iteration, errors raise there."""
         return _OpenAIStream(self, request)
 
-    def _create(self, request: ModelRequest) -> openai.Stream[Any]:
+    def _create(self, request: ModelRequest) -> Any:
+        """Start the request: the SDK sends it, checks the status and maps errors; the body's
+        server-sent events are read raw (`_sse_chunks`), not through its pydantic models,
+        which cost most of a worker's CPU per token (docs/performance.md)."""
         kwargs: dict[str, Any] = {
             "model": request.model or self.default_model,
             "messages": [_message_dict(m) for m in request.messages],
@@ -85,16 +89,18 @@ class OpenAICompatibleProvider(Provider):
             kwargs["temperature"] = request.temperature
         if self.include_usage:
             kwargs["stream_options"] = {"include_usage": True}
-        return self.client.chat.completions.create(**kwargs)
+        return self.client.chat.completions.with_streaming_response.create(**kwargs).__enter__()
 
     def _error(self, exc: Exception) -> ProviderError:
         """Translate an SDK (or unexpected) exception into a readable ProviderError."""
-        if isinstance(exc, openai.APITimeoutError):
+        # Reading the body raw, a read timeout or a dropped connection arrives as the HTTP
+        # library's own error (httpx or httpx2, by SDK version): matched by class name.
+        if isinstance(exc, openai.APITimeoutError) or _is_a(exc, "TimeoutException"):
             return ProviderError(
                 f"The model server at {self.host} did not answer within {self.timeout:g}s.",
                 retryable=True,
             )
-        if isinstance(exc, openai.APIConnectionError):
+        if isinstance(exc, openai.APIConnectionError) or _is_a(exc, "TransportError"):
             cause = exc.__cause__ or exc.__context__
             detail = f": {cause}" if cause else "."
             return ProviderError(
@@ -125,7 +131,7 @@ class _OpenAIStream(ModelStream):
         self._closed = False
         self._reading = False  # a thread is inside an SDK call (connect or network read)
         self._started = False
-        self._sdk: openai.Stream[Any] | None = None
+        self._sdk: Any = None  # the SDK's APIResponse, once the status line has arrived
 
     def __iter__(self) -> Iterator[StreamEvent]:
         with self._lock:
@@ -136,31 +142,30 @@ class _OpenAIStream(ModelStream):
 
     def _events(self) -> Iterator[StreamEvent]:
         try:
-            sdk = self._read(lambda: self._provider._create(self._request))
-            if sdk is _CLOSED:
+            response = self._read(lambda: self._provider._create(self._request))
+            if response is _CLOSED:
                 return
-            chunks = iter(sdk)
+            lines = response.iter_lines()
             calls = _ToolCalls()
             finish: str | None = None
             usage: dict[str, int] = {}
-            while (chunk := self._read(lambda: next(chunks, _END))) not in (_CLOSED, _END):
-                if chunk.usage is not None:  # only with include_usage, in a choice-less chunk
-                    usage = {
-                        k: v for k, v in chunk.usage.model_dump().items() if isinstance(v, int)
-                    }
-                for choice in chunk.choices or ():
-                    delta = choice.delta
-                    if delta is not None:
-                        for tc in delta.tool_calls or ():
+            chunks = _sse_chunks(lambda: self._read(lambda: next(lines, _END)), self._provider.host)
+            for chunk in chunks:
+                if chunk is _CLOSED:
+                    return
+                if isinstance(chunk.get("usage"), dict):  # only with include_usage
+                    usage = {k: v for k, v in chunk["usage"].items() if type(v) is int}
+                for choice in chunk.get("choices") or ():
+                    delta = choice.get("delta")
+                    if delta:
+                        for tc in delta.get("tool_calls") or ():
                             calls.add(tc)
-                        if delta.content:
-                            yield TextDelta(delta.content)
+                        if content := delta.get("content"):
+                            yield TextDelta(content)
                             if self._closed:  # closed while the caller held the delta
                                 return
-                    if choice.finish_reason:
-                        finish = choice.finish_reason
-            if chunk is _CLOSED:
-                return
+                    if choice.get("finish_reason"):
+                        finish = choice["finish_reason"]
             requests = calls.requests()
             if requests and finish in (None, "stop"):
                 finish = "tool_calls"  # some servers say "stop" even when calling tools
@@ -185,7 +190,7 @@ class _OpenAIStream(ModelStream):
             with self._lock:
                 self._reading = False
         with self._lock:
-            if isinstance(result, openai.Stream):
+            if isinstance(result, openai.APIResponse):
                 self._sdk = result
             if self._closed:
                 return _CLOSED
@@ -198,7 +203,7 @@ class _OpenAIStream(ModelStream):
                 return
             self._closed = True
             if self._sdk is not None:
-                _shutdown(self._sdk.response)
+                _shutdown(self._sdk.http_response)
             if self._reading:
                 return  # the reader wakes up (socket shut down) and releases the response
             sdk, self._sdk = self._sdk, None
@@ -213,6 +218,10 @@ class _OpenAIStream(ModelStream):
                 sdk.close()
             except Exception:  # noqa: BLE001 - best effort, the stream is over anyway
                 pass
+
+
+def _is_a(exc: Exception, class_name: str) -> bool:
+    return any(cls.__name__ == class_name for cls in type(exc).__mro__)
 
 
 def _shutdown(response: Any) -> None:
@@ -233,23 +242,65 @@ def _shutdown(response: Any) -> None:
         pass  # already closed or not a plain socket: response.close() still follows
 
 
+def _sse_chunks(read_line: Callable[[], Any], host: str) -> Iterator[Any]:
+    """The JSON chunks of a Chat Completions event stream (until `data: [DONE]`); yields
+    _CLOSED and stops if `read_line` says the stream was closed. An error event raises."""
+    data: list[str] = []
+    event = ""
+    while True:
+        line = read_line()
+        if line is _CLOSED:
+            yield _CLOSED
+            return
+        if line is _END:
+            break
+        if line:
+            field, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if field == "data":
+                data.append(value)
+            elif field == "event":
+                event = value
+            continue
+        if not data:  # a blank line ends an event; comments and keep-alives have no data
+            continue
+        text, data, kind, event = "\n".join(data), [], event, ""
+        if text.strip() == "[DONE]":
+            return
+        try:
+            chunk = json.loads(text)
+        except ValueError:
+            chunk = None
+        if not isinstance(chunk, dict):
+            raise ProviderError(f"The model server at {host} sent a malformed event: {text[:100]!r}")
+        if chunk.get("error") and (kind in ("", "error")):
+            error = chunk["error"]
+            message = error.get("message") if isinstance(error, dict) else str(error)
+            raise ProviderError(
+                f"The model server at {host} reported an error: {message or 'unknown'}", retryable=True
+            )
+        yield chunk
+    if data:  # a last event without its blank line
+        raise ProviderError(f"The model server at {host} ended the stream mid-event")
+
+
 class _ToolCalls:
     """Assembles streamed tool-call deltas by their `index`."""
 
     def __init__(self) -> None:
         self._calls: dict[int, dict[str, str]] = {}
 
-    def add(self, delta: Any) -> None:
-        call = self._calls.setdefault(delta.index or 0, {"id": "", "name": "", "arguments": ""})
-        if delta.id:
-            call["id"] = delta.id
-        fn = delta.function
-        if fn is not None:
+    def add(self, delta: dict[str, Any]) -> None:
+        call = self._calls.setdefault(delta.get("index") or 0, {"id": "", "name": "", "arguments": ""})
+        if delta.get("id"):
+            call["id"] = delta["id"]
+        fn = delta.get("function")
+        if isinstance(fn, dict):
             # Names normally come whole in one delta; some servers repeat them in every delta.
-            if fn.name and fn.name != call["name"]:
-                call["name"] += fn.name
-            if fn.arguments:
-                call["arguments"] += fn.arguments
+            if fn.get("name") and fn["name"] != call["name"]:
+                call["name"] += fn["name"]
+            if fn.get("arguments"):
+                call["arguments"] += fn["arguments"]
 
     def requests(self) -> list[ToolCallRequest]:
         return [

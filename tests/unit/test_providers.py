@@ -392,3 +392,12 @@ def test_get_provider_chooses_and_caches(llm_settings: types.SimpleNamespace):
     llm_settings.LLM_PROVIDER = "json.JSONDecoder"
     with pytest.raises(TypeError):
         get_provider()
+
+
+def test_an_error_event_mid_stream_raises_after_the_text_before_it(fake_llm: FakeLLM, provider):
+    events = []
+    with pytest.raises(ProviderError, match="reported an error: Fake error mid-stream") as err:
+        with provider.stream(req("!streamerror\n!say=partial answer")) as stream:
+            events.extend(stream)
+    assert text_of(events) == "partial answer"
+    assert err.value.retryable
