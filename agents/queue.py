@@ -52,14 +52,6 @@ def turn_queue_full(*, room: Room) -> bool:
     return Turn.objects.filter(room=room, status=Turn.Status.QUEUED).count() >= limit
 
 
-def turn_enqueue_locked(*, room: Room, trigger: Message, event_seq: int) -> Turn:
-    """Queue a turn for `trigger` (the room row is locked by the caller's seq reservation)."""
-    turn = Turn.objects.create(room=room, queue_seq=trigger.seq, trigger_message=trigger)
-    event_record(room_id=room.pk, seq=event_seq, type="turn", body={"turn": turn_data(turn)})
-    kick_room_on_commit(room.pk)
-    return turn
-
-
 @dataclass(frozen=True)
 class TakenTurn:
     """A turn this worker now runs: every write it makes is fenced by `generation`."""

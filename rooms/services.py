@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import secrets
 import uuid
@@ -130,9 +131,67 @@ def _existing_post(*, room: Room, author: Any, client_id: uuid.UUID, content: st
     return PostResult(message_id=found[0], seq=found[1], created=False)
 
 
+# Placeholders for what only the database knows (ids, seqs): the frames are encoded before the
+# room row is locked and completed by the same statement that writes them. Each is a key and a
+# value, `"id":-7000000001`, which cannot occur inside a JSON string (its quote would be escaped).
+_PH_MESSAGE_ID = -7_000_000_001
+_PH_MESSAGE_SEQ = -7_000_000_002
+_PH_TURN_ID = -7_000_000_003
+_PH_TURN_SEQ = -7_000_000_004
+
+
+def _ph(key: str, value: int) -> str:
+    return dumps({key: value})[1:-1]
+
+
+# One statement (one round trip, its own transaction): the room row is locked by the UPDATE
+# and released at the implicit COMMIT right after, so concurrent posts to one room queue for
+# one round trip each, not for five plus the Python between them.
+_POST_SQL = """
+    WITH s AS (
+        UPDATE rooms_room SET last_seq = last_seq + %(count)s WHERE id = %(room)s
+        RETURNING last_seq - %(count)s + 1 AS seq
+    ), m AS (
+        INSERT INTO rooms_message
+            (room_id, seq, role, author_id, content, status, client_id, created_at, updated_at)
+        SELECT %(room)s, s.seq, 'user', %(author)s, %(content)s, 'complete', %(client_id)s,
+               %(now)s, %(now)s
+          FROM s
+        RETURNING id, seq
+    ), e AS (
+        INSERT INTO rooms_roomevent (room_id, seq, type, frame, created_at)
+        SELECT %(room)s, m.seq, 'message',
+               replace(replace(%(frame)s, %(ph_id)s, '"id":' || m.id), %(ph_seq)s, '"seq":' || m.seq),
+               %(now)s
+          FROM m
+    ){turn_ctes}
+    SELECT m.id, m.seq{turn_cols} FROM m{turn_from}
+"""
+_TURN_CTES = """, t AS (
+        INSERT INTO agents_turn
+            (room_id, queue_seq, trigger_message_id, status, attempt, cancel_requested,
+             side_effects_started, lease_owner, lease_generation, error, created_at)
+        SELECT %(room)s, m.seq, m.id, 'queued', 0, false, false, '', 0, '', %(now)s FROM m
+        RETURNING id
+    ), te AS (
+        INSERT INTO rooms_roomevent (room_id, seq, type, frame, created_at)
+        SELECT %(room)s, m.seq + 1, 'turn',
+               replace(replace(replace(%(turn_frame)s,
+                   %(ph_turn_id)s, '"id":' || t.id),
+                   %(ph_trigger)s, '"trigger_message_id":' || m.id),
+                   %(ph_turn_seq)s, '"seq":' || (m.seq + 1)),
+               %(now)s
+          FROM m, t
+    )"""
+_POST_MESSAGE_SQL = _POST_SQL.format(turn_ctes="", turn_cols="", turn_from="")
+_POST_TURN_SQL = _POST_SQL.format(turn_ctes=_TURN_CTES, turn_cols=", t.id", turn_from=", t")
+
+
 def message_post(*, room: Room, author: Any, client_id: uuid.UUID, content: str) -> PostResult:
     """Store a user's message once per client_id, queue the AI turn it triggers, emit events."""
-    from agents.queue import turn_enqueue_locked, turn_queue_full, turn_wanted  # not the runner
+    from agents.kicks import kick_room_on_commit  # not the runner
+    from agents.models import Turn
+    from agents.queue import turn_data, turn_queue_full, turn_wanted
 
     existing = _existing_post(room=room, author=author, client_id=client_id, content=content)
     if existing is not None:
@@ -140,27 +199,60 @@ def message_post(*, room: Room, author: Any, client_id: uuid.UUID, content: str)
     wants_turn = turn_wanted(room=room, content=content)
     if wants_turn and turn_queue_full(room=room):
         raise RoomBusy("the assistant has too many questions waiting in this room; try again soon")
+    now = timezone.now()
+    draft = Message(
+        pk=_PH_MESSAGE_ID, room=room, seq=_PH_MESSAGE_SEQ, role=Message.Role.USER, author=author,
+        content=content, client_id=client_id, created_at=now,
+    )  # fmt: skip
+    frame = dumps({"type": "message", "seq": _PH_MESSAGE_SEQ, "message": message_data(draft)})
+    params: dict[str, Any] = {
+        "count": 2 if wants_turn else 1, "room": room.pk, "author": author.pk, "content": content,
+        "client_id": client_id, "now": now, "frame": frame,
+        "ph_id": _ph("id", _PH_MESSAGE_ID), "ph_seq": _ph("seq", _PH_MESSAGE_SEQ),
+    }  # fmt: skip
+    if wants_turn:
+        turn = Turn(pk=_PH_TURN_ID, room=room, trigger_message_id=_PH_MESSAGE_ID)
+        params.update(
+            turn_frame=dumps({"type": "turn", "seq": _PH_TURN_SEQ, "turn": turn_data(turn)}),
+            ph_turn_id=_ph("id", _PH_TURN_ID),
+            ph_trigger=_ph("trigger_message_id", _PH_MESSAGE_ID),
+            ph_turn_seq=_ph("seq", _PH_TURN_SEQ),
+        )
     try:
-        with transaction.atomic():
-            seq = seq_reserve_locked(room_id=room.pk, count=2 if wants_turn else 1)
-            message = Message.objects.create(
-                room=room,
-                seq=seq,
-                role=Message.Role.USER,
-                author=author,
-                content=content,
-                client_id=client_id,
-            )
-            event_record(room_id=room.pk, seq=seq, type="message", body={"message": message_data(message)})
-            if wants_turn:
-                turn_enqueue_locked(room=room, trigger=message, event_seq=seq + 1)
+        # autocommit: the statement is its own transaction (inside a caller's atomic block it
+        # gets a savepoint, and the broadcast and kick wait for the outer commit)
+        savepoint = transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext()
+        with savepoint, connection.cursor() as cursor:
+            cursor.execute(_POST_TURN_SQL if wants_turn else _POST_MESSAGE_SQL, params)
+            row = cursor.fetchone()
     except IntegrityError:
         # A concurrent send with the same client_id won the race: answer with its ack.
         existing = _existing_post(room=room, author=author, client_id=client_id, content=content)
         if existing is None:
             raise
         return existing
-    return PostResult(message_id=message.pk, seq=seq, created=True)
+    if row is None:
+        raise Room.DoesNotExist(room.pk)
+    message_id, seq = row[0], row[1]
+    done = {params["ph_id"]: f'"id":{message_id}', params["ph_seq"]: f'"seq":{seq}'}
+    events = [broadcast.event_message(seq, _filled(frame, done))]
+    if wants_turn:
+        done = {
+            params["ph_turn_id"]: f'"id":{row[2]}',
+            params["ph_trigger"]: f'"trigger_message_id":{message_id}',
+            params["ph_turn_seq"]: f'"seq":{seq + 1}',
+        }
+        events.append(broadcast.event_message(seq + 1, _filled(params["turn_frame"], done)))
+        kick_room_on_commit(room.pk)
+    broadcast.send_to_room_on_commit(room.pk, events)
+    return PostResult(message_id=message_id, seq=seq, created=True)
+
+
+def _filled(frame: str, values: dict[str, str]) -> str:
+    """The frame with its placeholders replaced, exactly as the SQL `replace()` did."""
+    for placeholder, value in values.items():
+        frame = frame.replace(placeholder, value)
+    return frame
 
 
 def message_update_locked(*, message: Message, event_seq: int, turn_id: int | None = None) -> None:

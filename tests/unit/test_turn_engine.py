@@ -308,3 +308,28 @@ def test_a_room_has_at_most_one_waiting_kick(room, monkeypatch):
     assert kicks.kick_room_send(room.pk)
     assert sent == [room.pk, room.pk]
     kicks.kick_taken(room.pk)
+
+
+def test_a_post_writes_frames_whose_ids_and_seqs_are_the_databases_even_with_lookalike_content(
+    room, alice, scripted, monkeypatch
+):
+    import json
+
+    from rooms import broadcast
+
+    sent = []
+    monkeypatch.setattr(broadcast, "send_to_room_on_commit", lambda room_id, messages: sent.extend(messages))
+    tricky = 'quotes " and "id":-7000000001 and {"seq":-7000000002} ünïcode \\ "trigger_message_id":-7000000001'
+    result = post(room, alice[0], tricky)
+    message = Message.objects.get(pk=result.message_id)
+    turn = Turn.objects.get(trigger_message=message)
+    events = {e.seq: e for e in RoomEvent.objects.filter(room=room)}
+    first, second = json.loads(events[message.seq].frame), json.loads(events[message.seq + 1].frame)
+    assert first["seq"] == first["message"]["seq"] == message.seq
+    assert first["message"]["id"] == message.pk and first["message"]["content"] == tricky == message.content
+    assert first["message"]["author"]["id"] == alice[0].pk
+    assert second["seq"] == message.seq + 1 and second["turn"]["id"] == turn.pk
+    assert second["turn"]["trigger_message_id"] == message.pk and second["turn"]["status"] == "queued"
+    assert [(m["seq"], m["text"]) for m in sent] == [(s, events[s].frame) for s in (message.seq, message.seq + 1)]
+    room.refresh_from_db()
+    assert room.last_seq == message.seq + 1
