@@ -5,10 +5,10 @@
 Per room (one thread each, like one turn per Celery pool slot): post a user message with the
 real service (`rooms.services.message_post`), lease its turn (`agents.queue.turn_take_next`),
 then call `agents.leases.chunk_write` per chunk (fenced lease renewal + INSERT in one
-transaction, COMMIT, then the broadcast: the runner's flush exactly), and finish the turn
+autocommitted statement, then the broadcast: the runner's flush exactly), and finish the turn
 (`turn_finish`). The only thing patched, in this process only, is the Celery kick (no worker
-must take these turns) and a timer around COMMIT. Prints `ready <json>`, waits for a line on
-stdin, streams, writes a JSON report to --out.
+must take these turns) and a timer around the chunk statement (its COMMIT included). Prints
+`ready <json>`, waits for a line on stdin, streams, writes a JSON report to --out.
 """
 
 from __future__ import annotations
@@ -29,30 +29,35 @@ django.setup()
 
 from django.contrib.auth import get_user_model  # noqa: E402
 from django.db import connection  # noqa: E402
-from django.db.backends.base.base import BaseDatabaseWrapper  # noqa: E402
+from django.db.backends.utils import CursorWrapper  # noqa: E402
 
-import agents.queue  # noqa: E402
+import agents.kicks  # noqa: E402
+import agents.leases  # noqa: E402
 from agents.leases import chunk_write  # noqa: E402
 from agents.models import Turn  # noqa: E402
 from agents.queue import turn_finish, turn_take_next  # noqa: E402
 from rooms.models import Room  # noqa: E402
 from rooms.services import message_post  # noqa: E402
 
-agents.queue.kick_room_on_commit = lambda room_id: None  # these turns belong to this process
+agents.kicks.kick_room_send = lambda room_id: False  # these turns belong to this process
 
 _local = threading.local()
 _commit_ns: list[int] = []
-_orig_commit = BaseDatabaseWrapper.commit
+_orig_execute = CursorWrapper.execute
 
 
-def _timed_commit(self: BaseDatabaseWrapper) -> None:
+def _timed_execute(self: CursorWrapper, sql: str, params: object = None) -> object:
+    """The chunk write is one autocommitted statement: its execution is its COMMIT."""
+    if sql is not agents.leases._CHUNK_SQL:
+        return _orig_execute(self, sql, params)
     t = time.perf_counter_ns()
-    _orig_commit(self)
+    result = _orig_execute(self, sql, params)
     _commit_ns.append(time.perf_counter_ns() - t)
     _local.commit_end = time.time_ns()
+    return result
 
 
-BaseDatabaseWrapper.commit = _timed_commit  # type: ignore[method-assign]
+CursorWrapper.execute = _timed_execute  # type: ignore[method-assign]
 
 
 def pct(values: list[int], q: float) -> float:
