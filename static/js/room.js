@@ -7,7 +7,13 @@
 //   5. re-send unacked sends after reconnect with the same client_id (the server is idempotent).
 // The page is fully rendered by the server first (it works without JavaScript); this module
 // only enhances it. Security: innerHTML is only ever given the server's sanitized `html` field;
-// names and any other text go in through textContent.
+// names and any other text go in through textContent. A streaming answer is rendered by
+// markdown.js (text nodes and a fixed set of elements, never parsed HTML), at most once per
+// animation frame and only its changed blocks; when it completes, the server's `html` replaces
+// it (the same DOM, so nothing moves).
+
+import { StreamView } from './markdown.js';
+import { highlightWithin } from './highlight.js';
 
 const PING_MS = 20_000;
 const STALE_MS = 50_000; // no frame at all for this long: the socket is dead, reconnect
@@ -63,6 +69,9 @@ function start(root) {
   let stopped = false; // permanently refused: never reconnect
   let lastTypingSent = 0;
   const nextIndex = new Map(); // message id -> next expected delta index
+  const streams = new Map(); // message id -> {text, view}: answers still streaming
+  const dirty = new Set(); // ids of streams whose text changed since the last render
+  let frameRequested = false;
   const running = new Set(); // ids of running turns (Stop is shown while non-empty)
   const typers = new Map(); // user id -> {name, timer}
   const outbox = new Map(); // client_id -> {content}; unacked sends
@@ -78,6 +87,9 @@ function start(root) {
   for (const li of els.transcript.querySelectorAll('li.msg[data-status="streaming"]')) {
     nextIndex.set(Number(li.dataset.id), parseInt(li.dataset.nextIndex, 10) || 0);
     if (li.dataset.turnId) running.add(Number(li.dataset.turnId));
+    const body = li.querySelector(':scope > .body');
+    startStream(Number(li.dataset.id), body, body.dataset.text || '');
+    delete body.dataset.text;
   }
 
   // ---- small DOM helpers ------------------------------------------------------------------
@@ -89,6 +101,10 @@ function start(root) {
     return node;
   };
   const bodyOf = (li) => li.querySelector(':scope > .body');
+  const showHtml = (body, html) => {
+    body.innerHTML = html || ''; // sanitized by the server (rooms/rendering.py)
+    highlightWithin(body);
+  };
   const setStatusLabel = (li, text, title) => {
     const span = li.querySelector('.meta .status');
     if (!span) return;
@@ -147,6 +163,7 @@ function start(root) {
     li.dataset.id = m.id;
     if (m.seq != null) li.dataset.seq = m.seq;
     li.dataset.status = m.status;
+    if (m.status === 'streaming') li.setAttribute('aria-busy', 'true'); // read it once, when done
     if (m.turn_id) li.dataset.turnId = m.turn_id;
     if (m.client_id) li.dataset.clientId = m.client_id;
     if (m.author) li.dataset.authorId = m.author.id;
@@ -162,12 +179,45 @@ function start(root) {
     const body = el('div', 'body');
     if (m.status === 'streaming') {
       body.classList.add('streaming');
-      body.textContent = m.content || ''; // plain text until the final html arrives
+      // Keep text we may already hold (a snapshot before the event on a slow path).
+      startStream(m.id, body, streams.get(m.id)?.text || m.content || '');
     } else {
-      body.innerHTML = m.html || ''; // sanitized by the server (rooms/rendering.py)
+      showHtml(body, m.html);
     }
     li.append(avatar, meta, body);
     return li;
+  }
+
+  // ---- streaming answers: text in, rendered markdown out, once per animation frame ----------
+  function startStream(id, body, text) {
+    const stream = { text, view: new StreamView(body) };
+    streams.set(id, stream);
+    stream.view.update(text);
+    dirty.delete(id);
+  }
+
+  function setStreamText(id, text) {
+    const stream = streams.get(id);
+    if (!stream) return;
+    stream.text = text;
+    dirty.add(id);
+    if (frameRequested) return;
+    frameRequested = true;
+    // Hidden tabs get no animation frames; catch up slowly there instead.
+    if (document.hidden) setTimeout(renderStreams, 250); else requestAnimationFrame(renderStreams);
+  }
+
+  function renderStreams() {
+    frameRequested = false;
+    const stick = nearBottom(); // decide before the DOM grows
+    for (const id of dirty) streams.get(id)?.view.update(streams.get(id).text);
+    dirty.clear();
+    if (stick) scrollToBottom();
+  }
+
+  function endStream(id) {
+    streams.delete(id);
+    dirty.delete(id);
   }
 
   function initials(name) {
@@ -194,10 +244,9 @@ function start(root) {
     const old = byId(m.id) || (mine ? $(`pending-${m.client_id}`) : null);
     if (mine && outbox.delete(m.client_id)) saveOutbox(); // stored: no need to re-send it
     if (m.status === 'hidden') { old?.remove(); return; }
+    if (old && old.dataset.status === 'streaming' && m.status !== 'streaming') endStream(m.id);
     const li = buildMessage(m);
     if (m.status === 'streaming') {
-      // Keep text we may already hold (snapshot before the event on a slow path).
-      if (old && old.dataset.status === 'streaming') bodyOf(li).textContent = bodyOf(old).textContent;
       if (!nextIndex.has(m.id)) nextIndex.set(m.id, 0);
       li.dataset.nextIndex = nextIndex.get(m.id);
     }
@@ -209,21 +258,24 @@ function start(root) {
   function onMessageUpdate(m) {
     const li = byId(m.id);
     if (!li) return; // outside the loaded window
-    if (m.status === 'hidden') { li.remove(); nextIndex.delete(m.id); return; }
+    if (m.status === 'hidden') { li.remove(); nextIndex.delete(m.id); endStream(m.id); return; }
     li.dataset.status = m.status;
     setStatusLabel(li, STATUS_LABEL[m.status]);
     li.querySelector('.retry')?.remove();
     if (m.status === 'streaming') { // retried: the text so far, then deltas (a sync fills the rest)
       const body = bodyOf(li);
       body.className = 'body streaming';
-      body.textContent = m.content;
+      li.setAttribute('aria-busy', 'true');
+      startStream(m.id, body, m.content);
       nextIndex.delete(m.id);
       return;
     }
     addRetry(li);
+    endStream(m.id);
     const body = bodyOf(li);
     body.className = 'body';
-    body.innerHTML = m.html || ''; // sanitized by the server
+    showHtml(body, m.html); // the same DOM as the streamed one, now final
+    li.removeAttribute('aria-busy');
     nextIndex.delete(m.id);
     delete li.dataset.nextIndex;
   }
@@ -260,6 +312,7 @@ function start(root) {
         const more = tpl.content.querySelector('.earlier-marker');
         if (more) more.remove();
         const rows = [...tpl.content.querySelectorAll('li.msg')].filter((li) => !document.getElementById(li.id));
+        for (const li of rows) highlightWithin(li);
         els.transcript.prepend(...rows);
         for (const li of rows) addRetry(li);
         if (!more || !rows.length) link.parentElement.remove();
@@ -322,8 +375,9 @@ function start(root) {
     if (li.dataset.status !== 'streaming') return; // already final
     const want = nextIndex.get(f.message_id) ?? 0;
     if (f.index < want) return; // a duplicate
-    if (f.index > want) { requestSync(); return; } // a lost delta: the snapshot will fix it
-    bodyOf(li).append(document.createTextNode(f.text));
+    const stream = streams.get(f.message_id);
+    if (f.index > want || !stream) { requestSync(); return; } // a lost delta: the snapshot will fix it
+    setStreamText(f.message_id, stream.text + f.text);
     nextIndex.set(f.message_id, want + 1);
     li.dataset.nextIndex = want + 1;
   }
@@ -337,7 +391,7 @@ function start(root) {
     }
     if (li.dataset.status !== 'streaming') return;
     if (f.next_index < (nextIndex.get(f.message_id) ?? 0)) return; // older than what we have
-    bodyOf(li).textContent = f.content;
+    setStreamText(f.message_id, f.content);
     nextIndex.set(f.message_id, f.next_index);
     li.dataset.nextIndex = f.next_index;
   }
@@ -626,6 +680,7 @@ function start(root) {
 
   // ---- go ------------------------------------------------------------------------------------------
   for (const time of els.transcript.querySelectorAll('time[datetime]')) localiseTime(time);
+  highlightWithin(els.transcript);
   loadOutbox();
   updateStop();
   setState('connecting');
@@ -637,6 +692,7 @@ function start(root) {
     get lastSeq() { return lastSeq; },
     get state() { return state; },
     get outbox() { return [...outbox.keys()]; },
+    streamText(id) { return streams.get(id)?.text; },
     socket() { return ws; },
   };
 }

@@ -116,6 +116,25 @@ def test_the_owner_changes_ai_settings_and_a_member_sets_a_display_name(stack, f
     assert alice[0].first_name == "Alice A."
 
 
+WORKER_DIES_ANSWER = """Then **nothing is lost**. The sweeper finds the expired lease:
+
+```python
+turn = Turn.objects.get(id=turn_id)
+if turn.lease_expired():  # no renewal for 20 s
+    runner.resume(turn)   # continues the same message
+```
+
+1. Its lease expires (no renewal within `LEASE_TIMEOUT`).
+2. Celery beat's sweeper finalises the partial answer from its chunks.
+3. Another worker continues it, and every browser shows *recovering…* meanwhile.
+
+| fault | outcome |
+|---|---|
+| worker killed | answer continued |
+| Redis restart | clients `sync` from Postgres |
+"""
+
+
 def test_screenshots_of_home_a_room_mid_stream_and_phone_width(stack, fake, room, alice, bob, page_for):
     a, b = page_for(alice[0]), page_for(bob[0])
     for page in (a, b):
@@ -123,9 +142,10 @@ def test_screenshots_of_home_a_room_mid_stream_and_phone_width(stack, fake, room
         wait_live(page)
     send(a, "Can you explain **resumable streams**? !say=Sure. Every chunk is *persisted* first, then broadcast.")
     b.wait_for_selector("li.msg.role-assistant[data-status=complete]")
-    send(b, "Nice, and what if a worker dies? !tokens=120 !delay=60")
-    a.wait_for_selector("li.msg.role-assistant[data-status=streaming] .body:not(:empty)")
-    a.wait_for_timeout(1500)
+    fake.script([WORKER_DIES_ANSWER])
+    send(b, "Nice, and what if a worker dies? !delay=60")
+    # mid-stream, with the code block already highlighted and the list still growing
+    a.wait_for_selector("li.msg.role-assistant[data-status=streaming] .body ol li >> text=Its lease")
     shot(a, "room-mid-stream")
     a.set_viewport_size({"width": 390, "height": 844})
     shot(a, "phone")
