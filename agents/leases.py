@@ -54,38 +54,75 @@ def lease_renew(*, taken: TakenTurn) -> LeaseState:
         return _renew_locked(cursor, taken)
 
 
-# One statement, so one round trip and its own transaction: the fenced renewal and the insert
-# commit together or not at all, and the UPDATE holds the turn row's lock until then, so a
-# worker that lost its lease (paused, partitioned) can never add a chunk afterwards. The insert
-# is idempotent, so a write retried after a lost COMMIT reply cannot fail or duplicate.
-_CHUNK_SQL = """
-    WITH lease AS (
+@dataclass(frozen=True)
+class ChunkRow:
+    """One chunk to persist for a leased turn."""
+
+    taken: TakenTurn
+    index: int
+    text: str
+
+
+# One statement, so one round trip and its own transaction, for any number of chunks of any
+# number of turns (group commit): the fenced renewals and the inserts commit together or not
+# at all, and the UPDATE holds each turn row's lock until then, so a worker that lost its lease
+# (paused, partitioned) can never add a chunk afterwards: rows of a turn whose (id, generation)
+# is no longer running are not inserted. The insert is idempotent, so a write retried after a
+# lost COMMIT reply cannot fail or duplicate.
+_CHUNKS_SQL = """
+    WITH input AS (
+        SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::int[], %s::text[])
+            AS i(turn_id, generation, message_id, index, text)
+    ), lease AS (
         UPDATE agents_turn
            SET lease_until = now() + make_interval(secs => %s)
-         WHERE id = %s AND lease_generation = %s AND status = 'running'
-        RETURNING cancel_requested
+         WHERE status = 'running'
+           AND (id, lease_generation) IN (SELECT DISTINCT turn_id, generation FROM input)
+        RETURNING id, cancel_requested
     ), chunk AS (
         INSERT INTO rooms_streamchunk (message_id, index, text)
-        SELECT %s, %s, %s FROM lease
+        SELECT input.message_id, input.index, input.text FROM input JOIN lease ON lease.id = input.turn_id
+        ORDER BY input.message_id, input.index
         ON CONFLICT (message_id, index) DO NOTHING
     )
-    SELECT cancel_requested FROM lease
+    SELECT id, cancel_requested FROM lease
 """
+
+
+def chunks_write_unsent(rows: list[ChunkRow]) -> dict[int, LeaseState]:
+    """Persist chunks of any turns in one fenced statement; the turns that still hold their lease,
+    with their state. Nothing is broadcast: the caller sends the deltas of those turns."""
+    params = [
+        [r.taken.turn_id for r in rows],
+        [r.taken.generation for r in rows],
+        [r.taken.message_id for r in rows],
+        [r.index for r in rows],
+        [r.text for r in rows],
+        settings.LEASE_TIMEOUT,
+    ]
+    with connection.cursor() as cursor:  # autocommit: the statement is its transaction
+        cursor.execute(_CHUNKS_SQL, params)
+        held = cursor.fetchall()
+    return {int(turn_id): LeaseState(cancel_requested=bool(cancel)) for turn_id, cancel in held}
+
+
+def chunk_deltas(rows: list[ChunkRow]) -> list[tuple[int, dict[str, object]]]:
+    """The `delta` broadcasts of written chunks: (room id, channel-layer message), in order."""
+    return [
+        (r.taken.room_id, broadcast.delta_message(r.taken.message_id, r.index,
+                                                  delta_frame(r.taken.message_id, r.index, r.text)))
+        for r in rows
+    ]  # fmt: skip
 
 
 def chunk_write(*, taken: TakenTurn, index: int, text: str) -> LeaseState:
     """Persist one chunk and renew the lease in one fenced statement, then broadcast the delta."""
-    params = [settings.LEASE_TIMEOUT, taken.turn_id, taken.generation, taken.message_id, index, text]
-    with connection.cursor() as cursor:  # autocommit: the statement is its transaction
-        cursor.execute(_CHUNK_SQL, params)
-        row = cursor.fetchone()
-    if row is None:
+    rows = [ChunkRow(taken, index, text)]
+    state = chunks_write_unsent(rows).get(taken.turn_id)
+    if state is None:
         raise LeaseLost(f"turn {taken.turn_id} generation {taken.generation}")
-    frame = delta_frame(taken.message_id, index, text)
-    broadcast.send_to_room_sync(
-        taken.room_id, [broadcast.delta_message(taken.message_id, index, frame)]
-    )
-    return LeaseState(cancel_requested=bool(row[0]))
+    broadcast.send_many_sync(chunk_deltas(rows))
+    return state
 
 
 _DB_ERRORS = (OperationalError, InterfaceError)

@@ -9,10 +9,10 @@ import time
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.db import InterfaceError, OperationalError
+from django.db import InterfaceError, OperationalError, connection
 
 from agents.drain import drain_requested
-from agents.leases import LeaseLost, LeaseState, chunk_write, db_retry, lease_renew
+from agents.leases import LeaseLost, LeaseState, db_retry, lease_renew
 from agents.models import Turn
 from agents.providers import get_provider
 from agents.providers.base import (
@@ -25,6 +25,7 @@ from agents.providers.base import (
     ToolCallRequest,
 )
 from agents.queue import TakenTurn, turn_finish, turn_release
+from agents.writer import TurnSink, writer
 from rooms.models import Message, Room
 from rooms.selectors import display_name
 
@@ -69,13 +70,18 @@ CONTINUE_PROMPT = (
 
 @dataclass
 class ChunkBatcher:
-    """Collects streamed text and writes it as numbered chunks, at most one per interval."""
+    """Collects streamed text into numbered chunks, at most one per interval, and hands them to
+    the process's chunk writer (group commit) without waiting for the write."""
 
     taken: TakenTurn
     next_index: int = 0
     pending: list[str] = field(default_factory=list)
     pending_chars: int = 0
     last_write: float = 0.0
+    sink: TurnSink = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.sink = TurnSink(self.taken)
 
     def add(self, text: str) -> None:
         if text:
@@ -93,14 +99,26 @@ class ChunkBatcher:
     def flush(self) -> LeaseState | None:
         if not self.pending:
             return None
-        text = "".join(self.pending)
-        index = self.next_index
-        state = db_retry(lambda: chunk_write(taken=self.taken, index=index, text=text), what="chunk write")
+        state = writer.submit(self.sink, self.next_index, "".join(self.pending))
         self.next_index += 1
         self.pending.clear()
         self.pending_chars = 0
         self.last_write = time.monotonic()
         return state
+
+    def flush_and_wait(self) -> bool:
+        """Write what is pending and wait until all of it is written; False if the lease was
+        lost or the database stayed away (the turn is then left to recovery)."""
+        try:
+            self.flush()
+            writer.wait_written(self.sink, timeout=settings.LEASE_TIMEOUT)
+        except LeaseLost:
+            log.warning("turn %s: lease lost; stopping without writing", self.taken.turn_id)
+            return False
+        except (OperationalError, InterfaceError) as exc:
+            log.warning("turn %s: chunks not written, left to recovery: %s", self.taken.turn_id, exc)
+            return False
+        return True
 
 
 class TurnStopped(Exception):
@@ -166,6 +184,7 @@ def _step_stream(
             next_beat = now + _heartbeat_every()
         elif now >= next_beat:
             state = db_retry(lambda: lease_renew(taken=batcher.taken), what="lease renewal")
+            connection.close()
             next_beat = now + _heartbeat_every()
         if state is not None and state.cancel_requested:
             raise TurnStopped(Turn.Status.CANCELLED, "stopped by a user")
@@ -182,6 +201,10 @@ def turn_run(*, taken: TakenTurn) -> str:
     status, error = Turn.Status.DONE, ""
     try:
         room, messages = context_build(taken=taken)
+        # While the model streams, the chunk writer does the writing: the runner gives its
+        # connection back (to the pool), or a threads worker with many turns would need a
+        # connection per turn for nothing.
+        connection.close()
         provider = get_provider()
         model = room.ai_model or settings.LLM_MODEL
         for _step in range(settings.MAX_TURN_STEPS):
@@ -194,12 +217,11 @@ def turn_run(*, taken: TakenTurn) -> str:
             # text so far is the answer and the request is noted on the turn.
             error = "the model asked for tools, which this room does not offer"
             break
-        batcher.flush()
+        if not batcher.flush_and_wait():
+            return "lost"
     except TurnStopped as stop:
         status, error = stop.status, stop.reason
-        try:
-            batcher.flush()
-        except LeaseLost:
+        if not batcher.flush_and_wait():
             return "lost"
         if status == "released":  # graceful shutdown: another worker continues the answer
             released = db_retry(lambda: turn_release(taken=taken, reason=error), what="release")
@@ -215,15 +237,14 @@ def turn_run(*, taken: TakenTurn) -> str:
     except ProviderError as exc:
         log.warning("turn %s: provider failed: %s", taken.turn_id, exc)
         status, error = Turn.Status.FAILED, f"model error: {exc}"
-        try:
-            batcher.flush()
-        except LeaseLost:
+        if not batcher.flush_and_wait():
             return "lost"
     except Exception as exc:  # a bug or a database fault: end the turn in a known state
         log.exception("turn %s crashed", taken.turn_id)
         status, error = Turn.Status.FAILED, f"internal error: {type(exc).__name__}"
         try:
-            batcher.flush()
+            if not batcher.flush_and_wait():
+                return "lost"
         except Exception:
             log.warning("turn %s: could not save the last chunk", taken.turn_id)
     try:

@@ -94,6 +94,22 @@ def send_to_group_sync(group: str, messages: list[dict[str, Any]]) -> None:
         log.warning("broadcast to %s failed; clients will resync", group, exc_info=True)
 
 
+def send_many_sync(items: list[tuple[int, dict[str, Any]]]) -> None:
+    """Broadcast to several rooms at once, in order: (room id, message) pairs."""
+    if not items:
+        return
+
+    async def _send_all() -> None:
+        layer = get_channel_layer()
+        for room_id, message in items:
+            await layer.group_send(room_group(room_id), message)
+
+    try:
+        _publisher.run(_send_all())
+    except Exception:  # the doorbell failed; the database still has everything
+        log.warning("broadcast to %s rooms failed; clients will resync", len(items), exc_info=True)
+
+
 def send_to_group_on_commit(group: str, message: dict[str, Any]) -> None:
     transaction.on_commit(lambda: send_to_group_sync(group, [message]))
 

@@ -40,7 +40,7 @@ def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: N
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _isolated_run(django_db_setup: Any) -> None:
+def _isolated_run(django_db_setup: Any) -> Iterator[None]:
     """Give this run its own Celery queue and channel prefix, so a running `make run` can't
     steal its tasks or hear its broadcasts (they may share the embedded Redis)."""
     from django.conf import settings
@@ -54,6 +54,10 @@ def _isolated_run(django_db_setup: Any) -> None:
     settings.LEASE_TIMEOUT = 3.0
     settings.SWEEP_INTERVAL = 1.0
     settings.TURN_TIME_LIMIT = 60.0
+    yield
+    from agents.writer import writer
+
+    writer.stop()  # its database session would keep the test database from being dropped
 
 
 @pytest.fixture(scope="session")

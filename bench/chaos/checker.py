@@ -22,6 +22,8 @@ them; every violation names its room, its client and the first event that differ
      socket of its room without the client asking (no pings then)
   k  a turn whose worker was killed or paused leaves that worker's lease (is recovered) within
      the lease timeout plus one sweep (plus a slack for a loaded machine)
+  z  the run exercised the system: every client received events, every room finished an answer
+     and was probed after the faults (a run where nothing happened proves nothing)
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ CHECKS = {
     "i": "deltas == persisted chunks",
     "j": "live delivery recovered",
     "k": "recovered within lease + one sweep",
+    "z": "the run exercised every room and client",
 }
 
 
@@ -196,6 +199,7 @@ class Checker:
             self.check_chunks(room)
         self.check_probes()
         self.check_recoveries()
+        self.check_exercised()
         self.report.stats = self.stats()
         return self.report
 
@@ -456,6 +460,19 @@ class Checker:
                     probe.get("detail") or f"never saw the probe's turn end: {', '.join(probe['missing'])}"
                 )
                 self.fail("j", by_slug[probe["room"]], "-", detail)
+
+    def check_exercised(self) -> None:
+        """A run in which nothing happened proves nothing: every client must have received
+        events, every room must have finished an answer and been probed after the faults."""
+        for rec in self.records:
+            if not rec.state.applied_seqs:
+                self.fail("z", self.rooms[rec.room_id], rec.name, "the client never received an event")
+        probed = {probe["room"] for probe in self.probes}
+        for room in self.rooms.values():
+            if not any(t.get("status") == "done" for t in room.turns.values()):
+                self.fail("z", room, "-", "no turn of the room finished")
+            if room.slug not in probed:
+                self.fail("z", room, "-", "the room was not probed after the faults")
 
     def check_recoveries(self) -> None:
         by_id = self.rooms

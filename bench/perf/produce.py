@@ -4,11 +4,12 @@
 
 Per room (one thread each, like one turn per Celery pool slot): post a user message with the
 real service (`rooms.services.message_post`), lease its turn (`agents.queue.turn_take_next`),
-then call `agents.leases.chunk_write` per chunk (fenced lease renewal + INSERT in one
-autocommitted statement, then the broadcast: the runner's flush exactly), and finish the turn
-(`turn_finish`). The only thing patched, in this process only, is the Celery kick (no worker
-must take these turns) and a timer around the chunk statement (its COMMIT included). Prints
-`ready <json>`, waits for a line on stdin, streams, writes a JSON report to --out.
+then hand each chunk to the process's chunk writer as the runner does (`agents.writer`: one
+thread writes the waiting chunks of every turn in one fenced statement, group commit, then
+broadcasts their deltas), wait until all are written, and finish the turn (`turn_finish`).
+The only thing patched, in this process only, is the Celery kick (no worker must take these
+turns) and a timer around the chunk statement (its COMMIT included). Prints `ready <json>`,
+waits for a line on stdin, streams, writes a JSON report to --out.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import sys
 import threading
 import time
 import uuid
+from typing import Any
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatproject.settings")
 
@@ -33,27 +35,30 @@ from django.db.backends.utils import CursorWrapper  # noqa: E402
 
 import agents.kicks  # noqa: E402
 import agents.leases  # noqa: E402
-from agents.leases import chunk_write  # noqa: E402
 from agents.models import Turn  # noqa: E402
 from agents.queue import turn_finish, turn_take_next  # noqa: E402
+from agents.writer import TurnSink, writer  # noqa: E402
 from rooms.models import Room  # noqa: E402
 from rooms.services import message_post  # noqa: E402
 
 agents.kicks.kick_room_send = lambda room_id: False  # these turns belong to this process
 
-_local = threading.local()
 _commit_ns: list[int] = []
+_commit_end: dict[tuple[int, int], int] = {}  # (message id, chunk index) -> wall clock after COMMIT
 _orig_execute = CursorWrapper.execute
 
 
-def _timed_execute(self: CursorWrapper, sql: str, params: object = None) -> object:
-    """The chunk write is one autocommitted statement: its execution is its COMMIT."""
-    if sql is not agents.leases._CHUNK_SQL:
+def _timed_execute(self: CursorWrapper, sql: str, params: Any = None) -> object:
+    """A chunk write is one autocommitted statement (a batch of chunks, group commit): its
+    execution is its COMMIT."""
+    if sql is not agents.leases._CHUNKS_SQL:
         return _orig_execute(self, sql, params)
     t = time.perf_counter_ns()
     result = _orig_execute(self, sql, params)
     _commit_ns.append(time.perf_counter_ns() - t)
-    _local.commit_end = time.time_ns()
+    end = time.time_ns()
+    for key in zip(params[2], params[3], strict=True):  # message ids, indexes
+        _commit_end[key] = end
     return result
 
 
@@ -96,6 +101,7 @@ def main() -> None:
 
     def stream(k: int) -> None:
         tk = taken[k]
+        sink = TurnSink(tk)
         n, i = args.chunks, 0
         t0 = time.monotonic()
         end = t0 + args.seconds if args.seconds else float("inf")
@@ -105,12 +111,13 @@ def main() -> None:
                 if delay > 0:
                     time.sleep(delay)
             c = time.perf_counter_ns()
-            chunk_write(taken=tk, index=i, text=f"t{i} ")
+            writer.submit(sink, i, f"t{i} ")
             call_ns.append(time.perf_counter_ns() - c)
-            if args.lag and k == 0:
-                commit_end[i] = _local.commit_end
             i += 1
+        writer.wait_written(sink, timeout=60)
         elapsed = time.monotonic() - t0
+        if args.lag and k == 0:
+            commit_end.update({j: _commit_end[(tk.message_id, j)] for j in range(i)})
         turn_finish(taken=tk, status=Turn.Status.DONE)
         connection.close()
         results[k] = {"message_id": tk.message_id, "chunks": i, "seconds": elapsed}

@@ -277,21 +277,21 @@ def test_a_chunk_write_repeated_after_a_lost_commit_reply_stores_one_chunk(room,
 def test_a_brief_database_outage_mid_turn_is_retried_and_the_turn_ends_done(room, alice, scripted, monkeypatch):
     from django.db import OperationalError
 
-    from agents import leases
+    from agents import writer
 
     scripted.add("one two three")
     post(room, alice[0], "hi")
     taken = turn_take_next(room_id=room.pk, owner="w")
     failures = {"left": 2}
-    real = leases.chunk_write
+    real = writer.chunks_write_unsent
 
-    def flaky(**kwargs):
+    def flaky(rows):
         if failures["left"]:
             failures["left"] -= 1
             raise OperationalError("terminating connection due to administrator command")
-        return real(**kwargs)
+        return real(rows)
 
-    monkeypatch.setattr(runner, "chunk_write", flaky)
+    monkeypatch.setattr(writer, "chunks_write_unsent", flaky)
     assert runner.turn_run(taken=taken) == "done"
     assert failures["left"] == 0
     assert Message.objects.get(pk=taken.message_id).content == "one two three"
