@@ -100,14 +100,39 @@ def send_many_sync(items: list[tuple[int, dict[str, Any]]]) -> None:
         return
 
     async def _send_all() -> None:
-        layer = get_channel_layer()
-        for room_id, message in items:
-            await layer.group_send(room_group(room_id), message)
+        if not await _publish_pipelined(items):
+            layer = get_channel_layer()
+            for room_id, message in items:
+                await layer.group_send(room_group(room_id), message)
 
     try:
         _publisher.run(_send_all())
     except Exception:  # the doorbell failed; the database still has everything
         log.warning("broadcast to %s rooms failed; clients will resync", len(items), exc_info=True)
+
+
+async def _publish_pipelined(items: list[tuple[int, dict[str, Any]]]) -> bool:
+    """PUBLISH many messages in one round trip per Redis shard, in order, exactly as the
+    pub/sub layer's `group_send` would (its channel names and serializer); False if the layer
+    is not channels_redis' pub/sub layer as we know it (the caller then sends one by one)."""
+    try:
+        inner = get_channel_layer()._get_layer()  # the layer of this event loop
+        by_shard: dict[int, tuple[Any, list[tuple[str, bytes]]]] = {}
+        for room_id, message in items:
+            channel = inner._get_group_channel_name(room_group(room_id))
+            shard = inner._get_shard(channel)
+            payload = inner.channel_layer.serialize(message)
+            by_shard.setdefault(id(shard), (shard, []))[1].append((channel, payload))
+    except AttributeError:
+        return False
+    for shard, messages in by_shard.values():
+        async with shard._lock:
+            shard._ensure_redis()
+            pipe = shard._redis.pipeline(transaction=False)
+            for channel, payload in messages:
+                pipe.publish(channel, payload)
+            await pipe.execute()
+    return True
 
 
 def send_to_group_on_commit(group: str, message: dict[str, Any]) -> None:
