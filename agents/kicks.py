@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 import redis
@@ -59,8 +60,21 @@ def kick_room_send(room_id: int) -> bool:
 
 
 def kick_room_on_commit(room_id: int) -> None:
-    """Kick the room once the transaction commits (a failed send never fails the caller)."""
-    transaction.on_commit(partial(kick_room_send, room_id), robust=True)
+    """Kick the room once the transaction commits, from a background thread: the caller (a
+    socket's database call, a request) does not wait for Redis, and a failed send never fails
+    it (a kick lost with a dying process is re-sent by the sweeper)."""
+    transaction.on_commit(partial(_sender().submit, kick_room_send, room_id), robust=True)
+
+
+_executor: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _sender() -> ThreadPoolExecutor:
+    """One thread per process sends the kicks, in order (made again after a fork)."""
+    global _executor
+    if _executor is None or _executor[0] != os.getpid():
+        _executor = (os.getpid(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="kicks"))
+    return _executor[1]
 
 
 def kick_taken(room_id: int) -> None:

@@ -10,7 +10,6 @@ import asyncio
 import logging
 import os
 import threading
-from collections.abc import Coroutine
 from typing import Any
 
 from channels.layers import get_channel_layer
@@ -67,59 +66,60 @@ class _LoopThread:
                 ).start()
             return self._loop
 
-    def run(self, coro: Coroutine[Any, Any, Any], timeout: float = 5.0) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop()).result(timeout)
-
 
 _publisher = _LoopThread()
 
 
 def send_to_room_sync(room_id: int, messages: list[dict[str, Any]]) -> None:
     """Broadcast from sync code, in order; a failure is logged: `sync` repairs it."""
-    send_to_group_sync(room_group(room_id), messages)
+    publish([(room_group(room_id), m) for m in messages], wait=True)
 
 
 def send_to_group_sync(group: str, messages: list[dict[str, Any]]) -> None:
-    if not messages:
-        return
-
-    async def _send_all() -> None:
-        layer = get_channel_layer()
-        for message in messages:
-            await layer.group_send(group, message)
-
-    try:
-        _publisher.run(_send_all())
-    except Exception:  # the doorbell failed; the database still has everything
-        log.warning("broadcast to %s failed; clients will resync", group, exc_info=True)
+    publish([(group, m) for m in messages], wait=True)
 
 
 def send_many_sync(items: list[tuple[int, dict[str, Any]]]) -> None:
     """Broadcast to several rooms at once, in order: (room id, message) pairs."""
+    publish([(room_group(room_id), m) for room_id, m in items], wait=True)
+
+
+def publish(items: list[tuple[str, dict[str, Any]]], *, wait: bool) -> None:
+    """Hand (group, message) pairs to the process's publisher loop, which sends them in the
+    order they were handed over (from every thread); `wait` blocks until they are sent."""
     if not items:
         return
-
-    async def _send_all() -> None:
-        if not await _publish_pipelined(items):
-            layer = get_channel_layer()
-            for room_id, message in items:
-                await layer.group_send(room_group(room_id), message)
-
+    future = asyncio.run_coroutine_threadsafe(_publish(items), _publisher.loop())
+    if not wait:
+        future.add_done_callback(_log_failure)
+        return
     try:
-        _publisher.run(_send_all())
+        future.result(5.0)
     except Exception:  # the doorbell failed; the database still has everything
-        log.warning("broadcast to %s rooms failed; clients will resync", len(items), exc_info=True)
+        log.warning("broadcast of %s messages failed; clients will resync", len(items), exc_info=True)
 
 
-async def _publish_pipelined(items: list[tuple[int, dict[str, Any]]]) -> bool:
+def _log_failure(future: Any) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.warning("broadcast failed; clients will resync", exc_info=future.exception())
+
+
+async def _publish(items: list[tuple[str, dict[str, Any]]]) -> None:
+    if not await _publish_pipelined(items):
+        layer = get_channel_layer()
+        for group, message in items:
+            await layer.group_send(group, message)
+
+
+async def _publish_pipelined(items: list[tuple[str, dict[str, Any]]]) -> bool:
     """PUBLISH many messages in one round trip per Redis shard, in order, exactly as the
     pub/sub layer's `group_send` would (its channel names and serializer); False if the layer
     is not channels_redis' pub/sub layer as we know it (the caller then sends one by one)."""
     try:
         inner = get_channel_layer()._get_layer()  # the layer of this event loop
         by_shard: dict[int, tuple[Any, list[tuple[str, bytes]]]] = {}
-        for room_id, message in items:
-            channel = inner._get_group_channel_name(room_group(room_id))
+        for group, message in items:
+            channel = inner._get_group_channel_name(group)
             shard = inner._get_shard(channel)
             payload = inner.channel_layer.serialize(message)
             by_shard.setdefault(id(shard), (shard, []))[1].append((channel, payload))
@@ -136,9 +136,11 @@ async def _publish_pipelined(items: list[tuple[int, dict[str, Any]]]) -> bool:
 
 
 def send_to_group_on_commit(group: str, message: dict[str, Any]) -> None:
-    transaction.on_commit(lambda: send_to_group_sync(group, [message]))
+    transaction.on_commit(lambda: publish([(group, message)], wait=False))
 
 
 def send_to_room_on_commit(room_id: int, messages: list[dict[str, Any]]) -> None:
-    """Broadcast after the current transaction commits (never before: rule 1)."""
-    transaction.on_commit(lambda: send_to_room_sync(room_id, messages))
+    """Broadcast after the current transaction commits (never before: rule 1), without making
+    the caller (a request, a socket's database call) wait for Redis."""
+    items = [(room_group(room_id), m) for m in messages]
+    transaction.on_commit(lambda: publish(items, wait=False))

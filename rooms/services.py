@@ -193,12 +193,14 @@ def message_post(*, room: Room, author: Any, client_id: uuid.UUID, content: str)
     from agents.models import Turn
     from agents.queue import turn_data, turn_queue_full, turn_wanted
 
-    existing = _existing_post(room=room, author=author, client_id=client_id, content=content)
-    if existing is not None:
-        return existing
     wants_turn = turn_wanted(room=room, content=content)
     if wants_turn and turn_queue_full(room=room):
+        existing = _existing_post(room=room, author=author, client_id=client_id, content=content)
+        if existing is not None:  # a resend of a stored message still gets its ack
+            return existing
         raise RoomBusy("the assistant has too many questions waiting in this room; try again soon")
+    # A resend (same client_id) is not looked up first: the insert's unique index refuses it,
+    # and the whole statement with it, so the common case costs one round trip.
     now = timezone.now()
     draft = Message(
         pk=_PH_MESSAGE_ID, room=room, seq=_PH_MESSAGE_SEQ, role=Message.Role.USER, author=author,
@@ -226,7 +228,7 @@ def message_post(*, room: Room, author: Any, client_id: uuid.UUID, content: str)
             cursor.execute(_POST_TURN_SQL if wants_turn else _POST_MESSAGE_SQL, params)
             row = cursor.fetchone()
     except IntegrityError:
-        # A concurrent send with the same client_id won the race: answer with its ack.
+        # A resend, or a concurrent send with the same client_id that won: answer with its ack.
         existing = _existing_post(room=room, author=author, client_id=client_id, content=content)
         if existing is None:
             raise
