@@ -14,9 +14,19 @@ from django.utils import timezone
 
 from agents.kicks import kick_room_on_commit
 from agents.models import Turn
+from rooms import broadcast
 from rooms.models import Message, Room, StreamChunk
+from rooms.protocol import dumps
 from rooms.selectors import message_data
-from rooms.services import event_record, message_update_locked, seq_reserve_locked
+from rooms.services import (
+    PH_EVENT_SEQ,
+    PH_MESSAGE_ID,
+    PH_MESSAGE_SEQ,
+    events_append_last,
+    frame_filled,
+    message_update_saved,
+    placeholder,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +75,82 @@ class TakenTurn:
     next_index: int = 0  # > 0 when continuing an answer that already has chunks
 
 
+_TURN_LOCK_CLASS = 0x43484154  # "CHAT": the namespace of our advisory locks
+
+
 def _lock_room(room_id: int) -> None:
+    """Serialise the turn transitions of one room (take, finish, requeue, recover, cancel,
+    retry) until the transaction ends. An advisory lock, not the room row: posts to the room,
+    which need the row for their seq, are not held up by a transition, which takes the row only
+    with its last statement (`events_append_last`), for one round trip and the COMMIT."""
     with connection.cursor() as cursor:
-        cursor.execute("SELECT id FROM rooms_room WHERE id = %s FOR UPDATE", [room_id])
+        cursor.execute(
+            "SELECT pg_advisory_xact_lock(%s, (%s %% 2147483647)::int)", [_TURN_LOCK_CLASS, room_id]
+        )
+
+
+# The take of a turn that starts a new answer, as one last statement: reserve two seqs, insert
+# the (empty, streaming) assistant message with the first, link the turn to it, and write the
+# `message` and `turn` events, completing their placeholders (see rooms.services).
+_START_SQL = """
+    WITH s AS (
+        UPDATE rooms_room SET last_seq = last_seq + 2 WHERE id = %(room)s
+        RETURNING last_seq - 1 AS seq
+    ), m AS (
+        INSERT INTO rooms_message
+            (room_id, seq, role, author_id, content, status, client_id, created_at, updated_at)
+        SELECT %(room)s, s.seq, 'assistant', NULL, '', 'streaming', NULL, %(now)s, %(now)s FROM s
+        RETURNING id, seq
+    ), t AS (
+        UPDATE agents_turn SET assistant_message_id = m.id FROM m WHERE agents_turn.id = %(turn)s
+        RETURNING agents_turn.id
+    ), e AS (
+        INSERT INTO rooms_roomevent (room_id, seq, type, frame, created_at)
+        SELECT %(room)s, m.seq + f.i - 1, f.type,
+               replace(replace(replace(replace(f.frame,
+                   %(ph_event_seq)s, '"seq":' || (m.seq + f.i - 1)),
+                   %(ph_message_seq)s, '"seq":' || m.seq),
+                   %(ph_id)s, '"id":' || m.id),
+                   %(ph_message_id)s, '"message_id":' || m.id),
+               %(now)s
+          FROM m, t, unnest(%(types)s::text[], %(frames)s::text[]) WITH ORDINALITY AS f(type, frame, i)
+    )
+    SELECT m.id, m.seq FROM m, t
+"""
+
+
+def _answer_start_last(*, turn: Turn, now: Any) -> int:
+    """Create the turn's assistant message and its events (the transaction's last statement)."""
+    draft = Message(
+        pk=PH_MESSAGE_ID, room_id=turn.room_id, seq=PH_MESSAGE_SEQ, role=Message.Role.ASSISTANT,
+        status=Message.Status.STREAMING, created_at=now,
+    )  # fmt: skip
+    turn.assistant_message_id = PH_MESSAGE_ID
+    frames = [
+        dumps({"type": "message", "seq": PH_EVENT_SEQ, "message": message_data(draft, turn_id=turn.pk)}),
+        dumps({"type": "turn", "seq": PH_EVENT_SEQ, "turn": turn_data(turn)}),
+    ]
+    phs = {
+        "ph_event_seq": placeholder("seq", PH_EVENT_SEQ),
+        "ph_message_seq": placeholder("seq", PH_MESSAGE_SEQ),
+        "ph_id": placeholder("id", PH_MESSAGE_ID),
+        "ph_message_id": placeholder("message_id", PH_MESSAGE_ID),
+    }
+    params = {"room": turn.room_id, "turn": turn.pk, "now": now, "types": ["message", "turn"]}
+    with connection.cursor() as cursor:
+        cursor.execute(_START_SQL, params | phs | {"frames": frames})
+        message_id, seq = cursor.fetchone()
+    turn.assistant_message_id = message_id
+    texts = []
+    for i, frame in enumerate(frames):
+        texts.append(frame_filled(frame, {
+            phs["ph_event_seq"]: f'"seq":{seq + i}', phs["ph_message_seq"]: f'"seq":{seq}',
+            phs["ph_id"]: f'"id":{message_id}', phs["ph_message_id"]: f'"message_id":{message_id}',
+        }))  # fmt: skip
+    broadcast.send_to_room_on_commit(
+        turn.room_id, [broadcast.event_message(seq + i, text) for i, text in enumerate(texts)]
+    )
+    return int(message_id)
 
 
 def turn_take_next(*, room_id: int, owner: str) -> TakenTurn | None:
@@ -75,7 +158,7 @@ def turn_take_next(*, room_id: int, owner: str) -> TakenTurn | None:
     from agents.leases import turn_recover_locked
 
     with transaction.atomic():
-        _lock_room(room_id)  # a short, blocking lock: kicks of one room serialise here
+        _lock_room(room_id)  # kicks of one room serialise here
         running = Turn.objects.filter(room_id=room_id, status=Turn.Status.RUNNING).first()
         if running is not None:
             if running.lease_until is not None and running.lease_until > timezone.now():
@@ -90,13 +173,9 @@ def turn_take_next(*, room_id: int, owner: str) -> TakenTurn | None:
         if turn is None:
             return None
         continuing = turn.assistant_message_id is not None
-        seq = seq_reserve_locked(room_id=room_id, count=1 if continuing else 2)
-        if continuing:
-            message = turn.assistant_message
-        else:
-            message = Message.objects.create(
-                room_id=room_id, seq=seq, role=Message.Role.ASSISTANT, status=Message.Status.STREAMING
-            )
+        next_index = (
+            StreamChunk.objects.filter(message_id=turn.assistant_message_id).count() if continuing else 0
+        )
         now = timezone.now()
         turn.status = Turn.Status.RUNNING
         turn.attempt += 1
@@ -104,23 +183,16 @@ def turn_take_next(*, room_id: int, owner: str) -> TakenTurn | None:
         turn.lease_owner = owner[:120]
         turn.lease_until = now + timedelta(seconds=settings.LEASE_TIMEOUT)
         turn.started_at = turn.started_at or now
-        turn.assistant_message = message
         turn.save()
-        if not continuing:
-            event_record(
-                room_id=room_id,
-                seq=seq,
-                type="message",
-                body={"message": message_data(message, turn_id=turn.pk)},
-            )
-            seq += 1
-        event_record(room_id=room_id, seq=seq, type="turn", body={"turn": turn_data(turn)})
-        next_index = StreamChunk.objects.filter(message=message).count() if continuing else 0
+        if continuing:
+            events_append_last(room_id=room_id, events=[("turn", {"turn": turn_data(turn)})])
+        else:
+            _answer_start_last(turn=turn, now=now)
     return TakenTurn(
         turn_id=turn.pk,
         room_id=room_id,
         generation=turn.lease_generation,
-        message_id=message.pk,
+        message_id=turn.assistant_message_id,
         trigger_message_id=turn.trigger_message_id,
         attempt=turn.attempt,
         next_index=next_index,
@@ -147,21 +219,21 @@ def message_text_from_chunks(message_id: int) -> str:
 
 
 def turn_close_locked(*, turn: Turn, status: str, error: str = "") -> None:
-    """Give a running turn and its message a terminal status (room row locked by the caller)."""
-    seq = seq_reserve_locked(room_id=turn.room_id, count=2 if turn.assistant_message_id else 1)
+    """Give a turn and its message a terminal status (the room's turns locked by the caller)."""
     turn.status = status
     turn.error = error[:2000]
     turn.lease_until = None
     turn.lease_owner = ""
     turn.finished_at = timezone.now()
     turn.save()
+    events = []
     if turn.assistant_message_id:
         message = Message.objects.get(pk=turn.assistant_message_id)
         message.content = message_text_from_chunks(message.pk)
         message.status = _MESSAGE_STATUS[status]
-        message_update_locked(message=message, event_seq=seq, turn_id=turn.pk)
-        seq += 1
-    event_record(room_id=turn.room_id, seq=seq, type="turn", body={"turn": turn_data(turn)})
+        events.append(message_update_saved(message=message, turn_id=turn.pk))
+    events.append(("turn", {"turn": turn_data(turn)}))
+    events_append_last(room_id=turn.room_id, events=events)
     kick_room_on_commit(turn.room_id)
 
 
@@ -170,7 +242,6 @@ def turn_requeue_locked(*, turn: Turn, reason: str) -> None:
 
     Its message stays `streaming` with the text so far; the `turn` event says `recovering`.
     """
-    seq = seq_reserve_locked(room_id=turn.room_id, count=1)
     turn.status = Turn.Status.QUEUED
     turn.error = reason[:2000]
     turn.lease_until = None
@@ -178,7 +249,7 @@ def turn_requeue_locked(*, turn: Turn, reason: str) -> None:
     turn.lease_generation += 1  # fence off the old holder for good
     turn.cancel_requested = False
     turn.save()
-    event_record(room_id=turn.room_id, seq=seq, type="turn", body={"turn": turn_data(turn)})
+    events_append_last(room_id=turn.room_id, events=[("turn", {"turn": turn_data(turn)})])
     kick_room_on_commit(turn.room_id)
 
 
@@ -259,18 +330,18 @@ def turn_retry(*, room: Room, user: Any, turn_id: int) -> str:
             )
         if turn.side_effects_started:
             raise CancelRefused("forbidden", "this turn ran a tool with side effects: not re-run")
-        seq = seq_reserve_locked(room_id=room.pk, count=2 if turn.assistant_message_id else 1)
+        events = []
         if turn.assistant_message_id:
             message = Message.objects.get(pk=turn.assistant_message_id)
             message.status = Message.Status.STREAMING
-            message_update_locked(message=message, event_seq=seq, turn_id=turn.pk)
-            seq += 1
+            events.append(message_update_saved(message=message, turn_id=turn.pk))
         turn.status = Turn.Status.QUEUED
         turn.attempt = 0
         turn.error = ""
         turn.finished_at = None
         turn.cancel_requested = False
         turn.save()
-        event_record(room_id=room.pk, seq=seq, type="turn", body={"turn": turn_data(turn)})
+        events.append(("turn", {"turn": turn_data(turn)}))
+        events_append_last(room_id=room.pk, events=events)
         kick_room_on_commit(room.pk)
         return turn.status

@@ -15,7 +15,7 @@ from django.utils import timezone
 from django.utils.text import slugify
 
 from rooms import broadcast
-from rooms.models import ApiToken, Membership, Message, Room, RoomEvent
+from rooms.models import ApiToken, Membership, Message, Room
 from rooms.protocol import dumps
 from rooms.selectors import message_data
 
@@ -38,12 +38,64 @@ def seq_reserve_locked(*, room_id: int, count: int) -> int:
     return int(row[0]) - count + 1
 
 
-def event_record(*, room_id: int, seq: int, type: str, body: dict[str, Any]) -> str:
-    """Persist one room event and broadcast it once the transaction commits."""
-    text = dumps({"type": type, "seq": seq, **body})
-    RoomEvent.objects.create(room_id=room_id, seq=seq, type=type, frame=text)
-    broadcast.send_to_room_on_commit(room_id, [broadcast.event_message(seq, text)])
-    return text
+# Placeholders for what only the database knows (ids, seqs): frames are encoded before the room
+# row is locked and completed by the same statement that writes them. Each is a key and a
+# value, `"id":-7000000001`, which cannot occur inside a JSON string (its quote would be escaped).
+PH_MESSAGE_ID = -7_000_000_001
+PH_MESSAGE_SEQ = -7_000_000_002
+PH_TURN_ID = -7_000_000_003
+PH_EVENT_SEQ = -7_000_000_004
+
+
+def placeholder(key: str, value: int) -> str:
+    """The text of `"key":value` as `dumps` writes it inside a frame."""
+    return dumps({key: value})[1:-1]
+
+
+def frame_filled(frame: str, values: dict[str, str]) -> str:
+    """The frame with its placeholders replaced, exactly as the SQL `replace()` does."""
+    for ph, value in values.items():
+        frame = frame.replace(ph, value)
+    return frame
+
+
+# Reserve n seqs and write n events in one statement. The UPDATE locks the room row until the
+# commit (which keeps events committed in seq order), so this is the LAST statement of the
+# transaction that calls it: the row is held for one round trip and the COMMIT.
+_EVENTS_SQL = """
+    WITH s AS (
+        UPDATE rooms_room SET last_seq = last_seq + %(n)s WHERE id = %(room)s
+        RETURNING last_seq - %(n)s + 1 AS first
+    ), e AS (
+        INSERT INTO rooms_roomevent (room_id, seq, type, frame, created_at)
+        SELECT %(room)s, s.first + f.i - 1, f.type,
+               replace(f.frame, %(ph)s, '"seq":' || (s.first + f.i - 1)), %(now)s
+          FROM s, unnest(%(types)s::text[], %(frames)s::text[]) WITH ORDINALITY AS f(type, frame, i)
+    )
+    SELECT first FROM s
+"""
+
+
+def events_append_last(*, room_id: int, events: list[tuple[str, dict[str, Any]]]) -> int:
+    """Append events (type, body) to the room's log and broadcast them on commit; returns the
+    first seq. Call it last in the transaction: from it to the commit the room row is locked."""
+    frames = [dumps({"type": type_, "seq": PH_EVENT_SEQ, **body}) for type_, body in events]
+    ph = placeholder("seq", PH_EVENT_SEQ)
+    params = {
+        "n": len(frames), "room": room_id, "ph": ph, "now": timezone.now(),
+        "types": [type_ for type_, _ in events], "frames": frames,
+    }  # fmt: skip
+    with connection.cursor() as cursor:
+        cursor.execute(_EVENTS_SQL, params)
+        row = cursor.fetchone()
+    if row is None:
+        raise Room.DoesNotExist(room_id)
+    first = int(row[0])
+    texts = [frame.replace(ph, f'"seq":{first + i}') for i, frame in enumerate(frames)]
+    broadcast.send_to_room_on_commit(
+        room_id, [broadcast.event_message(first + i, text) for i, text in enumerate(texts)]
+    )
+    return first
 
 
 # --- rooms and members ------------------------------------------------------------------------
@@ -131,19 +183,6 @@ def _existing_post(*, room: Room, author: Any, client_id: uuid.UUID, content: st
     return PostResult(message_id=found[0], seq=found[1], created=False)
 
 
-# Placeholders for what only the database knows (ids, seqs): the frames are encoded before the
-# room row is locked and completed by the same statement that writes them. Each is a key and a
-# value, `"id":-7000000001`, which cannot occur inside a JSON string (its quote would be escaped).
-_PH_MESSAGE_ID = -7_000_000_001
-_PH_MESSAGE_SEQ = -7_000_000_002
-_PH_TURN_ID = -7_000_000_003
-_PH_TURN_SEQ = -7_000_000_004
-
-
-def _ph(key: str, value: int) -> str:
-    return dumps({key: value})[1:-1]
-
-
 # One statement (one round trip, its own transaction): the room row is locked by the UPDATE
 # and released at the implicit COMMIT right after, so concurrent posts to one room queue for
 # one round trip each, not for five plus the Python between them.
@@ -203,22 +242,22 @@ def message_post(*, room: Room, author: Any, client_id: uuid.UUID, content: str)
     # and the whole statement with it, so the common case costs one round trip.
     now = timezone.now()
     draft = Message(
-        pk=_PH_MESSAGE_ID, room=room, seq=_PH_MESSAGE_SEQ, role=Message.Role.USER, author=author,
+        pk=PH_MESSAGE_ID, room=room, seq=PH_MESSAGE_SEQ, role=Message.Role.USER, author=author,
         content=content, client_id=client_id, created_at=now,
     )  # fmt: skip
-    frame = dumps({"type": "message", "seq": _PH_MESSAGE_SEQ, "message": message_data(draft)})
+    frame = dumps({"type": "message", "seq": PH_MESSAGE_SEQ, "message": message_data(draft)})
     params: dict[str, Any] = {
         "count": 2 if wants_turn else 1, "room": room.pk, "author": author.pk, "content": content,
         "client_id": client_id, "now": now, "frame": frame,
-        "ph_id": _ph("id", _PH_MESSAGE_ID), "ph_seq": _ph("seq", _PH_MESSAGE_SEQ),
+        "ph_id": placeholder("id", PH_MESSAGE_ID), "ph_seq": placeholder("seq", PH_MESSAGE_SEQ),
     }  # fmt: skip
     if wants_turn:
-        turn = Turn(pk=_PH_TURN_ID, room=room, trigger_message_id=_PH_MESSAGE_ID)
+        turn = Turn(pk=PH_TURN_ID, room=room, trigger_message_id=PH_MESSAGE_ID)
         params.update(
-            turn_frame=dumps({"type": "turn", "seq": _PH_TURN_SEQ, "turn": turn_data(turn)}),
-            ph_turn_id=_ph("id", _PH_TURN_ID),
-            ph_trigger=_ph("trigger_message_id", _PH_MESSAGE_ID),
-            ph_turn_seq=_ph("seq", _PH_TURN_SEQ),
+            turn_frame=dumps({"type": "turn", "seq": PH_EVENT_SEQ, "turn": turn_data(turn)}),
+            ph_turn_id=placeholder("id", PH_TURN_ID),
+            ph_trigger=placeholder("trigger_message_id", PH_MESSAGE_ID),
+            ph_turn_seq=placeholder("seq", PH_EVENT_SEQ),
         )
     try:
         # autocommit: the statement is its own transaction (inside a caller's atomic block it
@@ -237,35 +276,23 @@ def message_post(*, room: Room, author: Any, client_id: uuid.UUID, content: str)
         raise Room.DoesNotExist(room.pk)
     message_id, seq = row[0], row[1]
     done = {params["ph_id"]: f'"id":{message_id}', params["ph_seq"]: f'"seq":{seq}'}
-    events = [broadcast.event_message(seq, _filled(frame, done))]
+    events = [broadcast.event_message(seq, frame_filled(frame, done))]
     if wants_turn:
         done = {
             params["ph_turn_id"]: f'"id":{row[2]}',
             params["ph_trigger"]: f'"trigger_message_id":{message_id}',
             params["ph_turn_seq"]: f'"seq":{seq + 1}',
         }
-        events.append(broadcast.event_message(seq + 1, _filled(params["turn_frame"], done)))
+        events.append(broadcast.event_message(seq + 1, frame_filled(params["turn_frame"], done)))
         kick_room_on_commit(room.pk)
     broadcast.send_to_room_on_commit(room.pk, events)
     return PostResult(message_id=message_id, seq=seq, created=True)
 
 
-def _filled(frame: str, values: dict[str, str]) -> str:
-    """The frame with its placeholders replaced, exactly as the SQL `replace()` did."""
-    for placeholder, value in values.items():
-        frame = frame.replace(placeholder, value)
-    return frame
-
-
-def message_update_locked(*, message: Message, event_seq: int, turn_id: int | None = None) -> None:
-    """Save a message's content/status and record a message_update event (room row locked)."""
+def message_update_saved(*, message: Message, turn_id: int | None = None) -> tuple[str, dict[str, Any]]:
+    """Save a message's content/status; its `message_update` event, for `events_append_last`."""
     message.save(update_fields=["content", "status", "updated_at"])
-    event_record(
-        room_id=message.room_id,
-        seq=event_seq,
-        type="message_update",
-        body={"message": message_data(message, turn_id=turn_id)},
-    )
+    return "message_update", {"message": message_data(message, turn_id=turn_id)}
 
 
 # --- people -----------------------------------------------------------------------------------

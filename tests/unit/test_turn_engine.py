@@ -333,3 +333,27 @@ def test_a_post_writes_frames_whose_ids_and_seqs_are_the_databases_even_with_loo
     assert [(m["seq"], m["text"]) for m in sent] == [(s, events[s].frame) for s in (message.seq, message.seq + 1)]
     room.refresh_from_db()
     assert room.last_seq == message.seq + 1
+
+
+def test_taking_and_closing_a_turn_write_events_whose_ids_and_seqs_are_the_databases(room, alice, scripted):
+    import json
+
+    post(room, alice[0], "hi")
+    taken = turn_take_next(room_id=room.pk, owner="w")
+    message = Message.objects.get(pk=taken.message_id)
+    events = {e.seq: json.loads(e.frame) for e in RoomEvent.objects.filter(room=room)}
+    started, running = events[message.seq], events[message.seq + 1]
+    assert started["type"] == "message" and started["seq"] == message.seq
+    assert started["message"]["id"] == message.pk and started["message"]["seq"] == message.seq
+    assert started["message"]["status"] == "streaming" and started["message"]["turn_id"] == taken.turn_id
+    assert running["type"] == "turn" and running["turn"]["message_id"] == message.pk
+    assert running["turn"]["id"] == taken.turn_id and running["turn"]["status"] == "running"
+    chunk_write(taken=taken, index=0, text="Hello")
+    from agents.queue import turn_finish
+
+    assert turn_finish(taken=taken, status="done")
+    room.refresh_from_db()
+    last = [json.loads(e.frame) for e in RoomEvent.objects.filter(room=room).order_by("seq")][-2:]
+    assert [(e["type"], e["seq"]) for e in last] == [("message_update", room.last_seq - 1), ("turn", room.last_seq)]
+    assert last[0]["message"]["content"] == "Hello" and last[0]["message"]["status"] == "complete"
+    assert sorted(events) + [room.last_seq - 1, room.last_seq] == list(range(1, room.last_seq + 1))
