@@ -36,13 +36,14 @@ def _mark_draining(sig: str = "", how: str = "", exitcode: int = 0, **_: Any) ->
 
 
 def drain_requested() -> bool:
-    """Whether this pool process's worker is shutting down (checked at most every 0.5 s)."""
+    """Whether this runner's worker is shutting down (checked at most every 0.5 s)."""
     global _last
     now = time.monotonic()
     if now - _last[0] < _CHECK_EVERY:
         return _last[1]
     try:
-        draining = bool(redis_sync().exists(_key(os.getppid())))
+        # the worker's main process: our parent in a prefork pool, ourselves in a threads pool
+        draining = bool(redis_sync().exists(_key(os.getppid()), _key(os.getpid())))
     except redis.RedisError:
         draining = False
     _last = (now, draining)
