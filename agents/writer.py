@@ -29,6 +29,7 @@ from rooms import broadcast
 
 log = logging.getLogger(__name__)
 MAX_PENDING = 64  # chunks of one turn waiting to be written before its runner waits
+MAX_BATCH = 256  # rows per statement at most
 
 
 @dataclass
@@ -108,8 +109,8 @@ class ChunkWriter:
                 if not self._queue:  # stopping, and nothing left to write
                     connection.close()
                     return
-                batch = list(self._queue)
-                self._queue.clear()
+                # at most MAX_BATCH rows a statement: a commit stays a few milliseconds long
+                batch = [self._queue.popleft() for _ in range(min(MAX_BATCH, len(self._queue)))]
             try:
                 self._write(batch)
             except Exception as exc:  # noqa: BLE001 - handed to every runner in the batch
