@@ -83,6 +83,14 @@ if env.bool("DB_POOL", default=True):
     DATABASES["default"]["OPTIONS"]["pool"] = {
         "min_size": 1, "max_size": env.int("DB_POOL_MAX", default=10), "timeout": 10,
     }
+if env.bool("DB_POOL", default=True):
+    import psycopg_pool.base
+
+    # After Postgres refused or dropped connections, psycopg_pool retries after 1 s, 2 s, 4 s...:
+    # a 1-second outage could keep a process (the sweeper, that recovers turns) off the database
+    # for several seconds more. Retry sooner, backing off more gently.
+    psycopg_pool.base.AttemptWithBackoff.INITIAL_DELAY = 0.1
+    psycopg_pool.base.AttemptWithBackoff.DELAY_BACKOFF = 1.5
 # A pooled connection is checked (one empty round trip) when it is taken, so after Postgres
 # restarts or drops sessions the pool hands out live connections instead of one error each.
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = env.bool("CONN_HEALTH_CHECKS", default=True)
