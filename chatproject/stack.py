@@ -60,13 +60,16 @@ def celery_argv(
     *,
     env: dict[str, str],
     node: str = "",
-    concurrency: int = 2,
+    concurrency: int = 16,
+    pool: str = "threads",
     schedule: str | Path = "",
 ) -> list[str]:
     """The command of one Celery process of the stack (also used by the test and chaos stacks).
 
-    kind: "worker" runs turns (prefork: one turn per pool process), "sweeper" runs only the
-    sweeper's queue (solo pool, so it is never stuck behind long turns), "beat" schedules sweeps.
+    kind: "worker" runs turns, "sweeper" runs only the sweeper's queue (solo pool, so it is never
+    stuck behind long turns), "beat" schedules sweeps. A turn mostly waits for the model, so the
+    default pool is threads (one process, `concurrency` turns at once, sharing one chunk writer);
+    prefork runs one turn per process.
     """
     base = [sys.executable, "-m", "celery", "-A", "chatproject"]
     if kind == "beat":
@@ -74,12 +77,47 @@ def celery_argv(
     queue = env.get("CELERY_QUEUE") or "celery"
     argv = [*base, "worker", "-l", "info", "--without-gossip", "--without-mingle"]
     if kind == "worker":
-        argv += ["-Q", queue, "-P", "prefork", "--concurrency", str(concurrency)]
+        argv += ["-Q", queue, "-P", pool, "--concurrency", str(concurrency)]
     elif kind == "sweeper":
         argv += ["-Q", f"{queue}.control", "-P", "solo"]  # chatproject.settings.CELERY_CONTROL_QUEUE
     else:
         raise ValueError(kind)
     return argv + (["-n", node] if node else [])
+
+
+ASGI_SERVERS = ("daphne", "uvicorn")
+
+
+def asgi_argv(
+    app: str = "chatproject.asgi:application",
+    *,
+    server: str = "daphne",
+    host: str = "127.0.0.1",
+    port: int = 0,
+    fd: int | None = None,
+) -> list[str]:
+    """The command of one ASGI process (also used by the test stack and the benchmark), bound
+    to host:port or to an inherited listening socket `fd`.
+
+    server: "daphne" (on the design card; `make run` always uses it) or "uvicorn" (uvloop,
+    httptools, the websockets sans-I/O protocol), which `python -m bench.perf --server uvicorn`
+    and the tests (ASGI_SERVER=uvicorn) can run instead: measured side by side in
+    docs/performance.md, it was not clearly better, so it is no `make run` option.
+    """
+    if server == "daphne":
+        bind = ["--fd", str(fd)] if fd is not None else ["-b", host, "-p", str(port)]
+        return [sys.executable, "-m", "daphne", *bind, app]
+    if server == "uvicorn":
+        bind = ["--fd", str(fd)] if fd is not None else ["--host", host, "--port", str(port)]
+        return [
+            sys.executable, "-m", "uvicorn", *bind,
+            "--loop", "uvloop", "--http", "httptools", "--ws", "websockets-sansio",
+            # as Daphne: no compression (a zlib context per socket) and
+            # no lifespan protocol (Channels' router has none)
+            "--ws-per-message-deflate", "false", "--lifespan", "off",
+            app,
+        ]
+    raise ValueError(f"unknown ASGI server {server!r} (one of {', '.join(ASGI_SERVERS)})")
 
 
 def _set_pdeathsig() -> None:
@@ -287,15 +325,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         # fail fast, before starting anything, when the web port is taken
         pass_fds: tuple[int, ...] = ()
-        web_args: list[str] = []
+        web_fd: int | None = None
         if args.asgi == 1:
             _check_port_free(args.host, args.port)
-            web_args = ["-b", args.host, "-p", str(args.port)]
         elif args.asgi > 1:
             # several Daphne processes accept on one listening socket made here
             listener = _shared_listener(args.host, args.port)
             pass_fds = (listener.fileno(),)
-            web_args = ["--fd", str(listener.fileno())]
+            web_fd = listener.fileno()
 
         env = dict(os.environ)
         if need_pg or need_redis:
@@ -316,14 +353,15 @@ def run(args: argparse.Namespace) -> int:
 
         color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
         palette = iter(_COLORS * 10)
-        py = sys.executable
         for i in range(args.asgi):
             name = "web" if i == 0 else f"web{i + 1}"
-            argv = [py, "-m", "daphne", *web_args, "chatproject.asgi:application"]
+            argv = asgi_argv(host=args.host, port=args.port, fd=web_fd)
             children.append(Child(name, argv, next(palette) if color else None))
         for i in range(args.workers):
             name = "worker" if i == 0 else f"worker{i + 1}"
-            argv = celery_argv("worker", env=env, concurrency=args.concurrency, node=f"{name}@%h")
+            argv = celery_argv(
+                "worker", env=env, concurrency=args.concurrency, pool=args.pool, node=f"{name}@%h"
+            )
             children.append(Child(name, argv, next(palette) if color else None))
         if args.beat:
             DATA_DIR.mkdir(parents=True, exist_ok=True)
@@ -405,7 +443,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--asgi", type=int, default=1, help="Daphne processes (default 1)")
     p.add_argument("--workers", type=int, default=1, help="Celery worker processes (default 1)")
-    p.add_argument("--concurrency", type=int, default=2, help="pool size per worker (default 2)")
+    p.add_argument("--concurrency", type=int, default=16, help="turns at once per worker (default 16)")
+    p.add_argument(
+        "--pool", choices=["threads", "prefork"], default="threads", help="Celery pool (default threads)"
+    )
     p.add_argument("--beat", type=int, choices=[0, 1], default=1, help="run Celery beat")
     args = parser.parse_args(argv)
     if args.asgi < 0 or args.workers < 0 or args.concurrency < 1:

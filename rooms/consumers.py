@@ -42,7 +42,6 @@ from rooms.protocol import (
     error_frame,
     parse_client_frame,
     pong_frame,
-    presence_frame,
     ready_frame,
     snapshot_frame,
     typing_frame,
@@ -90,15 +89,13 @@ def _on_db_threads(func: Callable[..., _T]) -> Callable[..., Any]:
     return database_sync_to_async(func, thread_sensitive=False, executor=_DB_EXECUTOR)
 
 
-def _room_for(slug: str, user: Any) -> tuple[Any, str]:
-    room = selectors.room_by_slug(slug=slug)
-    if room is None:
-        return None, "not_found"
-    access = selectors.room_access(room=room, user=user)
-    if access == "can_join":
-        membership_join(room=room, user=user)
-        access = "member"
-    return room, access
+def _room_for(slug: str, user: Any) -> selectors.SocketAccess:
+    """The room and the user's access to it, joining a public room on first connect."""
+    found = selectors.socket_access(slug=slug, user_id=user.pk)
+    if found.access == "can_join":  # once per user and room: the ORM's cost does not matter
+        membership_join(room=Room.objects.get(pk=found.room_id), user=user)
+        return selectors.SocketAccess(found.room_id, "member")
+    return found
 
 
 def _member_room(room_id: int, user: Any) -> Any:
@@ -116,16 +113,16 @@ class _Replay:
 
 
 def _replay(room_id: int, since: int) -> _Replay:
-    """Every event after `since` (in batches, until none are left), then the snapshots."""
-    events: list[tuple[int, str]] = []
-    cursor = since
-    while True:
-        batch = selectors.events_after(room_id=room_id, since=cursor, limit=settings.CHAT_REPLAY_BATCH)
-        events.extend(batch)
-        if len(batch) < settings.CHAT_REPLAY_BATCH:
-            break
-        cursor = batch[-1][0]
-    snapshots = selectors.snapshots_streaming(room_id=room_id)
+    """Every event after `since` (in batches, until none are left), then the snapshots: one
+    statement when the events fit in one batch (a connect that is not far behind)."""
+    limit = settings.CHAT_REPLAY_BATCH
+    events, snapshots = selectors.events_and_snapshots(room_id=room_id, since=since, limit=limit)
+    if len(events) == limit:  # more to come: those snapshots may be older than the last events
+        batch = events
+        while len(batch) == limit:
+            batch = selectors.events_after(room_id=room_id, since=batch[-1][0], limit=limit)
+            events.extend(batch)
+        snapshots = selectors.snapshots_streaming(room_id=room_id)
     return _Replay(events, snapshots, events[-1][0] if events else since)
 
 
@@ -148,13 +145,13 @@ def _admit(
     user, token_id = socket_user(scope)
     if not user.is_authenticated:
         return _Admission(CLOSE_UNAUTHENTICATED)
-    room, access = _room_for(slug, user)
-    if room is None:
+    found = _room_for(slug, user)
+    if not found.room_id:
         return _Admission(CLOSE_NOT_FOUND)
-    if access != "member":
+    if found.access != "member":
         return _Admission(CLOSE_FORBIDDEN)
-    subscribe(room.pk, user.pk, token_id)  # before reading: nothing falls between replay and live
-    return _Admission(0, user, token_id, room.pk, _replay(room.pk, since))
+    subscribe(found.room_id, user.pk, token_id)  # before reading: nothing falls between replay and live
+    return _Admission(0, user, token_id, found.room_id, _replay(found.room_id, since))
 
 
 def _as_member(
@@ -196,10 +193,10 @@ class RoomConsumer(AsyncWebsocketConsumer):
     _backlog: deque[dict[str, Any]] | None = None
     _stale = False
     _catch_up_task: asyncio.Task[None] | None = None
+    _replaying: asyncio.Lock | None = None  # one replay at a time (`sync`, catch-up)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         self.channel_name = f"socket.{uuid.uuid4().hex}"  # this socket in presence and typing
-        self._replaying = asyncio.Lock()
         try:
             await super().__call__(scope, receive, send)
         finally:  # however the socket ended
@@ -239,7 +236,9 @@ class RoomConsumer(AsyncWebsocketConsumer):
         if admission.close_code:
             await self.close(code=admission.close_code)
             return
-        self.scope = dict(self.scope, user=admission.user, token_id=admission.token_id)
+        # in place: this scope is already the router's copy for this socket (a copy would be
+        # one more dict held per idle socket)
+        self.scope.update(user=admission.user, token_id=admission.token_id)
         self.room_id = admission.room_id
         self.user_data = selectors.user_data(admission.user)
         self.delta_floor: dict[int, int] = {}
@@ -249,8 +248,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
         assert admission.replay is not None
         await self._send_replay(admission.replay, since)
         await self._drain_backlog()
-        await presence.presence_touch(self.room_id, self.channel_name, self.user_data)
-        await self._announce_presence()
+        await presence.presence_join(self.room_id, self.channel_name, self.user_data)
 
     async def disconnect(self, code: int) -> None:
         self._leave_hub()
@@ -259,7 +257,6 @@ class RoomConsumer(AsyncWebsocketConsumer):
         shutdown.forget(self)
         try:
             await presence.presence_leave(self.room_id, self.channel_name)
-            await self._announce_presence()
         except Exception:  # Redis may be the reason we are closing
             log.debug("presence update on disconnect failed", exc_info=True)
 
@@ -295,6 +292,8 @@ class RoomConsumer(AsyncWebsocketConsumer):
 
     async def _replay_then_live(self, since: int | None) -> None:
         """Replay after `since` (a `sync`; None: catch up after last_seq), then go live."""
+        if self._replaying is None:  # made on first use: most sockets never sync
+            self._replaying = asyncio.Lock()
         async with self._replaying:
             if self._backlog is None:
                 self._backlog = deque()
@@ -332,10 +331,6 @@ class RoomConsumer(AsyncWebsocketConsumer):
         except Exception:  # e.g. the database is away: the client reconnects with `since`
             log.exception("catch-up of a socket in room %s failed; closing it", self.room_id)
             await self.close(code=CLOSE_RECONNECT)
-
-    async def _announce_presence(self) -> None:
-        users = await presence.presence_list(self.room_id)
-        await broadcast.send_to_room(self.room_id, broadcast.ephemeral_message(presence_frame(users)))
 
     # --- client frames --------------------------------------------------------------------
 
@@ -414,7 +409,8 @@ class RoomConsumer(AsyncWebsocketConsumer):
         try:
             await super().send(text_data=text_data, bytes_data=bytes_data, close=close)
         except Exception as exc:
-            if type(exc).__name__ != "Disconnected":  # autobahn's, under Daphne
+            # autobahn's Disconnected under Daphne, uvicorn's ClientDisconnected under uvicorn
+            if type(exc).__name__ not in ("Disconnected", "ClientDisconnected"):
                 raise
 
     # --- broadcasts, from rooms.hub (no database work on this path) ------------------------

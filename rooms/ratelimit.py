@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 from django.conf import settings
+from redis.exceptions import RedisError
 
 from rooms.presence import _redis, redis_key
+
+log = logging.getLogger(__name__)
 
 
 class TokenBucket:
@@ -44,10 +48,13 @@ async def message_quota_take(user_id: int) -> float | None:
     now = time.time()
     window = int(now // 60)
     key = redis_key("rate", "msg", int(user_id), window)
-    client = _redis()
-    count = await client.incr(key)
-    if count == 1:
-        await client.expire(key, 120)
+    try:
+        count, _ = await _redis().pipeline(transaction=False).incr(key).expire(key, 120).execute()
+    except RedisError:
+        # Redis is away (a restart): the limit fails open rather than failing the user's send,
+        # which only needs Postgres; the socket stays open.
+        log.warning("message quota unavailable (Redis); allowing the message")
+        return None
     if count > limit:
         return (window + 1) * 60 - now
     return None

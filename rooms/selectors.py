@@ -9,7 +9,7 @@ from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import connection, transaction
 from django.db.models import Q, QuerySet
 
-from rooms.models import Membership, Message, Room, RoomEvent
+from rooms.models import Membership, Message, Room
 from rooms.rendering import render_markdown
 
 
@@ -63,6 +63,38 @@ def room_access(*, room: Room, user: AbstractBaseUser | AnonymousUser) -> str:
     return "denied"
 
 
+@dataclass(frozen=True)
+class SocketAccess:
+    """What a socket may do in the room its URL names: room_id 0 when there is no such room."""
+
+    room_id: int
+    access: str  # as room_access: 'member', 'can_join' or 'denied'
+
+
+def socket_access(*, slug: str, user_id: int) -> SocketAccess:
+    """room_access for a connecting socket, by slug: one hand-written statement (a connect's
+    hot path; the ORM's query building cost more than the queries, docs/performance.md)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT r.id, r.visibility, m.id IS NOT NULL, m.banned_at IS NOT NULL
+            FROM rooms_room r
+            LEFT JOIN rooms_membership m ON m.room_id = r.id AND m.user_id = %s
+            WHERE r.slug = %s
+            """,
+            [user_id, slug],
+        )
+        row = cursor.fetchone()
+    if row is None:
+        return SocketAccess(0, "denied")
+    room_id, visibility, is_member, banned = row
+    if is_member:
+        return SocketAccess(room_id, "denied" if banned else "member")
+    if visibility == Room.Visibility.PUBLIC:
+        return SocketAccess(room_id, "can_join")
+    return SocketAccess(room_id, "denied")
+
+
 def rooms_for_user(*, user: AbstractBaseUser) -> QuerySet[Room]:
     return (
         Room.objects.filter(memberships__user=user, memberships__banned_at__isnull=True)
@@ -82,13 +114,23 @@ def room_latest_seq(*, room_id: int) -> int:
     return Room.objects.filter(pk=room_id).values_list("last_seq", flat=True).first() or 0
 
 
+_EVENTS_AFTER = """
+    SELECT seq, frame FROM rooms_roomevent WHERE room_id = %(room)s AND seq > %(since)s
+    ORDER BY seq LIMIT %(limit)s
+"""
+_SNAPSHOTS = """
+    SELECT m.id, COALESCE(string_agg(c.text, '' ORDER BY c.index), ''), COUNT(c.id)
+    FROM rooms_message m LEFT JOIN rooms_streamchunk c ON c.message_id = m.id
+    WHERE m.room_id = %(room)s AND m.status = 'streaming'
+    GROUP BY m.id ORDER BY m.id
+"""
+
+
 def events_after(*, room_id: int, since: int, limit: int) -> list[tuple[int, str]]:
     """Room events with seq > since, oldest first, as (seq, frame text)."""
-    return list(
-        RoomEvent.objects.filter(room_id=room_id, seq__gt=since)
-        .order_by("seq")
-        .values_list("seq", "frame")[:limit]
-    )
+    with connection.cursor() as cursor:  # every connect and sync: no ORM query building
+        cursor.execute(_EVENTS_AFTER, {"room": room_id, "since": since, "limit": limit})
+        return cursor.fetchall()
 
 
 @dataclass(frozen=True)
@@ -101,18 +143,29 @@ class Snapshot:
 def snapshots_streaming(*, room_id: int) -> list[Snapshot]:
     """The text so far of each message still streaming in a room (one query)."""
     with connection.cursor() as cursor:
-        cursor.execute(
-            """
-            SELECT m.id,
-                   COALESCE(string_agg(c.text, '' ORDER BY c.index), ''),
-                   COUNT(c.id)
-            FROM rooms_message m LEFT JOIN rooms_streamchunk c ON c.message_id = m.id
-            WHERE m.room_id = %s AND m.status = 'streaming'
-            GROUP BY m.id ORDER BY m.id
-            """,
-            [room_id],
-        )
+        cursor.execute(_SNAPSHOTS, {"room": room_id})
         return [Snapshot(mid, content, int(n)) for mid, content, n in cursor.fetchall()]
+
+
+def events_and_snapshots(
+    *, room_id: int, since: int, limit: int
+) -> tuple[list[tuple[int, str]], list[Snapshot]]:
+    """events_after and snapshots_streaming in one statement (so from one database snapshot):
+    a connect's replay in one round trip when it fits in `limit` events."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            SELECT 0, e.seq, e.frame, 0 FROM ({_EVENTS_AFTER}) e
+            UNION ALL
+            SELECT 1, s.id, s.content, s.n FROM ({_SNAPSHOTS}) s (id, content, n)
+            ORDER BY 1, 2
+            """,
+            {"room": room_id, "since": since, "limit": limit},
+        )
+        rows = cursor.fetchall()
+    events = [(key, text) for kind, key, text, _n in rows if kind == 0]
+    snapshots = [Snapshot(key, text, int(n)) for kind, key, text, n in rows if kind == 1]
+    return events, snapshots
 
 
 @dataclass(frozen=True)

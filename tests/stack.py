@@ -1,4 +1,5 @@
-"""The real stack for integration and browser tests: Daphne, a Celery worker, beat, fake LLM."""
+"""The real stack for integration and browser tests: Daphne (or uvicorn, ASGI_SERVER=uvicorn), a
+Celery worker, beat, fake LLM."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -16,7 +16,7 @@ from typing import Any
 
 from django.conf import settings
 
-from chatproject.stack import celery_argv
+from chatproject.stack import asgi_argv, celery_argv
 from tests.fakellm import FakeLLM
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,9 +62,8 @@ class Stack:
 
     def start(self, name: str) -> None:
         kind = "worker" if name.startswith("worker") else name
-        if kind == "web":
-            command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
-                       "chatproject.asgi:application"]
+        if kind == "web":  # ASGI_SERVER=uvicorn runs the tests against uvicorn instead
+            command = asgi_argv(server=self.env.get("ASGI_SERVER") or "daphne", port=self.port)
         else:
             command = celery_argv(kind, env=self.env, node=f"test-{kind}-{uuid.uuid4().hex[:6]}@%h",
                                   schedule=self.logdir / "beat-schedule")

@@ -250,7 +250,7 @@ class ChaosRedis:
 
 @dataclass
 class AppProcesses:
-    """Daphne x2, Celery workers x2 (prefork, concurrency 2), the sweeper, beat; restartable by name."""
+    """Daphne x2, Celery workers x2 (prefork x2 and threads x4), the sweeper, beat; restartable by name."""
 
     env: dict[str, str]
     logdir: Path
@@ -279,7 +279,13 @@ class AppProcesses:
                 "chatproject.asgi:application",
             ]
         if name in self.WORKERS:
-            return celery_argv("worker", env=self.env, node=f"chaos-{name}-{uuid.uuid4().hex[:6]}@%h")
+            # one worker of each pool: worker-1 prefork (its pool processes are what the
+            # kill/stop faults target), worker-2 threads (the default of `make run`)
+            pool, concurrency = ("prefork", 2) if name == "worker-1" else ("threads", 4)
+            return celery_argv(
+                "worker", env=self.env, pool=pool, concurrency=concurrency,
+                node=f"chaos-{name}-{uuid.uuid4().hex[:6]}@%h",
+            )  # fmt: skip
         if name == "sweeper":
             return celery_argv("sweeper", env=self.env, node=f"chaos-sweeper-{uuid.uuid4().hex[:6]}@%h")
         if name == "beat":

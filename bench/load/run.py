@@ -5,7 +5,7 @@
 Phases (all against a fresh database ``load_<pid>``, dropped at exit):
 
 setup   users + API tokens + rooms (``--per-room`` sockets each, distinct users), Daphne, one
-        Celery worker (prefork, concurrency 2), the sweeper, beat, the fake OpenAI server (a thread).
+        Celery worker (threads, 16 turns at once, as `make run`), the sweeper, beat, the fake LLM.
 idle    Daphne's RSS before; open every socket (``rooms.client.RoomClient``, a capped number of
         handshakes in flight so Twisted's listen backlog of 50 is never overrun) until ``ready``;
         every socket pings every ~10 s (jittered); hold; RSS after. Reported: sockets held (open,
@@ -1181,7 +1181,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--connect-timeout", type=float, default=20.0)
     p.add_argument("--connect-retries", type=int, default=2)
     p.add_argument("--warmup", type=int, default=5, help="sockets of the warm-up room (default 5)")
-    p.add_argument("--concurrency", type=int, default=2, help="Celery worker pool size (default 2)")
+    p.add_argument("--concurrency", type=int, default=16, help="Celery worker threads (default 16)")
     p.add_argument("--drain-timeout", type=float, default=300.0,
                    help="max s to wait for queued answers after the sends (default 300)")
     p.add_argument("--converge-timeout", type=float, default=30.0)

@@ -2,7 +2,7 @@
 
 Embedded Postgres/Redis (unless DATABASE_URL / REDIS_URL are set), a fresh database
 ``load_<pid>`` (created, migrated, dropped at exit), ONE Daphne process (the one measured),
-one Celery worker (prefork, concurrency 2), beat, and the fake OpenAI server in a thread.
+one Celery worker (threads, as `make run`), the sweeper, beat, and the fake OpenAI server.
 Nothing here imports Django: the driver sets the environment first, then calls django.setup().
 """
 
@@ -167,7 +167,7 @@ class Processes:
     env: dict[str, str]
     port: int
     logdir: Path
-    concurrency: int = 2
+    concurrency: int = 16
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def start(self, name: str) -> subprocess.Popen[bytes]:

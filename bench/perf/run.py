@@ -30,6 +30,7 @@ from bench.perf import stack
 from bench.perf.report import Row, markdown_table, pct, text_table
 from bench.perf.stack import PY, ROOT, FreshDatabase, Procs, cpu_seconds, free_port, rss
 from bench.perf.wsclient import WSClient, connect, connect_many
+from chatproject.stack import ASGI_SERVERS, asgi_argv
 
 RESULTS = ROOT / "bench" / "results"
 DOC = ROOT / "docs" / "performance.md"
@@ -181,19 +182,41 @@ async def idle_sockets(
     headers: list[dict[str, str] | None] | None,
     ready: bytes | None,
 ) -> dict[str, Any]:
-    """RSS growth of the server per idle socket, and how fast they connect (and join)."""
+    """RSS growth of the server per idle socket, and how fast they connect (and join).
+
+    The memory figure is marginal: RSS is read again once the first sixth of the sockets (at
+    least 40, the handshakes in flight) are open and held, so what a server allocates once
+    under load (the database pool's connections and threads, Redis connections, the heap's
+    first arenas) is not divided among the sockets; `kib_per_socket_cold` counts it too."""
     await asyncio.sleep(0.5)
     before = rss(server_pid)
+    cpu0 = cpu_seconds(server_pid)
     t0 = time.monotonic()
-    clients = await connect_many(port, paths, headers, ready=ready, in_flight=40, timeout=120)
+    warm = min(max(40, len(paths) // 6), len(paths) // 2)
+    clients = await connect_many(
+        port, paths[:warm], headers[:warm] if headers else None, ready=ready, in_flight=40, timeout=120
+    )
     elapsed = time.monotonic() - t0
+    await asyncio.sleep(0.5)  # the warm-up's deferred work (joins' presence broadcasts)
+    warmed = rss(server_pid)
+    t0 = time.monotonic()
+    clients += await connect_many(
+        port, paths[warm:], headers[warm:] if headers else None, ready=ready, in_flight=40, timeout=120
+    )
+    elapsed += time.monotonic() - t0
+    cpu = cpu_seconds(server_pid) - cpu0
     await asyncio.sleep(1.5)  # joins' presence broadcasts, deferred work
     after = rss(server_pid)
+    measured = max(len(clients) - warm, 1)
     out = {
         "sockets": len(clients),
-        "kib_per_socket": (after - before) / KIB / max(len(clients), 1),
+        "kib_per_socket": (after - warmed) / KIB / measured,
+        "kib_per_socket_cold": (after - before) / KIB / max(len(clients), 1),
         "connect_per_s": len(clients) / elapsed,
+        # the server's CPU per connect-and-join (handshake to ready): portable across loads
+        "cpu_ms_per_connect": cpu * 1000 / max(len(clients), 1),
         "rss_before_mib": before / KIB / KIB,
+        "rss_warm_mib": warmed / KIB / KIB,
         "rss_after_mib": after / KIB / KIB,
     }
     for c in clients:
@@ -233,7 +256,7 @@ class Bench:
             profile = ""  # the producer process is profiled instead (see produce())
         try:
             if profile:
-                # the worker (and its pool processes) for the producer-side figures, else Daphne
+                # the worker (and its pool processes) for the producer-side figures, else the ASGI server
                 on_worker = profile in ("producer", "sendfirst")
                 pid = self.procs.pid("worker") if on_worker else self.web_pid
                 await self.py_spy(pid, profile, subprocesses=on_worker)
@@ -318,12 +341,13 @@ class Bench:
             relay_p99_1=lat1["p99_ms"],
             relay_kib=idle["kib_per_socket"],
             relay_connect=idle["connect_per_s"],
+            relay_connect_cpu_ms=idle["cpu_ms_per_connect"],
         )
         log(
             f"relay: {f['per_s']:,.0f} deliveries/s, {f['cpu_us']:.1f} us/delivery, lost {f['lost']}; "
             f"p50/p99 50 clients {lat50['p50_ms']:.2f}/{lat50['p99_ms']:.2f} ms, 1 client "
             f"{lat1['p50_ms']:.2f}/{lat1['p99_ms']:.2f} ms; idle {idle['kib_per_socket']:.1f} KiB, "
-            f"{idle['connect_per_s']:,.0f} connects/s"
+            f"{idle['connect_per_s']:,.0f} connects/s ({idle['cpu_ms_per_connect']:.2f} ms server CPU each)"
         )
 
     async def floor_channels(self) -> None:
@@ -337,12 +361,8 @@ class Bench:
             PYTHONUNBUFFERED="1",
         )
         env.pop("DATABASE_URL", None)
-        self.procs.start(
-            "mini",
-            [PY, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "bench.perf.mini_asgi:application"],
-            env,
-            port,
-        )
+        mini = asgi_argv("bench.perf.mini_asgi:application", server=self.args.server, port=port)
+        self.procs.start("mini", mini, env, port)
         pid = self.procs.pid("mini")
         s = self.s
         try:
@@ -376,11 +396,13 @@ class Bench:
             ch_p50_50=lat50["p50_ms"],
             ch_kib=idle["kib_per_socket"],
             ch_connect=idle["connect_per_s"],
+            ch_connect_cpu_ms=idle["cpu_ms_per_connect"],
         )
         log(
             f"channels: {f['per_s']:,.0f} deliveries/s, {f['cpu_us']:.1f} us/delivery, lost {f['lost']}; "
             f"p50/p99 50 clients {lat50['p50_ms']:.2f}/{lat50['p99_ms']:.2f} ms; idle "
-            f"{idle['kib_per_socket']:.1f} KiB, {idle['connect_per_s']:,.0f} connects/s"
+            f"{idle['kib_per_socket']:.1f} KiB, {idle['connect_per_s']:,.0f} connects/s "
+            f"({idle['cpu_ms_per_connect']:.2f} ms server CPU each)"
         )
 
     def _floor_postgres(self) -> dict[str, Any]:
@@ -572,21 +594,21 @@ class Bench:
             penv,
             self.fake_port,
         )
-        self.procs.start(
-            "web",
-            [PY, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.web_port), self.args.asgi],
-            penv,
-            self.web_port,
-        )
+        self.start_web()
         self.start_worker()
-        self.web_pid = self.procs.pid("web")
         # warm up: imports, the provider's HTTP pool, the first connections
         c = await self.viewer(self.R["warm"], 0)
         for _ in range(2):
             await self.turn(c, "warm-up !tokens=3")
         c.close()
 
-    def start_worker(self, pool: str = "prefork", concurrency: int = 2) -> None:
+    def start_web(self) -> None:
+        """The measured ASGI process (started again for the idle figure)."""
+        argv = asgi_argv(self.args.asgi, server=self.args.server, port=self.web_port)
+        self.procs.start("web", argv, self.penv, self.web_port)
+        self.web_pid = self.procs.pid("web")
+
+    def start_worker(self, pool: str = "threads", concurrency: int = 16) -> None:  # as `make run`
         self.procs.start(
             "worker",
             [
@@ -1042,11 +1064,24 @@ class Bench:
 
     async def p_idle(self) -> None:
         s, R = self.s, self.R
+        # A fresh server: RSS does not shrink when the figures before free their memory, so
+        # sockets opened after them reuse it and the growth per socket reads low (or below 0).
+        self.procs.stop("web")
+        self.start_web()
+        (await self.viewer(R["warm"], 0)).close()  # imports and first connections
         paths = [self.path(R["idle"][i // 10]) for i in range(s.idle)]
         headers = [self.headers(i % 10) for i in range(s.idle)]
-        r = await idle_sockets(self.web_pid, self.web_port, paths, headers, READY)
+        await self.py_spy(self.web_pid, "idle")
+        try:
+            r = await idle_sockets(self.web_pid, self.web_port, paths, headers, READY)
+        finally:
+            await self.py_spy_stop()
         self.raw["idle"] = r
-        log(f"idle: {r['kib_per_socket']:.1f} KiB/socket, {r['connect_per_s']:,.0f} connect+join/s")
+        log(
+            f"idle: {r['kib_per_socket']:.1f} KiB/socket ({r['kib_per_socket_cold']:.1f} counting the "
+            f"warm-up), {r['connect_per_s']:,.0f} connect+join/s, "
+            f"{r['cpu_ms_per_connect']:.2f} ms server CPU per connect"
+        )
         fl = self.floor
         self.add(
             Row(
@@ -1346,8 +1381,12 @@ class Bench:
             "host": platform.node(),
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
+            "server": self.args.server,
         }
-        log(f"bench.perf {'quick' if self.s.quick else 'full'} run {self.run}; load average {loadavg()}")
+        log(
+            f"bench.perf {'quick' if self.s.quick else 'full'} run {self.run} on {self.args.server}; "
+            f"load average {loadavg()}"
+        )
         if os.getloadavg()[0] > 1.5:
             log("note: the machine is busy (load average > 1.5); ratios are still from this run's floors")
         urls = stack.service_urls()
@@ -1358,7 +1397,8 @@ class Bench:
             if self.args.floors:
                 await self.section("floor: bare websockets relay", self.floor_relay)
                 await self.section(
-                    "floor: minimal Channels consumer (Daphne + pubsub layer)", self.floor_channels
+                    f"floor: minimal Channels consumer ({self.args.server} + pubsub layer)",
+                    self.floor_channels,
                 )
                 await self.section("floor: Postgres", self.floor_postgres)
                 self._floor_rows()
@@ -1380,7 +1420,8 @@ class Bench:
             if hasattr(self, "R"):
                 for group, name, fn in plan:
                     if self.wanted(group):
-                        own = group in ("fanout", "turns", "multi")  # profiled around the measurement only
+                        # profiled around the measurement only (idle: on its fresh server)
+                        own = group in ("fanout", "turns", "multi", "idle")
                         await self.section(name, fn, "" if own else group)
         finally:
             self.procs.stop_all()
@@ -1519,7 +1560,11 @@ class Bench:
         }
         path.write_text(json.dumps(doc, indent=1, default=str))
         print(f"\nwritten {path.relative_to(ROOT)}")
-        default = not self.args.env and self.args.asgi == "chatproject.asgi:application"
+        default = (
+            not self.args.env
+            and self.args.asgi == "chatproject.asgi:application"
+            and self.args.server == "daphne"
+        )
         if self.args.docs and not self.args.only and self.args.floors and default:
             update_doc(self.rows, self.meta, path.relative_to(ROOT))
             print(f"updated {DOC.relative_to(ROOT)}")
@@ -1563,7 +1608,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="py-spy each project figure (Daphne, or the worker for producer figures)",
+        help="py-spy each project figure (the ASGI server, or the worker for producer figures)",
     )
     parser.add_argument(
         "--no-docs",
@@ -1581,7 +1626,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--asgi",
         default="chatproject.asgi:application",
-        help="experiments: the ASGI application Daphne serves (the docs table is not updated)",
+        help="experiments: the ASGI application the server runs (the docs table is not updated)",
+    )
+    parser.add_argument(
+        "--server",
+        choices=ASGI_SERVERS,
+        default="daphne",
+        help="the ASGI server of the project and of the minimal Channels floor (the docs table "
+        "is only updated for daphne, the default; `make run` takes ASGI_SERVER=uvicorn)",
     )
     parser.add_argument(
         "--no-floors",

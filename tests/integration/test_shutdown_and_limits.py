@@ -35,8 +35,10 @@ def test_sigterm_to_a_worker_hands_its_turn_to_another_worker(stack, fake, room,
             await a.send("a long one !tokens=150 !delay=30")
             await a.wait_for(lambda c: sum(f["type"] == "delta" for f in c.frames) >= 5)
             owner_pid = int(Turn.objects.get(room=room, status="running").lease_owner.rsplit(":", 1)[1])
-            main_pid = psutil.Process(owner_pid).ppid()
-            name = next(n for n, p in stack.procs.items() if p.pid == main_pid)
+            workers = {p.pid: n for n, p in stack.procs.items()}
+            # the worker's main process: the runner's own (threads pool) or its parent (prefork)
+            main_pid = owner_pid if owner_pid in workers else psutil.Process(owner_pid).ppid()
+            name = workers[main_pid]
             os.kill(main_pid, signal.SIGTERM)  # warm shutdown of that worker only
             stack.procs.pop(name).wait(timeout=20)  # it exits without finishing the answer
             await a.wait_for(
