@@ -1162,7 +1162,7 @@ class Bench:
         self.add(
             Row(
                 "rows_rate",
-                f"Chunk rows/s, {s.rows_writers} turns writing at once (one tx per chunk)",
+                f"Chunk rows/s, {s.rows_writers} turns writing at once (group commit)",
                 r["rows_per_s"],
                 "/s",
                 fl.get("pg_copy50"),
