@@ -41,7 +41,7 @@ chromium: ## install Debian's chromium (browser tests) unless /usr/bin/chromium 
 		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
 	fi
 
-run: $(STAMP) ## run the chat: Postgres+Redis (embedded), Daphne, Celery worker and beat (RUN_ARGS="--port 8001")
+run: $(STAMP) ## run the chat: Postgres+Redis (embedded), Daphne, Celery worker, sweeper and beat (RUN_ARGS="--port 8001")
 	$(PY) -m chatproject.stack run $(RUN_ARGS)
 
 test: $(STAMP) chromium ## run the tests (PYTEST_ARGS="-x -k name" passes options to pytest)
