@@ -12,7 +12,6 @@ docs/performance.md); a session goes through Django's own session and auth code 
 from __future__ import annotations
 
 import functools
-import hashlib
 from importlib import import_module
 from typing import Any
 from urllib.parse import urlparse
@@ -28,6 +27,7 @@ from django.http.cookie import parse_cookie
 from django.http.request import split_domain_port, validate_host
 
 from rooms.models import ApiToken
+from rooms.services import token_hash
 
 # `last_used_at` is written at most once per this many seconds per token, not on every connect
 # (a write, with its WAL flush at commit, per connect for a timestamp the admin shows to the
@@ -130,9 +130,8 @@ def token_user(raw: str) -> tuple[Any, int] | None:
     if not raw or len(raw) > 200:
         return None
     sql, names = _token_user_sql()
-    digest = hashlib.sha256(raw.encode()).hexdigest()
     with connection.cursor() as cursor:
-        cursor.execute(sql, {"hash": digest, "every": TOKEN_TOUCH_EVERY})
+        cursor.execute(sql, {"hash": token_hash(raw), "every": TOKEN_TOUCH_EVERY})
         row = cursor.fetchone()
     if row is None:
         return None

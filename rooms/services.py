@@ -306,7 +306,8 @@ def guest_create(*, display_name: str) -> Any:
     return user
 
 
-def _token_hash(raw: str) -> str:
+def token_hash(raw: str) -> str:
+    """What is stored of a token (and looked up by): its SHA-256."""
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
@@ -314,7 +315,7 @@ def token_create(*, user: Any, name: str) -> tuple[ApiToken, str]:
     """Create an API token; the raw value is returned once and never stored."""
     raw = "rct_" + secrets.token_urlsafe(32)
     token = ApiToken.objects.create(
-        user=user, name=name.strip()[:80] or "token", prefix=raw[:10], key_hash=_token_hash(raw)
+        user=user, name=name.strip()[:80] or "token", prefix=raw[:10], key_hash=token_hash(raw)
     )
     return token, raw
 
@@ -350,24 +351,3 @@ def member_ban(*, room: Room, user: Any) -> Membership:
 
 def member_unban(*, room: Room, user: Any) -> None:
     Membership.objects.filter(room=room, user=user).update(banned_at=None)
-
-
-def token_authenticate(*, raw: str) -> Any | None:
-    """The active user a raw token belongs to, or None."""
-    found = token_lookup(raw=raw)
-    return found[0] if found else None
-
-
-def token_lookup(*, raw: str) -> tuple[Any, int] | None:
-    """(user, token id) of an active token, or None."""
-    if not raw or len(raw) > 200:
-        return None
-    token = (
-        ApiToken.objects.select_related("user")
-        .filter(key_hash=_token_hash(raw), revoked_at__isnull=True)
-        .first()
-    )
-    if token is None or not token.user.is_active:
-        return None
-    ApiToken.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
-    return token.user, token.pk
