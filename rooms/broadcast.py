@@ -70,15 +70,6 @@ class _LoopThread:
 _publisher = _LoopThread()
 
 
-def send_to_room_sync(room_id: int, messages: list[dict[str, Any]]) -> None:
-    """Broadcast from sync code, in order; a failure is logged: `sync` repairs it."""
-    publish([(room_group(room_id), m) for m in messages], wait=True)
-
-
-def send_to_group_sync(group: str, messages: list[dict[str, Any]]) -> None:
-    publish([(group, m) for m in messages], wait=True)
-
-
 def send_many_sync(items: list[tuple[int, dict[str, Any]]]) -> None:
     """Broadcast to several rooms at once, in order: (room id, message) pairs."""
     publish([(room_group(room_id), m) for room_id, m in items], wait=True)

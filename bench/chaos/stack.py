@@ -18,18 +18,12 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
-from urllib.parse import urlsplit, urlunsplit
 
+from bench.common import FreshDatabase, free_port, wait_port
 from chatproject.stack import celery_argv
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 _SETPRIV = shutil.which("setpriv")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def port_open(port: int, timeout: float = 0.3) -> bool:
@@ -38,17 +32,6 @@ def port_open(port: int, timeout: float = 0.3) -> bool:
             return True
     except OSError:
         return False
-
-
-def wait_port(port: int, timeout: float = 60.0, proc: subprocess.Popen[bytes] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if port_open(port):
-            return
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process {proc.args!r} exited ({proc.returncode}) before port {port} opened")
-        time.sleep(0.1)
-    raise TimeoutError(f"nothing listens on port {port} after {timeout}s")
 
 
 def parent_pid(pid: int) -> int | None:
@@ -99,37 +82,10 @@ def _stop_group(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeou
 # --- Postgres: a fresh database per run ---------------------------------------------------------
 
 
-@dataclass
-class ChaosDatabase:
+class ChaosDatabase(FreshDatabase):
     """A database `chaos_<pid>` created on the server of `server_url`, dropped at the end."""
 
-    server_url: str
-    name: str = field(default_factory=lambda: f"chaos_{os.getpid()}")
-    created: bool = False
-
-    @property
-    def url(self) -> str:
-        parts = urlsplit(self.server_url)
-        return urlunsplit(parts._replace(path=f"/{self.name}"))
-
-    def admin(self):  # type: ignore[no-untyped-def]
-        """An autocommit connection to the server's `postgres` database (never to ours)."""
-        import psycopg
-
-        return psycopg.connect(self.server_url, dbname="postgres", autocommit=True, connect_timeout=10)
-
-    def create(self) -> None:
-        """Drop databases of chaos runs that were killed, then create ours."""
-        with self.admin() as conn:
-            names = conn.execute(
-                "SELECT datname FROM pg_database WHERE datname LIKE %s", ["chaos\\_%"]
-            ).fetchall()
-            for (name,) in names:
-                pid = name.rsplit("_", 1)[-1]
-                if pid.isdigit() and (int(pid) == os.getpid() or not os.path.exists(f"/proc/{pid}")):
-                    conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            conn.execute(f'CREATE DATABASE "{self.name}"')
-        self.created = True
+    PREFIX = "chaos_"
 
     def refuse_connections(self) -> int:
         """Refuse new connections and end every session of our database; returns how many."""
@@ -158,14 +114,6 @@ class ChaosDatabase:
     def allow_connections(self) -> None:
         with self.admin() as conn:
             conn.execute(f'ALTER DATABASE "{self.name}" ALLOW_CONNECTIONS true')
-
-    def drop(self) -> None:
-        if not self.created:
-            return
-        with self.admin() as conn:
-            conn.execute(f'ALTER DATABASE "{self.name}" ALLOW_CONNECTIONS true')
-            conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
-        self.created = False
 
 
 def base_database_url(data_dir: Path) -> tuple[str, str]:

@@ -380,7 +380,7 @@ class Bench:
         t0 = time.monotonic()
         self.result["nofile_driver"] = raise_nofile(NOFILE)
         urls = service_urls()
-        self.db = FreshDatabase(admin_url=urls["DATABASE_URL"])
+        self.db = FreshDatabase(urls["DATABASE_URL"])
         dropped = self.db.create()
         log(f"database {self.db.name} created (dropped leftovers: {dropped or 'none'})")
         llm_port = free_port()

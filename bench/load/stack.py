@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
+from bench import common
+from bench.common import free_port, service_urls, wait_port  # noqa: F401 - this module's API
 from chatproject.stack import celery_argv
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,100 +47,15 @@ def _child_preexec() -> None:
     raise_nofile(NOFILE)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"nothing listens on {port}")
-
-
-# --- services and the fresh database ----------------------------------------------------------
-
-
-def service_urls() -> dict[str, str]:
-    """DATABASE_URL (of an existing database, used to create ours) and REDIS_URL."""
-    urls = {k: os.environ[k] for k in ("DATABASE_URL", "REDIS_URL") if os.environ.get(k)}
-    if len(urls) < 2:
-        from chatproject.embedded import ensure_services
-
-        for key, value in ensure_services(ROOT / ".devdata").items():
-            urls.setdefault(key, value)
-    return urls
-
-
-def _with_db(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{name}"))
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-@dataclass
-class FreshDatabase:
-    """`load_<pid>` on the server of `admin_url`; `url` is its DATABASE_URL."""
-
-    admin_url: str
-    name: str = field(default_factory=lambda: f"{DB_PREFIX}{os.getpid()}")
-    created: bool = False
-
-    @property
-    def url(self) -> str:
-        return _with_db(self.admin_url, self.name)
-
-    def _admin(self):  # noqa: ANN202 - psycopg connection
-        import psycopg
-
-        return psycopg.connect(self.admin_url, autocommit=True, connect_timeout=10)
-
-    def create(self) -> list[str]:
-        """Drop databases of earlier runs that died (their pid is gone), create ours."""
-        dropped = []
-        with self._admin() as conn:
-            rows = conn.execute(
-                "SELECT datname FROM pg_database WHERE datname LIKE %s", [f"{DB_PREFIX}%"]
-            ).fetchall()
-            for (name,) in rows:
-                m = re.fullmatch(rf"{DB_PREFIX}(\d+)", name)
-                if m and (name == self.name or not _pid_alive(int(m.group(1)))):
-                    conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-                    dropped.append(name)
-            conn.execute(f'CREATE DATABASE "{self.name}"')
-        self.created = True
-        return dropped
-
-    def drop(self) -> None:
-        if not self.created:
-            return
-        with self._admin() as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
-        self.created = False
+class FreshDatabase(common.FreshDatabase):
+    PREFIX = DB_PREFIX
 
     def pg_stats(self) -> dict[str, int | None]:
         """Sessions ever opened on our database (pg_stat_database.sessions, PostgreSQL 14+)
         and the backends connected to it now."""
         out: dict[str, int | None] = {"sessions": None, "backends": None}
         try:
-            with self._admin() as conn:
+            with self.admin() as conn:
                 conn.execute("SELECT pg_stat_clear_snapshot()")
                 row = conn.execute(
                     "SELECT sessions FROM pg_stat_database WHERE datname = %s", [self.name]

@@ -1391,7 +1391,7 @@ class Bench:
             log("note: the machine is busy (load average > 1.5); ratios are still from this run's floors")
         urls = stack.service_urls()
         self.redis_url = urls["REDIS_URL"]
-        self.db = FreshDatabase(urls["DATABASE_URL"], name=f"{stack.DB_PREFIX}{os.getpid()}")
+        self.db = FreshDatabase(urls["DATABASE_URL"])
         try:
             self.db.create()
             if self.args.floors:

@@ -11,20 +11,19 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import psutil
+
+from bench import common
+from bench.common import free_port, service_urls, wait_port  # noqa: F401 - this module's API
 
 ROOT = Path(__file__).resolve().parents[2]
 DB_PREFIX = "bench_"
@@ -41,87 +40,8 @@ def raise_nofile(target: int = NOFILE) -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes] | None = None, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode} before listening on {port}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on {port}")
-
-
-def service_urls() -> dict[str, str]:
-    """DATABASE_URL (a server to create our database on) and REDIS_URL."""
-    urls = {k: os.environ[k] for k in ("DATABASE_URL", "REDIS_URL") if os.environ.get(k)}
-    if len(urls) < 2:
-        from chatproject.embedded import ensure_services
-
-        for key, value in ensure_services(ROOT / ".devdata").items():
-            urls.setdefault(key, value)
-    return urls
-
-
-def with_db(url: str, name: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-@dataclass
-class FreshDatabase:
-    admin_url: str
-    name: str = field(default_factory=lambda: f"{DB_PREFIX}{os.getpid()}")
-    created: bool = False
-
-    @property
-    def url(self) -> str:
-        return with_db(self.admin_url, self.name)
-
-    @property
-    def maintenance_url(self) -> str:
-        return with_db(self.admin_url, "postgres")
-
-    def admin(self):  # noqa: ANN201
-        import psycopg
-
-        return psycopg.connect(self.maintenance_url, autocommit=True, connect_timeout=10)
-
-    def create(self) -> None:
-        """Drop databases of earlier runs whose process is gone, then create ours."""
-        with self.admin() as conn:
-            for (name,) in conn.execute(
-                "SELECT datname FROM pg_database WHERE datname LIKE %s", [f"{DB_PREFIX}%"]
-            ).fetchall():
-                m = re.fullmatch(rf"{DB_PREFIX}(\d+)", name)
-                if m and (name == self.name or not _pid_alive(int(m.group(1)))):
-                    conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            conn.execute(f'CREATE DATABASE "{self.name}"')
-        self.created = True
-
-    def drop(self) -> None:
-        if not self.created:
-            return
-        with contextlib.suppress(Exception), self.admin() as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
-        self.created = False
+class FreshDatabase(common.FreshDatabase):
+    PREFIX = DB_PREFIX
 
     def xact_commit(self) -> int:
         """Transactions committed in our database so far (pg_stat_database)."""
