@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -68,6 +69,16 @@ CONTINUE_PROMPT = (
 )
 
 
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable_text(text: str) -> str:
+    """Model text as Postgres can store it: a NUL or a lone surrogate (both can come out of a
+    JSON stream) becomes U+FFFD. Otherwise one bad token would fail the statement that writes
+    the chunks of every turn of the process."""
+    return _UNSTORABLE.sub("\ufffd", text)
+
+
 @dataclass
 class ChunkBatcher:
     """Collects streamed text into numbered chunks, at most one per interval, and hands them to
@@ -85,6 +96,7 @@ class ChunkBatcher:
 
     def add(self, text: str) -> None:
         if text:
+            text = storable_text(text)
             self.pending.append(text)
             self.pending_chars += len(text)
 

@@ -47,6 +47,18 @@ def test_a_turn_streams_into_chunks_and_the_message_equals_them(room, alice, scr
     assert request.messages[-1].content == "Alice: hi"
 
 
+def test_text_postgres_cannot_store_is_replaced_and_the_turn_still_ends_done(room, alice, scripted):
+    # A NUL and a lone surrogate (both can come out of a model's JSON stream): Postgres text
+    # holds neither, and the chunk statement is shared by every turn of the process.
+    scripted.add([TextDelta("Bad \x00byte "), TextDelta("and \ud800half "), TextDelta("pair, café ✓")])
+    post(room, alice[0], "hi")
+    taken = turn_take_next(room_id=room.pk, owner="test")
+    assert runner.turn_run(taken=taken) == "done"
+    message = Message.objects.get(pk=taken.message_id)
+    assert message.content == "Bad \ufffdbyte and \ufffdhalf pair, café ✓"
+    assert message.status == "complete"
+
+
 def test_event_seqs_are_gapless_and_match_the_room_counter(room, alice, scripted):
     scripted.add("one", "two")
     post(room, alice[0], "a")
