@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection, transaction
@@ -71,8 +72,9 @@ class ChunkRow:
 # lost COMMIT reply cannot fail or duplicate.
 _CHUNKS_SQL = """
     WITH input AS (
-        SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::int[], %s::text[])
-            AS i(turn_id, generation, message_id, index, text)
+        SELECT (e->>0)::bigint AS turn_id, (e->>1)::bigint AS generation,
+               (e->>2)::bigint AS message_id, (e->>3)::int AS index, e->>4 AS text
+          FROM jsonb_array_elements(%s::jsonb) AS e
     ), lease AS (
         UPDATE agents_turn
            SET lease_until = now() + make_interval(secs => %s)
@@ -92,14 +94,13 @@ _CHUNKS_SQL = """
 def chunks_write_unsent(rows: list[ChunkRow]) -> dict[int, LeaseState]:
     """Persist chunks of any turns in one fenced statement; the turns that still hold their lease,
     with their state. Nothing is broadcast: the caller sends the deltas of those turns."""
-    params = [
-        [r.taken.turn_id for r in rows],
-        [r.taken.generation for r in rows],
-        [r.taken.message_id for r in rows],
-        [r.index for r in rows],
-        [r.text for r in rows],
-        settings.LEASE_TIMEOUT,
-    ]
+    # The rows travel as one JSON text: json.dumps is C; psycopg's array literals cost ~17 us of
+    # Python per row (quoting every element), a third of the writer's time at 256 rows.
+    data = json.dumps(
+        [[r.taken.turn_id, r.taken.generation, r.taken.message_id, r.index, r.text] for r in rows],
+        ensure_ascii=False,
+    )
+    params = [data, settings.LEASE_TIMEOUT]
     with connection.cursor() as cursor:  # autocommit: the statement is its transaction
         cursor.execute(_CHUNKS_SQL, params)
         held = cursor.fetchall()
@@ -107,12 +108,18 @@ def chunks_write_unsent(rows: list[ChunkRow]) -> dict[int, LeaseState]:
 
 
 def chunk_deltas(rows: list[ChunkRow]) -> list[tuple[int, dict[str, object]]]:
-    """The `delta` broadcasts of written chunks: (room id, channel-layer message), in order."""
-    return [
-        (r.taken.room_id, broadcast.delta_message(r.taken.message_id, r.index,
-                                                  delta_frame(r.taken.message_id, r.index, r.text)))
-        for r in rows
-    ]  # fmt: skip
+    """The `delta` broadcasts of written chunks, (room id, channel-layer message): one message
+    per run of consecutive chunks of a message, each message's runs in order."""
+    runs: dict[int, dict[str, Any]] = {}
+    out: list[tuple[int, dict[str, object]]] = []
+    for r in rows:
+        mid = r.taken.message_id
+        run = runs.get(mid)
+        if run is None or run["index"] + len(run["texts"]) != r.index:
+            run = runs[mid] = broadcast.delta_message(mid, r.index, [])
+            out.append((r.taken.room_id, run))
+        run["texts"].append(delta_frame(mid, r.index, r.text))
+    return out
 
 
 def chunk_write(*, taken: TakenTurn, index: int, text: str) -> LeaseState:

@@ -7,6 +7,7 @@ client that misses one recovers it with `sync` from the database.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import os
 import threading
@@ -32,8 +33,10 @@ def event_message(seq: int, text: str) -> dict[str, Any]:
     return {"type": "room.event", "seq": seq, "text": text}
 
 
-def delta_message(message_id: int, index: int, text: str) -> dict[str, Any]:
-    return {"type": "room.delta", "message_id": message_id, "index": index, "text": text}
+def delta_message(message_id: int, index: int, texts: list[str]) -> dict[str, Any]:
+    """Consecutive `delta` frames of one message, chunks `index`, `index + 1`, ...: one
+    channel-layer message (one encode, one PUBLISH, one hub decode) for a writer's batch."""
+    return {"type": "room.delta", "message_id": message_id, "index": index, "texts": texts}
 
 
 def ephemeral_message(text: str, sender: str = "") -> dict[str, Any]:
@@ -80,14 +83,25 @@ def publish(items: list[tuple[str, dict[str, Any]]], *, wait: bool) -> None:
     order they were handed over (from every thread); `wait` blocks until they are sent."""
     if not items:
         return
-    future = asyncio.run_coroutine_threadsafe(_publish(items), _publisher.loop())
+    future = publish_started(items)
     if not wait:
         future.add_done_callback(_log_failure)
         return
+    published_wait(future, len(items))
+
+
+def publish_started(items: list[tuple[str, dict[str, Any]]]) -> concurrent.futures.Future[None]:
+    """Start publishing (group, message) pairs; they go out after everything handed over before
+    them, from any thread (the loop runs the publishes FIFO: one lock per shard, taken in order)."""
+    return asyncio.run_coroutine_threadsafe(_publish(items), _publisher.loop())
+
+
+def published_wait(future: concurrent.futures.Future[None], count: int) -> None:
+    """Wait for a started publish; a failure is logged, not raised (clients resync)."""
     try:
         future.result(5.0)
     except Exception:  # the doorbell failed; the database still has everything
-        log.warning("broadcast of %s messages failed; clients will resync", len(items), exc_info=True)
+        log.warning("broadcast of %s messages failed; clients will resync", count, exc_info=True)
 
 
 def _log_failure(future: Any) -> None:

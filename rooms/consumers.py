@@ -448,11 +448,10 @@ class RoomConsumer(AsyncWebsocketConsumer):
         await self.send(text_data=message["text"])
 
     async def room_delta(self, message: dict[str, Any]) -> None:
-        """Streamed text: drop what a snapshot already covered."""
-        floor = self.delta_floor.get(message["message_id"])
-        if floor is not None and message["index"] < floor:
-            return
-        await self.send(text_data=message["text"])
+        """Streamed text, consecutive chunks from `index` on: drop what a snapshot already covered."""
+        skip = self.delta_floor.get(message["message_id"], 0) - message["index"]
+        for text in message["texts"][max(0, skip):]:
+            await self.send(text_data=text)
 
     async def room_kick(self, message: dict[str, Any]) -> None:
         """A member was banned: close their sockets."""

@@ -75,7 +75,7 @@ async def run_layer(args: argparse.Namespace) -> dict:
                 "type": "room.delta",
                 "message_id": args.message_id,
                 "index": args.start_index + i,
-                "text": frame,
+                "texts": [frame],
             }
         t = time.perf_counter_ns()
         await layer.group_send(args.group, message)

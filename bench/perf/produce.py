@@ -45,6 +45,7 @@ agents.kicks.kick_room_send = lambda room_id: False  # these turns belong to thi
 
 _commit_ns: list[int] = []
 _commit_end: dict[tuple[int, int], int] = {}  # (message id, chunk index) -> wall clock after COMMIT
+_record_commit_end = False  # --lag only: decoding the rows again is not free
 _orig_execute = CursorWrapper.execute
 
 
@@ -57,8 +58,9 @@ def _timed_execute(self: CursorWrapper, sql: str, params: Any = None) -> object:
     result = _orig_execute(self, sql, params)
     _commit_ns.append(time.perf_counter_ns() - t)
     end = time.time_ns()
-    for key in zip(params[2], params[3], strict=True):  # message ids, indexes
-        _commit_end[key] = end
+    if _record_commit_end:
+        for row in json.loads(params[0]):  # [turn id, generation, message id, index, text]
+            _commit_end[(row[2], row[3])] = end
     return result
 
 
@@ -82,6 +84,8 @@ def main() -> None:
     parser.add_argument("--lag", action="store_true", help="record commit times of room 0")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
+    global _record_commit_end
+    _record_commit_end = args.lag
 
     user = get_user_model().objects.get(pk=args.user)
     taken = []
