@@ -2,15 +2,32 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+from typing import Any
 
 from celery import shared_task
+from celery.signals import worker_init, worker_process_init
 
 from agents.kicks import kick_taken
 from agents.leases import rooms_sweep
+from agents.providers import get_provider
 from agents.queue import turn_take_next
 from agents.runner import turn_run
+
+log = logging.getLogger(__name__)
+
+
+@worker_init.connect  # threads and solo pools: turns run in the worker's own process
+@worker_process_init.connect  # prefork: each pool process builds its own (HTTP pool per pid)
+def _provider_warm(**_: Any) -> None:
+    """Build the model provider when the worker starts, not in its first turn: importing the
+    openai SDK takes about a second of CPU, which would stall every turn that starts with it."""
+    try:
+        get_provider()
+    except Exception:  # a misconfigured provider fails its turns with the reason instead
+        log.exception("could not build the model provider at worker start")
 
 
 @shared_task(name="agents.tasks.kick_room", acks_late=True, ignore_result=True)

@@ -153,8 +153,8 @@ LEASE_TIMEOUT = env.float("LEASE_TIMEOUT", default=20.0)  # a running turn's lea
 SWEEP_INTERVAL = env.float("SWEEP_INTERVAL", default=5.0)  # beat: expired leases, lost kicks
 CHUNK_FLUSH_INTERVAL = env.float("CHUNK_FLUSH_INTERVAL", default=0.03)  # seconds
 CHUNK_FLUSH_MAX_CHARS = env.int("CHUNK_FLUSH_MAX_CHARS", default=2048)
-CHUNK_WRITERS = env.int("CHUNK_WRITERS", default=2)  # writer threads (lanes) per worker process
-CHUNK_WRITE_BATCH = env.int("CHUNK_WRITE_BATCH", default=128)  # chunk rows per statement at most
+CHUNK_WRITERS = env.int("CHUNK_WRITERS", default=1)  # writer threads (lanes) per worker process
+CHUNK_WRITE_BATCH = env.int("CHUNK_WRITE_BATCH", default=256)  # chunk rows per statement at most
 CONTEXT_MESSAGES = env.int("CONTEXT_MESSAGES", default=40)
 MAX_TURN_STEPS = env.int("MAX_TURN_STEPS", default=8)
 MAX_TURN_ATTEMPTS = env.int("MAX_TURN_ATTEMPTS", default=3)  # runs of one turn, recoveries included

@@ -252,8 +252,8 @@ class Bench:
     async def section(self, name: str, fn: Callable[[], Awaitable[None]], profile: str = "") -> None:
         log(f"--- {name} (load {loadavg()})")
         t0 = time.monotonic()
-        if profile in ("rows", "lag", "overload"):
-            profile = ""  # the producer process is profiled instead (see produce())
+        if profile in ("rows", "lag", "overload", "multi"):
+            profile = ""  # the producer process (see produce()) or p_multi's own worker instead
         try:
             if profile:
                 # the worker (and its pool processes) for the producer-side figures, else the ASGI server
@@ -289,6 +289,7 @@ class Bench:
             "600",
             "-r",
             "200",
+            "--gil",  # only the thread holding the GIL: where the process's CPU goes
             "-f",
             "raw",
             "-o",
@@ -820,9 +821,11 @@ class Bench:
         self.procs.stop("worker")
         self.start_worker("threads", len(R["multi"]) + 4)
         await asyncio.sleep(3.0)
+        await self.py_spy(self.procs.pid("worker"), "multi-worker")  # with --profile
         try:
             r = await self._stamped_turns(R["multi"], 5)
         finally:
+            await self.py_spy_stop()
             self.procs.stop("worker")
             self.start_worker()
             await asyncio.sleep(2.0)

@@ -369,3 +369,21 @@ def test_taking_and_closing_a_turn_write_events_whose_ids_and_seqs_are_the_datab
     assert [(e["type"], e["seq"]) for e in last] == [("message_update", room.last_seq - 1), ("turn", room.last_seq)]
     assert last[0]["message"]["content"] == "Hello" and last[0]["message"]["status"] == "complete"
     assert sorted(events) + [room.last_seq - 1, room.last_seq] == list(range(1, room.last_seq + 1))
+
+
+def test_a_starting_worker_builds_the_model_provider_before_its_first_turn():
+    # Importing the openai SDK costs about a second of CPU: paid at worker start, not by the
+    # turns that start first (threads pool: worker_init; prefork: each pool process).
+    import os
+
+    from celery.signals import worker_init, worker_process_init
+
+    import agents.tasks  # connects the handlers, as the worker's import does
+    from agents import providers
+
+    for signal in (worker_init, worker_process_init):  # (sending them would run Celery's own)
+        assert agents.tasks._provider_warm in signal._live_receivers(None)
+    providers.reset_provider_cache()
+    agents.tasks._provider_warm()
+    assert providers._cached is not None and providers._cached[0] == os.getpid()
+    providers.reset_provider_cache()
