@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from typing import Any
 
@@ -21,6 +22,7 @@ from agents.kicks import redis_sync
 log = logging.getLogger(__name__)
 _CHECK_EVERY = 0.5  # seconds
 _last: tuple[float, bool] = (0.0, False)
+_asking = threading.Lock()  # held by the one thread asking Redis
 
 
 def _key(main_pid: int) -> str:
@@ -36,15 +38,18 @@ def _mark_draining(sig: str = "", how: str = "", exitcode: int = 0, **_: Any) ->
 
 
 def drain_requested() -> bool:
-    """Whether this runner's worker is shutting down (checked at most every 0.5 s)."""
+    """Whether this runner's worker is shutting down (looked up at most every 0.5 s per process:
+    one thread asks Redis, the others meanwhile use the last answer)."""
     global _last
-    now = time.monotonic()
-    if now - _last[0] < _CHECK_EVERY:
-        return _last[1]
+    checked_at, draining = _last
+    if time.monotonic() - checked_at < _CHECK_EVERY or not _asking.acquire(blocking=False):
+        return draining
     try:
         # the worker's main process: our parent in a prefork pool, ourselves in a threads pool
         draining = bool(redis_sync().exists(_key(os.getppid()), _key(os.getpid())))
     except redis.RedisError:
-        draining = False
-    _last = (now, draining)
+        pass  # the last answer stands
+    finally:
+        _last = (time.monotonic(), draining)
+        _asking.release()
     return draining

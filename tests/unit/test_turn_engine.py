@@ -387,3 +387,36 @@ def test_a_starting_worker_builds_the_model_provider_before_its_first_turn():
     agents.tasks._provider_warm()
     assert providers._cached is not None and providers._cached[0] == os.getpid()
     providers.reset_provider_cache()
+
+
+def test_a_hundred_runners_ask_redis_about_draining_once_per_interval(monkeypatch):
+    # Every runner looks at the drain mark on each loop; with many turns in one process the
+    # lookups must not all go to Redis at once (they did, every 0.5 s, a herd of connections).
+    import threading
+    import time
+
+    from agents import drain
+
+    calls = []
+
+    class SlowRedis:
+        def exists(self, *keys):
+            calls.append(keys)
+            time.sleep(0.05)
+            return 0
+
+    monkeypatch.setattr(drain, "redis_sync", lambda: SlowRedis())
+    monkeypatch.setattr(drain, "_last", (0.0, False))
+    start = threading.Barrier(100)
+
+    def runner():
+        start.wait()
+        assert drain.drain_requested() is False
+
+    threads = [threading.Thread(target=runner) for _ in range(100)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1
+    assert drain.drain_requested() is False and len(calls) == 1  # within the interval: cached
