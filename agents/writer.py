@@ -33,7 +33,8 @@ from rooms import broadcast
 
 log = logging.getLogger(__name__)
 MAX_PENDING = 64  # chunks of one turn waiting to be written before its runner waits
-IDLE_RELEASE = 1.0  # seconds without rows after which a lane gives its connection back
+IDLE_RELEASE = 60.0  # seconds without rows after which a lane gives its connection back (taking
+# one again costs a health-check round trip: a turn that starts after a pause should not pay it)
 
 
 @dataclass
