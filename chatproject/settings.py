@@ -97,11 +97,11 @@ DATABASES["default"]["CONN_HEALTH_CHECKS"] = env.bool("CONN_HEALTH_CHECKS", defa
 # Our transactions are a few statements long. A process frozen inside one (SIGSTOP, a GC pause,
 # a debugger) would hold its row locks, e.g. a room's, and stall that room for every process;
 # Postgres ends such a session after this many ms, releasing the locks.
-_idle_tx_ms = env.int("DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", default=5000)
-if _idle_tx_ms > 0:
+DB_IDLE_IN_TRANSACTION_TIMEOUT_MS = env.int("DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", default=5000)
+if DB_IDLE_IN_TRANSACTION_TIMEOUT_MS > 0:
     _pg_options = DATABASES["default"]["OPTIONS"].get("options", "")
     DATABASES["default"]["OPTIONS"]["options"] = (
-        f"{_pg_options} -c idle_in_transaction_session_timeout={_idle_tx_ms}".strip()
+        f"{_pg_options} -c idle_in_transaction_session_timeout={DB_IDLE_IN_TRANSACTION_TIMEOUT_MS}".strip()
     )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
