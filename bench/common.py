@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from chatproject.embedded import pid_alive
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -52,16 +54,6 @@ def service_urls() -> dict[str, str]:
 def with_db(url: str, name: str) -> str:
     """The URL with its database name replaced."""
     return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class FreshDatabase:

@@ -99,7 +99,7 @@ def redis_server_bin() -> Path:
 # --- small process / socket helpers --------------------------------------------------------
 
 
-def _pid_alive(pid: int | None) -> bool:
+def pid_alive(pid: int | None) -> bool:
     if not pid or pid <= 0:
         return False
     try:
@@ -149,13 +149,13 @@ def _pids_with_cwd(path: Path, name_prefix: str) -> list[int]:
         if pid == os.getpid() or _proc_cwd(pid) != target:
             continue
         name = os.path.basename(_proc_name(pid).split(" ", 1)[0].rstrip(":"))
-        if name.startswith(name_prefix) and _pid_alive(pid):
+        if name.startswith(name_prefix) and pid_alive(pid):
             found.append(pid)
     return found
 
 
 def _is_our_process(pid: int | None, workdir: Path, name_prefix: str) -> bool:
-    if not _pid_alive(pid):
+    if not pid_alive(pid):
         return False
     cwd = _proc_cwd(pid)  # type: ignore[arg-type]
     if cwd is None:  # no /proc (not Linux): trust the pidfile
@@ -216,10 +216,10 @@ def _terminate(pids: list[int], sig: int = signal.SIGTERM, timeout: float = 10.0
             os.kill(pid, sig)
             os.kill(pid, signal.SIGCONT)  # a stopped process would never act on sig
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(_pid_alive(p) for p in pids):
+    while time.monotonic() < deadline and any(pid_alive(p) for p in pids):
         time.sleep(0.05)
     for pid in pids:
-        if _pid_alive(pid):
+        if pid_alive(pid):
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
 
@@ -694,7 +694,7 @@ def _start_redis(data_dir: Path) -> bool:
             _log(f"started Redis on {HOST}:{port} in {time.monotonic() - started:.1f}s ({rdir})")
             return True
         pid = _read_int(pidfile)
-        if pid and not _pid_alive(pid) and time.monotonic() - started > 1:
+        if pid and not pid_alive(pid) and time.monotonic() - started > 1:
             break
         time.sleep(0.02)
     raise EmbeddedServiceError(f"redis-server did not come up\n--- {log} ---\n{_tail(log)}")
