@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 
 from agents.leases import ChunkRow, chunk_deltas
 from agents.queue import TakenTurn
@@ -50,6 +51,9 @@ def test_a_socket_sends_each_frame_of_a_run_and_skips_what_its_snapshot_covered(
         for message in (run, other, late, old):
             await consumer.room_delta(message)
 
-    asyncio.run(apply_all())
+    # its own thread and loop: an earlier test may leave a loop running in this one
+    runner = threading.Thread(target=asyncio.run, args=(apply_all(),))
+    runner.start()
+    runner.join(10)
     assert sent == ["d2", "d3", "e7", "e8", "d4"]
     assert run["texts"] == ["d0", "d1", "d2", "d3"]  # shared by every socket: never changed
