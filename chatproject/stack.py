@@ -8,7 +8,10 @@
    their output prefixed with their name.
 4. Ctrl-C / SIGTERM: SIGTERM to the children, SIGKILL after a grace period, then stops the
    embedded servers that this run started (servers that were already running are left alone).
-   A child that dies on its own stops everything and the runner exits non-zero.
+   A child that dies on its own is restarted after a back-off (0.5 s, doubling to 30 s; reset
+   once it has run for a minute), so a killed worker is replaced and the sweeper recovers its
+   turn. A child that fails again and again right after starting (a port taken, a broken
+   setting) is a configuration error: the runner stops everything and exits non-zero.
 
 Django settings are never imported here: the children do that.
 """
@@ -25,10 +28,16 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = BASE_DIR / ".devdata"
 GRACE_SECONDS = 10.0
+RESTART_FIRST_DELAY = 0.5  # seconds before the first restart of a crashed child
+RESTART_MAX_DELAY = 30.0
+STABLE_SECONDS = 60.0  # a child that ran this long starts its back-off again from the first delay
+FAST_FAILURES_FATAL = 5  # this many crashes in a row, each within QUICK_SECONDS of starting: give up
+QUICK_SECONDS = 10.0
 
 _print_lock = threading.Lock()
 _COLORS = ["36", "33", "35", "32", "34", "31"]
@@ -120,14 +129,24 @@ def asgi_argv(
     raise ValueError(f"unknown ASGI server {server!r} (one of {', '.join(ASGI_SERVERS)})")
 
 
-def _set_pdeathsig() -> None:
-    """In the child: get SIGTERM if the runner dies without cleaning up (e.g. SIGKILL)."""
+def _load_prctl() -> Any:
     try:
         import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        return ctypes.CDLL(None, use_errno=True).prctl
     except Exception:
-        pass
+        return None
+
+
+# Looked up once here: the function below runs between fork and exec, where a child restarted
+# while the output threads run must not import anything (the import lock may be held).
+_prctl = _load_prctl() if sys.platform.startswith("linux") else None
+
+
+def _set_pdeathsig() -> None:
+    """In the child: get SIGTERM if the runner dies without cleaning up (e.g. SIGKILL)."""
+    if _prctl is not None:
+        _prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class Child:
@@ -137,8 +156,14 @@ class Child:
         self.color = color
         self.proc: subprocess.Popen[bytes] | None = None
         self.reader: threading.Thread | None = None
+        self.started_at = 0.0
+        self.quick_failures = 0  # crashes in a row, each soon after its start
+        self.failures = 0  # crashes since the child last ran for STABLE_SECONDS
+        self.restart_at: float | None = None  # when a crashed child is due to start again
 
     def start(self, env: dict[str, str], pass_fds: tuple[int, ...] = ()) -> None:
+        self.started_at = time.monotonic()
+        self.restart_at = None
         self.proc = subprocess.Popen(
             self.argv,
             cwd=BASE_DIR,
@@ -150,19 +175,21 @@ class Child:
             # stops the children in order; the group also holds Celery's pool processes
             start_new_session=True,
             pass_fds=pass_fds,
-            preexec_fn=_set_pdeathsig if sys.platform.startswith("linux") else None,
+            preexec_fn=_set_pdeathsig if _prctl is not None else None,
         )
 
     def start_reader(self) -> None:
-        self.reader = threading.Thread(target=self._pump, name=f"pump-{self.name}", daemon=True)
+        assert self.proc is not None and self.proc.stdout is not None
+        self.reader = threading.Thread(
+            target=self._pump, args=(self.proc.stdout,), name=f"pump-{self.name}", daemon=True
+        )
         self.reader.start()
 
-    def _pump(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
+    def _pump(self, stream: Any) -> None:
         tag = f"[{self.name}]"
         if self.color:
             tag = f"\033[{self.color}m{tag}\033[0m"
-        for raw in iter(self.proc.stdout.readline, b""):
+        for raw in iter(stream.readline, b""):
             emit(f"{tag} {raw.decode(errors='replace').rstrip(chr(13) + chr(10))}\n")
 
     @property
@@ -193,6 +220,16 @@ class Child:
         if self.alive():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, sig)
+
+    def crashed(self, now: float) -> float | None:
+        """Book a crash of this (exited) child: the delay before its restart, None to give up."""
+        ran = now - self.started_at
+        self.failures = 1 if ran >= STABLE_SECONDS else self.failures + 1
+        self.quick_failures = self.quick_failures + 1 if ran < QUICK_SECONDS else 0
+        if self.quick_failures >= FAST_FAILURES_FATAL:
+            return None
+        self.restart_at = now + min(RESTART_MAX_DELAY, RESTART_FIRST_DELAY * 2 ** (self.failures - 1))
+        return self.restart_at - now
 
 
 def _read_dotenv() -> None:
@@ -309,6 +346,31 @@ def _stop_children(children: list[Child], stopper: Stopper) -> None:
             child.reader.join(timeout=2)
 
 
+def _supervise(children: list[Child], env: dict[str, str], pass_fds: tuple[int, ...]) -> bool:
+    """One round: book the children that died, restart those whose back-off is over; False when
+    one keeps failing right after it starts."""
+    now = time.monotonic()
+    for child in children:
+        if child.restart_at is not None:
+            if now >= child.restart_at:
+                child.start(env, pass_fds if child.name.startswith("web") else ())
+                child.start_reader()
+                say(f"{child.name} restarted (pid {child.pid})")
+            continue
+        if child.alive():
+            continue
+        assert child.proc is not None
+        code = child.proc.returncode
+        child.signal_group(signal.SIGKILL)  # what it left behind (Celery pool processes)
+        delay = child.crashed(now)
+        if delay is None:
+            say(f"{child.name} exited with code {code} {FAST_FAILURES_FATAL} times in a row "
+                f"within {QUICK_SECONDS:.0f}s of starting; see its output above")  # fmt: skip
+            return False
+        say(f"{child.name} exited unexpectedly with code {code}; restarting in {delay:.1f}s")
+    return True
+
+
 def run(args: argparse.Namespace) -> int:
     stopper = Stopper()
     signal.signal(signal.SIGINT, stopper)
@@ -374,9 +436,8 @@ def run(args: argparse.Namespace) -> int:
         stopper.running = True
         for child in children:
             child.start(env, pass_fds if child.name.startswith("web") else ())
-        if listener is not None:
-            listener.close()  # the Daphne processes hold it now
-            listener = None
+        # the runner keeps the shared listener open: a restarted Daphne gets it again, and
+        # connections made while none accepts wait in its backlog
         for child in children:
             child.start_reader()
         say("started " + ", ".join(f"{c.name} (pid {c.pid})" for c in children))
@@ -387,10 +448,7 @@ def run(args: argparse.Namespace) -> int:
         started_at = time.monotonic()
         warned = False
         while not stopper.event.wait(0.2):
-            dead = [c for c in children if not c.alive()]
-            if dead:
-                for c in dead:
-                    say(f"{c.name} exited unexpectedly with code {c.proc.returncode}")  # type: ignore[union-attr]
+            if not _supervise(children, env, pass_fds):
                 say("shutting everything down")
                 exit_code = 1
                 break
