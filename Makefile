@@ -59,8 +59,10 @@ services-stop: ## stop the embedded PostgreSQL and Redis
 services-status: ## show whether the embedded PostgreSQL and Redis are running
 	@$(PY) -m chatproject.embedded status
 
-lint: $(STAMP) ## ruff check
+lint: $(STAMP) ## ruff check, ruff format --check and mypy (rooms, agents, chatproject); CI runs it before the tests
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 
 clean-data: services-stop ## stop the embedded services and delete .devdata (database, Redis data, static)
 	rm -rf .devdata

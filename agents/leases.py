@@ -201,8 +201,9 @@ class SweepReport:
 def rooms_sweep() -> SweepReport:
     """Recover expired leases, and re-kick rooms with queued turns and nothing running."""
     expired = list(
-        Turn.objects.filter(status=Turn.Status.RUNNING, lease_until__lt=timezone.now())
-        .values_list("pk", flat=True)[:500]
+        Turn.objects.filter(status=Turn.Status.RUNNING, lease_until__lt=timezone.now()).values_list(
+            "pk", flat=True
+        )[:500]
     )
     recovered = sum(1 for turn_id in expired if turn_recover_if_expired(turn_id=turn_id))
     idle = list(

@@ -173,9 +173,9 @@ def turn_take_next(*, room_id: int, owner: str) -> TakenTurn | None:
         if turn is None:
             return None
         continuing = turn.assistant_message_id is not None
-        next_index = (
-            StreamChunk.objects.filter(message_id=turn.assistant_message_id).count() if continuing else 0
-        )
+        next_index = 0
+        if turn.assistant_message_id is not None:  # continuing
+            next_index = StreamChunk.objects.filter(message_id=turn.assistant_message_id).count()
         now = timezone.now()
         turn.status = Turn.Status.RUNNING
         turn.attempt += 1
@@ -188,6 +188,7 @@ def turn_take_next(*, room_id: int, owner: str) -> TakenTurn | None:
             events_append_last(room_id=room_id, events=[("turn", {"turn": turn_data(turn)})])
         else:
             _answer_start_last(turn=turn, now=now)
+    assert turn.assistant_message_id is not None  # set by _answer_start_last
     return TakenTurn(
         turn_id=turn.pk,
         room_id=room_id,
@@ -199,7 +200,7 @@ def turn_take_next(*, room_id: int, owner: str) -> TakenTurn | None:
     )
 
 
-_MESSAGE_STATUS = {
+_MESSAGE_STATUS: dict[str, str] = {
     Turn.Status.DONE: Message.Status.COMPLETE,
     Turn.Status.CANCELLED: Message.Status.CANCELLED,
     Turn.Status.FAILED: Message.Status.FAILED,

@@ -162,9 +162,7 @@ def _pump(stream: ModelStream, out: queue.Queue[object]) -> None:
         out.put(exc)
 
 
-def _step_stream(
-    stream: ModelStream, batcher: ChunkBatcher, deadline: float
-) -> StepResult:
+def _step_stream(stream: ModelStream, batcher: ChunkBatcher, deadline: float) -> StepResult:
     events: queue.Queue[object] = queue.Queue()
     threading.Thread(target=_pump, args=(stream, events), daemon=True, name="model-stream").start()
     tool_calls: list[ToolCallRequest] = []
@@ -210,7 +208,8 @@ def turn_run(*, taken: TakenTurn) -> str:
     """Run a leased turn to a terminal status; returns it ('lost' if the lease was lost)."""
     deadline = time.monotonic() + settings.TURN_TIME_LIMIT
     batcher = ChunkBatcher(taken=taken, next_index=taken.next_index)
-    status, error = Turn.Status.DONE, ""
+    status: str = Turn.Status.DONE
+    error = ""
     try:
         room, messages = context_build(taken=taken)
         # While the model streams, the chunk writer does the writing: the runner gives its

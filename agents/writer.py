@@ -145,7 +145,7 @@ class _Lane:
                 batch = [self._queue.popleft() for _ in range(size)]
             try:
                 self._write(batch)
-            except Exception as exc:  # noqa: BLE001 - handed to every runner in the batch
+            except Exception as exc:
                 log.warning("chunk writer: a batch of %s chunks failed: %r", len(batch), exc)
                 connection.close()  # whatever state it is in, the next batch starts clean
                 error = exc if isinstance(exc, OperationalError | InterfaceError) else (

@@ -703,7 +703,7 @@ def _start_redis(data_dir: Path) -> bool:
 def _stop_redis(data_dir: Path) -> bool:
     rdir = data_dir / "redis"
     pid = _read_int(rdir / "redis.pid")
-    pids = [pid] if _is_our_process(pid, rdir, "redis-server") else []
+    pids = [pid] if pid is not None and _is_our_process(pid, rdir, "redis-server") else []
     pids += [p for p in _pids_with_cwd(rdir, "redis-server") if p not in pids]
     if pids:
         _terminate(pids, signal.SIGTERM, timeout=15)  # SIGTERM: fsync the AOF, exit
@@ -749,7 +749,7 @@ def ensure_services(data_dir: Path) -> dict[str, str]:
 def stop_services(data_dir: Path, *, postgres: bool = True, redis: bool = True) -> list[str]:
     """Stop the chosen servers cleanly; returns the ones that were running."""
     data_dir = Path(data_dir).resolve()
-    stopped = []
+    stopped: list[str] = []
     if not data_dir.exists():
         return stopped
     with _locked(data_dir):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import environ
 
@@ -81,7 +82,9 @@ DATABASES["default"].setdefault("OPTIONS", {})
 # it every socket's database call opens a new Postgres connection (measured: one per ping).
 if env.bool("DB_POOL", default=True):
     DATABASES["default"]["OPTIONS"]["pool"] = {
-        "min_size": 1, "max_size": env.int("DB_POOL_MAX", default=10), "timeout": 10,
+        "min_size": 1,
+        "max_size": env.int("DB_POOL_MAX", default=10),
+        "timeout": 10,
     }
 if env.bool("DB_POOL", default=True):
     import psycopg_pool.base
@@ -106,7 +109,7 @@ if DB_IDLE_IN_TRANSACTION_TIMEOUT_MS > 0:
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env.str("REDIS_URL")
-CHANNEL_LAYERS = {
+CHANNEL_LAYERS: dict[str, dict[str, Any]] = {
     "default": {
         # The pub/sub layer: one PUBLISH per group send, one subscription per group per
         # process. It never drops silently under capacity; lost frames are restored by `sync`.
@@ -169,9 +172,7 @@ LLM_BASE_URL = env.str("LLM_BASE_URL", default="")
 LLM_API_KEY = env.str("LLM_API_KEY", default="")
 LLM_MODEL = env.str("LLM_MODEL", default="gpt-4o-mini")
 # "openai" (any OpenAI-compatible server), "demo" (offline, canned), or a dotted class path.
-LLM_PROVIDER = env.str(
-    "LLM_PROVIDER", default="openai" if (LLM_BASE_URL or LLM_API_KEY) else "demo"
-)
+LLM_PROVIDER = env.str("LLM_PROVIDER", default="openai" if (LLM_BASE_URL or LLM_API_KEY) else "demo")
 LLM_TIMEOUT = env.float("LLM_TIMEOUT", default=60.0)
 
 # --- Celery ----------------------------------------------------------------------------------

@@ -119,11 +119,22 @@ def asgi_argv(
     if server == "uvicorn":
         bind = ["--fd", str(fd)] if fd is not None else ["--host", host, "--port", str(port)]
         return [
-            sys.executable, "-m", "uvicorn", *bind,
-            "--loop", "uvloop", "--http", "httptools", "--ws", "websockets-sansio",
+            sys.executable,
+            "-m",
+            "uvicorn",
+            *bind,
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--ws",
+            "websockets-sansio",
             # as Daphne: no compression (a zlib context per socket) and
             # no lifespan protocol (Channels' router has none)
-            "--ws-per-message-deflate", "false", "--lifespan", "off",
+            "--ws-per-message-deflate",
+            "false",
+            "--lifespan",
+            "off",
             app,
         ]
     raise ValueError(f"unknown ASGI server {server!r} (one of {', '.join(ASGI_SERVERS)})")

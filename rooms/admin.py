@@ -21,12 +21,12 @@ class MembershipAdmin(admin.ModelAdmin):
     actions = ["ban", "unban"]
 
     @admin.action(description="Ban from the room (closes their sockets)")
-    def ban(self, request, queryset):  # type: ignore[no-untyped-def]
+    def ban(self, request, queryset):
         for membership in queryset.exclude(role=Membership.Role.OWNER).select_related("room", "user"):
             services.member_ban(room=membership.room, user=membership.user)
 
     @admin.action(description="Lift the ban")
-    def unban(self, request, queryset):  # type: ignore[no-untyped-def]
+    def unban(self, request, queryset):
         for membership in queryset.select_related("room", "user"):
             services.member_unban(room=membership.room, user=membership.user)
 

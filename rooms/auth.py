@@ -106,7 +106,7 @@ def _token_user_sql() -> tuple[str, list[str]]:
     user_model = get_user_model()
     fields = list(user_model._meta.concrete_fields)
     qn = connection.ops.quote_name
-    columns = ", ".join(f"u.{qn(f.column)}" for f in fields)
+    columns = ", ".join(f"u.{qn(str(f.column))}" for f in fields)
     tokens, users = qn(ApiToken._meta.db_table), qn(user_model._meta.db_table)
     sql = f"""
         WITH t AS (

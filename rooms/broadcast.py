@@ -64,9 +64,7 @@ class _LoopThread:
             if self._loop is None or self._pid != os.getpid():  # new process after fork
                 self._loop = asyncio.new_event_loop()
                 self._pid = os.getpid()
-                threading.Thread(
-                    target=self._loop.run_forever, name="broadcast-loop", daemon=True
-                ).start()
+                threading.Thread(target=self._loop.run_forever, name="broadcast-loop", daemon=True).start()
             return self._loop
 
 

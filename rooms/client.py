@@ -102,8 +102,7 @@ class RoomState:
     def transcript(self) -> list[tuple[int, str, str, str]]:
         """(seq, role, status, content) of every message, in seq order."""
         return [
-            (m.seq, m.role, m.status, m.content)
-            for m in sorted(self.messages.values(), key=lambda m: m.seq)
+            (m.seq, m.role, m.status, m.content) for m in sorted(self.messages.values(), key=lambda m: m.seq)
         ]
 
 
@@ -223,9 +222,7 @@ class RoomClient:
         await self.close()
         await self.connect(timeout)
 
-    async def wait_for(
-        self, predicate: Callable[[RoomClient], bool], timeout: float = 20.0
-    ) -> None:
+    async def wait_for(self, predicate: Callable[[RoomClient], bool], timeout: float = 20.0) -> None:
         """Wait until `predicate(self)` holds (checked after every frame)."""
         deadline = time.monotonic() + timeout
         while not predicate(self):

@@ -154,9 +154,7 @@ def _admit(
     return _Admission(0, user, token_id, found.room_id, _replay(found.room_id, since))
 
 
-def _as_member(
-    room_id: int, user: Any, ref: Any, action: Callable[..., _T], /, **kwargs: Any
-) -> _T:
+def _as_member(room_id: int, user: Any, ref: Any, action: Callable[..., _T], /, **kwargs: Any) -> _T:
     """`action(room=..., **kwargs)` if the user is still a member (memberships can be removed
     mid-socket): one database visit for a frame that writes."""
     room = _member_room(room_id, user)
@@ -225,7 +223,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
 
         def subscribe(room_id: int, user_id: int, token_id: int | None) -> None:
             # Token sockets also hear their user's group (revocation); sessions have no token.
-            groups = (broadcast.room_group(room_id),)
+            groups: tuple[str, ...] = (broadcast.room_group(room_id),)
             if token_id is not None:
                 groups += (broadcast.user_group(user_id),)
             future = asyncio.run_coroutine_threadsafe(self._join_hub(groups), loop)
@@ -240,7 +238,9 @@ class RoomConsumer(AsyncWebsocketConsumer):
         # one more dict held per idle socket)
         self.scope.update(user=admission.user, token_id=admission.token_id)
         self.room_id = admission.room_id
-        self.user_data = selectors.user_data(admission.user)
+        user_data = selectors.user_data(admission.user)
+        assert user_data is not None  # an admitted socket has a user
+        self.user_data = user_data
         self.delta_floor: dict[int, int] = {}
         self.typing_at = 0.0
         self.bucket = ratelimit.frame_bucket()
@@ -369,8 +369,13 @@ class RoomConsumer(AsyncWebsocketConsumer):
             )
         try:
             result = await _as_member_on_db(
-                self.room_id, user, frame.client_id, message_post,
-                author=user, client_id=frame.client_id, content=frame.content,
+                self.room_id,
+                user,
+                frame.client_id,
+                message_post,
+                author=user,
+                client_id=frame.client_id,
+                content=frame.content,
             )
         except ClientIdConflict:
             raise FrameError(

@@ -33,7 +33,13 @@ class RoomSettingsForm(forms.ModelForm):
     class Meta:
         model = Room
         fields = [
-            "title", "visibility", "ai_enabled", "ai_model", "system_prompt", "ai_trigger", "recovery",
+            "title",
+            "visibility",
+            "ai_enabled",
+            "ai_model",
+            "system_prompt",
+            "ai_trigger",
+            "recovery",
         ]
         labels = RoomCreateForm.Meta.labels | {"recovery": "If a worker dies mid-answer"}
         widgets = {"system_prompt": forms.Textarea(attrs={"rows": 4})}
@@ -48,10 +54,10 @@ class ProfileForm(forms.Form):
 class SignupForm(UserCreationForm):
     display_name = forms.CharField(max_length=60, required=False, help_text="Shown to others.")
 
-    class Meta(UserCreationForm.Meta):
+    class Meta(UserCreationForm.Meta):  # type: ignore[name-defined]  # the stubs leave Meta out
         fields = ("username",)
 
-    def save(self, commit: bool = True):  # type: ignore[no-untyped-def]
+    def save(self, commit: bool = True):
         user = super().save(commit=False)
         user.first_name = self.cleaned_data.get("display_name", "").strip()
         if commit:

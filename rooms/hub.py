@@ -260,7 +260,7 @@ class Hub:
         backend = settings.CHANNEL_LAYERS["default"]["BACKEND"]
         if backend != _PUBSUB_LAYER:
             raise ImproperlyConfigured(f"rooms.hub listens to {_PUBSUB_LAYER}, not {backend}")
-        config = settings.CHANNEL_LAYERS["default"].get("CONFIG", {})
+        config: dict[str, Any] = settings.CHANNEL_LAYERS["default"].get("CONFIG", {})
         self.prefix = config.get("prefix", "asgi")
         name = f"{self.prefix}:hub:{socket.gethostname()}:{os.getpid()}"
         deserialize = get_channel_layer().deserialize

@@ -26,12 +26,8 @@ class Room(models.Model):
 
     slug = models.SlugField(max_length=64, unique=True)
     title = models.CharField(max_length=120)
-    owner = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="owned_rooms"
-    )
-    visibility = models.CharField(
-        max_length=16, choices=Visibility.choices, default=Visibility.PUBLIC
-    )
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="owned_rooms")
+    visibility = models.CharField(max_length=16, choices=Visibility.choices, default=Visibility.PUBLIC)
     invite_token = models.CharField(max_length=64, default=_invite_token, unique=True)
     ai_enabled = models.BooleanField(default=True)
     ai_model = models.CharField(max_length=120, blank=True, help_text="Empty: LLM_MODEL")
@@ -64,9 +60,7 @@ class Membership(models.Model):
         MEMBER = "member", "Member"
 
     room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="memberships")
-    user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
-    )
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
     role = models.CharField(max_length=16, choices=Role.choices, default=Role.MEMBER)
     # A banned member keeps the row (so a public room can't be re-joined) and loses all access.
     banned_at = models.DateTimeField(null=True, blank=True)
@@ -96,9 +90,7 @@ class Message(models.Model):
     room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="messages")
     seq = models.BigIntegerField()
     role = models.CharField(max_length=16, choices=Role.choices)
-    author = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
-    )
+    author = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     content = models.TextField(blank=True, default="")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.COMPLETE)
     client_id = models.UUIDField(null=True, blank=True)
@@ -116,9 +108,7 @@ class Message(models.Model):
             ),
         ]
         indexes = [
-            models.Index(
-                fields=["room"], condition=Q(status="streaming"), name="message_streaming_idx"
-            ),
+            models.Index(fields=["room"], condition=Q(status="streaming"), name="message_streaming_idx"),
         ]
 
     def __str__(self) -> str:
@@ -159,9 +149,7 @@ class RoomEvent(models.Model):
 class ApiToken(models.Model):
     """A bearer token for scripts and bots; only its SHA-256 is stored."""
 
-    user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
-    )
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
     name = models.CharField(max_length=80)
     prefix = models.CharField(max_length=16)
     key_hash = models.CharField(max_length=64, unique=True)

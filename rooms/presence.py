@@ -70,9 +70,7 @@ class _Presence:
 
 
 # One per event loop (a Redis client is bound to the loop it was made on).
-_per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Presence] = (
-    weakref.WeakKeyDictionary()
-)
+_per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Presence] = weakref.WeakKeyDictionary()
 
 
 def _state() -> _Presence:
@@ -122,9 +120,7 @@ async def _flush(state: _Presence, room_id: int) -> None:
             args.extend(batch.left)
             try:
                 users = _users(await state.change(keys=[_key(room_id)], args=args))
-                await broadcast.send_to_room(
-                    room_id, broadcast.ephemeral_message(presence_frame(users))
-                )
+                await broadcast.send_to_room(room_id, broadcast.ephemeral_message(presence_frame(users)))
             except Exception as exc:  # Redis is away: every waiter of the batch hears it
                 batch.done.set_exception(exc)
             else:
@@ -169,6 +165,8 @@ async def presence_touch(room_id: int, channel_name: str, user: dict[str, Any]) 
     key = _key(room_id)
     pipe = _redis().pipeline(transaction=False)
     try:
-        await pipe.hset(key, channel_name, _entry(user)).expire(key, _TTL).execute()
+        pipe.hset(key, channel_name, _entry(user))
+        pipe.expire(key, _TTL)
+        await pipe.execute()
     except (RedisError, OSError):
         log.warning("presence of room %s not refreshed (Redis unavailable)", room_id)

@@ -83,9 +83,7 @@ CLIENT_TYPES = frozenset({"send", "cancel", "retry", "sync", "typing", "ping", "
 class FrameError(Exception):
     """A rejected frame: `code` is the wire error code (docs/protocol.md)."""
 
-    def __init__(
-        self, code: str, detail: str, ref: Any = None, retry_after: float | None = None
-    ) -> None:
+    def __init__(self, code: str, detail: str, ref: Any = None, retry_after: float | None = None) -> None:
         super().__init__(detail)
         self.code = code
         self.detail = detail
@@ -161,9 +159,7 @@ def delta_frame(message_id: int, index: int, text: str) -> str:
 
 
 def snapshot_frame(message_id: int, content: str, next_index: int) -> str:
-    return dumps(
-        {"type": "snapshot", "message_id": message_id, "content": content, "next_index": next_index}
-    )
+    return dumps({"type": "snapshot", "message_id": message_id, "content": content, "next_index": next_index})
 
 
 def ready_frame(seq: int) -> str:

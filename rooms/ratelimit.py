@@ -49,7 +49,10 @@ async def message_quota_take(user_id: int) -> float | None:
     window = int(now // 60)
     key = redis_key("rate", "msg", int(user_id), window)
     try:
-        count, _ = await _redis().pipeline(transaction=False).incr(key).expire(key, 120).execute()
+        pipe = _redis().pipeline(transaction=False)
+        pipe.incr(key)
+        pipe.expire(key, 120)
+        count, _ = await pipe.execute()
     except RedisError:
         # Redis is away (a restart): the limit fails open rather than failing the user's send,
         # which only needs Postgres; the socket stays open.

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import connection, transaction
 from django.db.models import Q, QuerySet
 
@@ -44,14 +43,14 @@ def room_by_slug(*, slug: str) -> Room | None:
     return Room.objects.filter(slug=slug).first()
 
 
-def membership_of(*, room: Room, user: AbstractBaseUser | AnonymousUser) -> Membership | None:
+def membership_of(*, room: Room, user: Any) -> Membership | None:
     """The user's membership, unless they are banned."""
     if not user.is_authenticated:
         return None
     return Membership.objects.filter(room=room, user=user, banned_at__isnull=True).first()
 
 
-def room_access(*, room: Room, user: AbstractBaseUser | AnonymousUser) -> str:
+def room_access(*, room: Room, user: Any) -> str:
     """'member', 'can_join' (public room, signed in) or 'denied'."""
     if not user.is_authenticated:
         return "denied"
@@ -95,7 +94,7 @@ def socket_access(*, slug: str, user_id: int) -> SocketAccess:
     return SocketAccess(room_id, "denied")
 
 
-def rooms_for_user(*, user: AbstractBaseUser) -> QuerySet[Room]:
+def rooms_for_user(*, user: Any) -> QuerySet[Room]:
     return (
         Room.objects.filter(memberships__user=user, memberships__banned_at__isnull=True)
         .order_by("-created_at")
@@ -103,7 +102,7 @@ def rooms_for_user(*, user: AbstractBaseUser) -> QuerySet[Room]:
     )
 
 
-def rooms_public(*, exclude_user: AbstractBaseUser | None = None) -> QuerySet[Room]:
+def rooms_public(*, exclude_user: Any = None) -> QuerySet[Room]:
     qs = Room.objects.filter(visibility=Room.Visibility.PUBLIC)
     if exclude_user is not None and exclude_user.is_authenticated:
         qs = qs.exclude(memberships__user=exclude_user)

@@ -81,7 +81,7 @@ def events_append_last(*, room_id: int, events: list[tuple[str, dict[str, Any]]]
     first seq. Call it last in the transaction: from it to the commit the room row is locked."""
     frames = [dumps({"type": type_, "seq": PH_EVENT_SEQ, **body}) for type_, body in events]
     ph = placeholder("seq", PH_EVENT_SEQ)
-    params = {
+    params: dict[str, Any] = {
         "n": len(frames), "room": room_id, "ph": ph, "now": timezone.now(),
         "types": [type_ for type_, _ in events], "frames": frames,
     }  # fmt: skip

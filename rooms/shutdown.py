@@ -41,9 +41,7 @@ def forget(consumer: Any) -> None:
 async def _close_all_then(previous: Any, signum: int, frame: Any) -> None:
     consumers = list(_sockets)
     log.warning("SIGTERM: closing %d sockets with %d", len(consumers), CLOSE_RESTART)
-    await asyncio.gather(
-        *(c.close(code=CLOSE_RESTART) for c in consumers), return_exceptions=True
-    )
+    await asyncio.gather(*(c.close(code=CLOSE_RESTART) for c in consumers), return_exceptions=True)
     await asyncio.sleep(0.2)  # let the close frames leave
     if callable(previous):
         previous(signum, frame)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth import login
@@ -66,9 +67,7 @@ def room(request: HttpRequest, slug: str) -> HttpResponse:
     transcript = selectors.transcript(room=found)
     invite_url = None
     if found.visibility == Room.Visibility.PRIVATE:
-        invite_url = request.build_absolute_uri(
-            reverse("room_invite", args=[found.slug, found.invite_token])
-        )
+        invite_url = request.build_absolute_uri(reverse("room_invite", args=[found.slug, found.invite_token]))
     return render(
         request,
         "room.html",
@@ -126,7 +125,7 @@ def room_post(request: HttpRequest, slug: str) -> HttpResponse:
     form = MessageForm(request.POST)
     if not form.is_valid():
         for errors in form.errors.values():
-            messages.error(request, " ".join(errors))
+            messages.error(request, " ".join(str(e) for e in errors))
         return redirect("room", slug=slug)
     try:
         services.message_post(
@@ -176,7 +175,8 @@ def guest(request: HttpRequest) -> HttpResponse:
 @login_required
 def profile(request: HttpRequest) -> HttpResponse:
     """Your display name (and a link to your API tokens)."""
-    form = ProfileForm(request.POST or None, initial={"display_name": request.user.first_name})
+    user: Any = request.user  # a User: the view is login_required
+    form = ProfileForm(request.POST or None, initial={"display_name": user.first_name})
     if request.method == "POST" and form.is_valid():
         services.profile_update(user=request.user, display_name=form.cleaned_data["display_name"])
         messages.success(request, "Profile saved.")
@@ -198,7 +198,7 @@ def tokens(request: HttpRequest) -> HttpResponse:
         {
             "form": form,
             "new_token": new_token,
-            "tokens": ApiToken.objects.filter(user=request.user).order_by("-created_at"),
+            "tokens": ApiToken.objects.filter(user=request.user.pk).order_by("-created_at"),
         },
     )
 

@@ -25,10 +25,16 @@ def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: N
     db = settings.DATABASES["default"]
     base = f"test_{db['NAME']}"
     db.setdefault("TEST", {})["NAME"] = f"{base}_{os.getpid()}"
-    params = {k: v for k, v in {
-        "host": db.get("HOST"), "port": db.get("PORT"), "user": db.get("USER"),
-        "password": db.get("PASSWORD"),
-    }.items() if v}
+    params = {
+        k: v
+        for k, v in {
+            "host": db.get("HOST"),
+            "port": db.get("PORT"),
+            "user": db.get("USER"),
+            "password": db.get("PASSWORD"),
+        }.items()
+        if v
+    }
     with psycopg.connect(dbname="postgres", autocommit=True, **params) as conn:
         names = conn.execute(
             "SELECT datname FROM pg_database WHERE datname LIKE %s", [f"{base}\\_%"]
@@ -133,7 +139,8 @@ def make_user(name: str) -> tuple[Any, str]:
     from rooms.services import token_create
 
     user = get_user_model().objects.create_user(
-        username=f"{name.lower()}-{uuid.uuid4().hex[:6]}", password="pw-" + uuid.uuid4().hex,
+        username=f"{name.lower()}-{uuid.uuid4().hex[:6]}",
+        password="pw-" + uuid.uuid4().hex,
         first_name=name,
     )
     _, raw = token_create(user=user, name="test")

@@ -43,7 +43,9 @@ def database_url() -> str:
     db = settings.DATABASES["default"]
     user = db.get("USER") or "postgres"
     password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
-    return f"postgres://{user}{password}@{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
+    return (
+        f"postgres://{user}{password}@{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
+    )
 
 
 @dataclass
@@ -65,11 +67,19 @@ class Stack:
         if kind == "web":  # ASGI_SERVER=uvicorn runs the tests against uvicorn instead
             command = asgi_argv(server=self.env.get("ASGI_SERVER") or "daphne", port=self.port)
         else:
-            command = celery_argv(kind, env=self.env, node=f"test-{kind}-{uuid.uuid4().hex[:6]}@%h",
-                                  schedule=self.logdir / "beat-schedule")
+            command = celery_argv(
+                kind,
+                env=self.env,
+                node=f"test-{kind}-{uuid.uuid4().hex[:6]}@%h",
+                schedule=self.logdir / "beat-schedule",
+            )
         log = open(self.logdir / f"{name}.log", "ab")
         self.procs[name] = subprocess.Popen(
-            command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            command,
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         if name == "web":

@@ -5,37 +5,88 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('rooms', '0001_initial'),
+        ("rooms", "0001_initial"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Turn',
+            name="Turn",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('queue_seq', models.BigIntegerField()),
-                ('status', models.CharField(choices=[('queued', 'Queued'), ('running', 'Running'), ('done', 'Done'), ('cancelled', 'Cancelled'), ('failed', 'Failed'), ('interrupted', 'Interrupted')], default='queued', max_length=16)),
-                ('attempt', models.IntegerField(default=0)),
-                ('cancel_requested', models.BooleanField(default=False)),
-                ('lease_owner', models.CharField(blank=True, default='', max_length=120)),
-                ('lease_until', models.DateTimeField(blank=True, null=True)),
-                ('lease_generation', models.BigIntegerField(default=0)),
-                ('error', models.TextField(blank=True, default='')),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('started_at', models.DateTimeField(blank=True, null=True)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
-                ('assistant_message', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='rooms.message')),
-                ('room', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='turns', to='rooms.room')),
-                ('trigger_message', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='rooms.message')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("queue_seq", models.BigIntegerField()),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("queued", "Queued"),
+                            ("running", "Running"),
+                            ("done", "Done"),
+                            ("cancelled", "Cancelled"),
+                            ("failed", "Failed"),
+                            ("interrupted", "Interrupted"),
+                        ],
+                        default="queued",
+                        max_length=16,
+                    ),
+                ),
+                ("attempt", models.IntegerField(default=0)),
+                ("cancel_requested", models.BooleanField(default=False)),
+                ("lease_owner", models.CharField(blank=True, default="", max_length=120)),
+                ("lease_until", models.DateTimeField(blank=True, null=True)),
+                ("lease_generation", models.BigIntegerField(default=0)),
+                ("error", models.TextField(blank=True, default="")),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("started_at", models.DateTimeField(blank=True, null=True)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "assistant_message",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to="rooms.message",
+                    ),
+                ),
+                (
+                    "room",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="turns", to="rooms.room"
+                    ),
+                ),
+                (
+                    "trigger_message",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="+", to="rooms.message"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['queue_seq'],
-                'indexes': [models.Index(fields=['room', 'status', 'queue_seq'], name='turn_room_status_idx'), models.Index(condition=models.Q(('status', 'running')), fields=['lease_until'], name='turn_running_lease_idx')],
-                'constraints': [models.UniqueConstraint(fields=('room', 'queue_seq'), name='turn_room_queue_unique'), models.UniqueConstraint(condition=models.Q(('status', 'running')), fields=('room',), name='turn_one_running_per_room')],
+                "ordering": ["queue_seq"],
+                "indexes": [
+                    models.Index(fields=["room", "status", "queue_seq"], name="turn_room_status_idx"),
+                    models.Index(
+                        condition=models.Q(("status", "running")),
+                        fields=["lease_until"],
+                        name="turn_running_lease_idx",
+                    ),
+                ],
+                "constraints": [
+                    models.UniqueConstraint(fields=("room", "queue_seq"), name="turn_room_queue_unique"),
+                    models.UniqueConstraint(
+                        condition=models.Q(("status", "running")),
+                        fields=("room",),
+                        name="turn_one_running_per_room",
+                    ),
+                ],
             },
         ),
     ]

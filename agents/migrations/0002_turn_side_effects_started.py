@@ -4,15 +4,14 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('agents', '0001_initial'),
+        ("agents", "0001_initial"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='turn',
-            name='side_effects_started',
+            model_name="turn",
+            name="side_effects_started",
             field=models.BooleanField(default=False),
         ),
     ]

@@ -103,17 +103,14 @@ class OpenAICompatibleProvider(Provider):
         if isinstance(exc, openai.APIConnectionError) or _is_a(exc, "TransportError"):
             cause = exc.__cause__ or exc.__context__
             detail = f": {cause}" if cause else "."
-            return ProviderError(
-                f"Could not reach the model server at {self.host}{detail}", retryable=True
-            )
+            return ProviderError(f"Could not reach the model server at {self.host}{detail}", retryable=True)
         if isinstance(exc, openai.APIStatusError):
             status = exc.status_code
             body = exc.body
-            detail = body.get("message") if isinstance(body, dict) else None
-            detail = str(detail or exc.message)[:300]
+            said = body.get("message") if isinstance(body, dict) else None
+            detail = str(said or exc.message)[:300]
             return ProviderError(
-                f"The model server at {self.host} returned HTTP {status}: {detail}"
-                f"{_HINTS.get(status, '')}",
+                f"The model server at {self.host} returned HTTP {status}: {detail}{_HINTS.get(status, '')}",
                 retryable=status >= 500 or status in _RETRYABLE_STATUS,
             )
         if isinstance(exc, openai.APIError):  # an error event inside a 200 stream
@@ -216,7 +213,7 @@ class _OpenAIStream(ModelStream):
         if sdk is not None:
             try:
                 sdk.close()
-            except Exception:  # noqa: BLE001 - best effort, the stream is over anyway
+            except Exception:
                 pass
 
 

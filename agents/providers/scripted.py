@@ -94,9 +94,7 @@ class _ScriptedStream(ModelStream):
 
     def __iter__(self) -> Iterator[StreamEvent]:
         for i, event in enumerate(self._events):
-            if (
-                i and self._provider.delay and self._stop.wait(self._provider.delay)
-            ) or self._stop.is_set():
+            if (i and self._provider.delay and self._stop.wait(self._provider.delay)) or self._stop.is_set():
                 return
             if isinstance(event, BaseException):
                 raise as_provider_error(event)

@@ -369,7 +369,11 @@ class ChaosRun:
         assert self.injector is not None
         bound = self.args.lease_timeout + 1.0 + self.args.recovery_slack  # SWEEP_INTERVAL is 1 s
         report = Checker(
-            records, rooms, probes=self.probes, recoveries=self.injector.recoveries, recovery_bound=bound,
+            records,
+            rooms,
+            probes=self.probes,
+            recoveries=self.injector.recoveries,
+            recovery_bound=bound,
             db_outages=[(e["t"], e["hold_s"]) for e in self.injector.timeline if e["kind"] == "pg_refuse"],
         ).run()
         queue = [n for _, n in self.queue_samples]

@@ -94,9 +94,7 @@ class ProbeClient(RoomClient):
     def deltas_missing(self, keys: set[tuple[int, int]]) -> set[tuple[int, int]]:
         """Chunks (message id, index) that came neither as a delta nor inside a snapshot (the
         server drops deltas a snapshot already covered)."""
-        return {
-            (mid, i) for mid, i in keys - self.delta_keys if i >= self.snapshot_floor.get(mid, 0)
-        }
+        return {(mid, i) for mid, i in keys - self.delta_keys if i >= self.snapshot_floor.get(mid, 0)}
 
     @property
     def is_open(self) -> bool:

@@ -230,7 +230,7 @@ def create_data(args: argparse.Namespace) -> Plan:
     from rooms.models import Membership
     from rooms.services import room_create, token_create
 
-    User = get_user_model()  # noqa: N806
+    User = get_user_model()
     n_rooms = math.ceil(args.sockets / args.per_room)
     n_users = args.sockets + args.warmup
     unusable = make_password(None)
@@ -287,9 +287,9 @@ def db_state(room_ids: list[int], active_ids: list[int]) -> dict[str, Any]:
         messages: dict[int, dict[int, tuple[str, str]]] = defaultdict(dict)
         roles: Counter = Counter()
         statuses: Counter = Counter()
-        for mid, rid, role, status, content in Message.objects.filter(
-            room_id__in=room_ids
-        ).values_list("pk", "room_id", "role", "status", "content"):
+        for mid, rid, role, status, content in Message.objects.filter(room_id__in=room_ids).values_list(
+            "pk", "room_id", "role", "status", "content"
+        ):
             messages[rid][mid] = (status, content)
             if rid in active:
                 roles[role] += 1
@@ -696,8 +696,11 @@ class Bench:
 
             # ---- idle: connect every socket, hold them ----
             self.phase[0] = "connect"
-            log(f"connecting {len(plan.sockets)} sockets ({a.connect_concurrency} in flight"
-                + (f", <= {a.connect_rate}/s" if a.connect_rate else "") + ")")
+            log(
+                f"connecting {len(plan.sockets)} sockets ({a.connect_concurrency} in flight"
+                + (f", <= {a.connect_rate}/s" if a.connect_rate else "")
+                + ")"
+            )
             sem = asyncio.Semaphore(a.connect_concurrency)
             pacer = [time.monotonic()]
             self.mark("connect")
@@ -751,9 +754,13 @@ class Bench:
                 "pings_idle": sum(1 for s in connected for ph, _, _ in s.client.pongs if ph == "idle"),
                 "pings_sent_idle_per_s": round(len(connected) / a.ping_interval, 1),
                 "pg_sessions_per_s_idle": (
-                    round(_diff(pg1, pg2, "sessions") / max(1e-9, self.marks["idle_end"]["t"]
-                          - self.marks["connected"]["t"]), 1)
-                    if _diff(pg1, pg2, "sessions") is not None else None
+                    round(
+                        _diff(pg1, pg2, "sessions")
+                        / max(1e-9, self.marks["idle_end"]["t"] - self.marks["connected"]["t"]),
+                        1,
+                    )
+                    if _diff(pg1, pg2, "sessions") is not None
+                    else None
                 ),  # fmt: skip
                 "daphne_threads": after["threads"],
                 "redis_pubsub": pubsub,
@@ -769,9 +776,7 @@ class Bench:
             # ---- end: every socket still open? then close them all ----
             self.phase[0] = "end"
             still_open = self.open_count()
-            closed = Counter(
-                s.client.close_code for s in connected if s.client and not s.client.is_open
-            )
+            closed = Counter(s.client.close_code for s in connected if s.client and not s.client.is_open)
             self.result["end"] = {"sockets_open": still_open, "sockets_expected": len(plan.sockets),
                                   "closed_codes": {str(k): v for k, v in closed.items()}}  # fmt: skip
             for t in heartbeats:
@@ -960,9 +965,7 @@ class Bench:
             1 for s in checked if s.client and s.client.is_open
             for t0 in s.client.pings if time.monotonic() - t0 > 5
         )  # fmt: skip
-        client_errors = Counter(
-            e.get("code") for s in checked if s.client for e in s.client.errors
-        )
+        client_errors = Counter(e.get("code") for s in checked if s.client for e in s.client.errors)
         self.result["active"] = {
             "talkers": len(talkers),
             "active_rooms": len(active_set),
@@ -982,8 +985,11 @@ class Bench:
             "turns_per_s": round(tstat.get("done", 0) / span, 2) if span else None,
             "turns_pending_at_drain_timeout": pending,
             "send_window_s": round(window, 1),
-            "phase_s": {"sends_done": round(sent_s, 1), "drained": round(drained_s, 1),
-                        "converged": round(converged_s, 1)},  # fmt: skip
+            "phase_s": {
+                "sends_done": round(sent_s, 1),
+                "drained": round(drained_s, 1),
+                "converged": round(converged_s, 1),
+            },  # fmt: skip
             "deltas_expected": expected,
             "deltas_delivered": delivered,
             "deltas_covered_by_snapshot": covered,
@@ -1051,9 +1057,7 @@ def _diverges(s: Sock, truth: dict[str, Any]) -> bool:
     assert s.client is not None
     st = s.client.state
     mine = {mid: (m.status, m.content) for mid, m in st.messages.items()}
-    return mine != truth["messages"].get(s.room_id, {}) or st.last_seq != truth["last_seq"].get(
-        s.room_id, 0
-    )
+    return mine != truth["messages"].get(s.room_id, {}) or st.last_seq != truth["last_seq"].get(s.room_id, 0)
 
 
 def _divergence(s: Sock, truth: dict[str, Any]) -> dict[str, Any]:
@@ -1090,62 +1094,110 @@ def table(r: dict[str, Any]) -> str:
             f"  (ready {idle['sockets_ready']}, failed {idle['connect_failures']}, "
             f"retried {idle['connect_retries']})")  # fmt: skip
         ct = idle["connect_to_ready_ms"]
-        add("connect+join rate", f"{idle['connect_rate_per_s']} sockets/s to ready "
-            f"(p50 {ct['p50']} ms, p99 {ct['p99']} ms, {r['args']['connect_concurrency']} in flight)")
+        add(
+            "connect+join rate",
+            f"{idle['connect_rate_per_s']} sockets/s to ready "
+            f"(p50 {ct['p50']} ms, p99 {ct['p99']} ms, {r['args']['connect_concurrency']} in flight)",
+        )
         b, a_ = idle["rss_before"], idle["rss_after"]
         add("Daphne RSS before / after", f"{b['rss'] / mib:.1f} MiB / {a_['rss'] / mib:.1f} MiB "
             f"(USS {b['uss'] / mib:.1f} / {a_['uss'] / mib:.1f})")  # fmt: skip
-        add("KiB per idle socket", f"{idle['kib_per_idle_socket']} RSS "
-            f"({idle['uss_kib_per_idle_socket']} USS), {idle['fds_per_socket']} fds")
-        add("pong latency idle", f"p50 {idle['pong_ms']['p50']} ms, p99 {idle['pong_ms']['p99']} ms "
-            f"(n={idle['pong_ms']['count']})")
-        add("Daphne CPU connect / idle", f"{idle['cpu_connect']['web_cpu_pct']}% / "
+        add(
+            "KiB per idle socket",
+            f"{idle['kib_per_idle_socket']} RSS "
+            f"({idle['uss_kib_per_idle_socket']} USS), {idle['fds_per_socket']} fds",
+        )
+        add(
+            "pong latency idle",
+            f"p50 {idle['pong_ms']['p50']} ms, p99 {idle['pong_ms']['p99']} ms "
+            f"(n={idle['pong_ms']['count']})",
+        )
+        add(
+            "Daphne CPU connect / idle",
+            f"{idle['cpu_connect']['web_cpu_pct']}% / "
             f"{idle['cpu_idle']['web_cpu_pct']}% (threads {idle.get('daphne_threads')}); "
-            f"other work on the host {idle['cpu_idle']['other_cpu_pct']}%")
-        add("DB connections idle", f"{idle.get('pg_sessions_per_s_idle')} new PG sessions/s for "
-            f"{idle.get('pings_sent_idle_per_s')} pings/s")
+            f"other work on the host {idle['cpu_idle']['other_cpu_pct']}%",
+        )
+        add(
+            "DB connections idle",
+            f"{idle.get('pg_sessions_per_s_idle')} new PG sessions/s for "
+            f"{idle.get('pings_sent_idle_per_s')} pings/s",
+        )
     if act:
-        add("active sockets (rooms)", f"{act['talkers']} talkers + {act['listeners_in_active_rooms']} "
-            f"listeners in {act['active_rooms']} rooms")
-        add("messages", f"{act['messages_acked']} acked of {act['messages_sent']} sent "
-            f"(errors {act['send_errors'] or 0}); turns {act['turns']}")
-        add("turn queue wait / run", f"p50 {act['turn_queue_wait_s']['p50']} s, p99 "
+        add(
+            "active sockets (rooms)",
+            f"{act['talkers']} talkers + {act['listeners_in_active_rooms']} "
+            f"listeners in {act['active_rooms']} rooms",
+        )
+        add(
+            "messages",
+            f"{act['messages_acked']} acked of {act['messages_sent']} sent "
+            f"(errors {act['send_errors'] or 0}); turns {act['turns']}",
+        )
+        add(
+            "turn queue wait / run",
+            f"p50 {act['turn_queue_wait_s']['p50']} s, p99 "
             f"{act['turn_queue_wait_s']['p99']} s / p50 {act['turn_run_s']['p50']} s; "
-            f"{act['turns_per_s']} turns/s")
-        add("deltas delivered", f"{act['deltas_delivered']} / {act['deltas_expected']} expected "
+            f"{act['turns_per_s']} turns/s",
+        )
+        add(
+            "deltas delivered",
+            f"{act['deltas_delivered']} / {act['deltas_expected']} expected "
             f"(+{act['deltas_covered_by_snapshot']} in snapshots; missing {act['deltas_missing']}, "
             f"after {act['late_wait_s']}s more: "
-            f"{act['deltas_missing_after_late_wait']}, dup {act['delta_duplicates']})")
-        add("gaps (frames lost)", f"{act['gaps_total']} {act['gaps_detected'] or ''}; recovered by "
-            f"{act['recoveries_sync_sent']} sync on {act['sockets_that_synced']} sockets")
-        add("divergent clients", f"{act['sockets_divergent_after_convergence']} after convergence "
+            f"{act['deltas_missing_after_late_wait']}, dup {act['delta_duplicates']})",
+        )
+        add(
+            "gaps (frames lost)",
+            f"{act['gaps_total']} {act['gaps_detected'] or ''}; recovered by "
+            f"{act['recoveries_sync_sent']} sync on {act['sockets_that_synced']} sockets",
+        )
+        add(
+            "divergent clients",
+            f"{act['sockets_divergent_after_convergence']} after convergence "
             f"of {act['sockets_checked']} (stale {act['sockets_divergent_stale']}, wrong "
             f"{act['sockets_divergent_wrong']}; before forced sync "
             f"{act['sockets_divergent_before_forced_sync']}, never synced "
             f"{act['sockets_divergent_undetected']}; after late wait "
-            f"{act['sockets_divergent_after_late_wait']})")
-        add("pong latency under load", f"p50 {act['pong_ms']['p50']} ms, p99 {act['pong_ms']['p99']} ms,"
-            f" max {act['pong_ms']['max']} ms (n={act['pong_ms']['count']}, lost {act['pongs_lost']})")
+            f"{act['sockets_divergent_after_late_wait']})",
+        )
+        add(
+            "pong latency under load",
+            f"p50 {act['pong_ms']['p50']} ms, p99 {act['pong_ms']['p99']} ms,"
+            f" max {act['pong_ms']['max']} ms (n={act['pong_ms']['count']}, lost {act['pongs_lost']})",
+        )
         c = act["cpu"]
-        add("CPU active daphne/worker/pg/driver/other", f"{c['web_cpu_pct']}% / {c['worker_cpu_pct']}% / "
+        add(
+            "CPU active daphne/worker/pg/driver/other",
+            f"{c['web_cpu_pct']}% / {c['worker_cpu_pct']}% / "
             f"{c['postgres_cpu_pct']}% / {c['driver_cpu_pct']}% / {c['other_cpu_pct']}% "
-            f"(load1 {c['load1_end']})")
+            f"(load1 {c['load1_end']})",
+        )
     if r.get("driver_loop_lag_ms"):
         lag = r["driver_loop_lag_ms"]
         add("driver event-loop lag", f"p50 {lag['p50']} ms, p99 {lag['p99']} ms, max {lag['max']} ms")
     if end:
-        add("sockets open at end", f"{end['sockets_open']} / {end['sockets_expected']}"
-            + (f" closed: {end['closed_codes']}" if end["closed_codes"] else ""))
+        add(
+            "sockets open at end",
+            f"{end['sockets_open']} / {end['sockets_expected']}"
+            + (f" closed: {end['closed_codes']}" if end["closed_codes"] else ""),
+        )
         if "rss_after_close" in end:
             ps = end.get("redis_pubsub_after_close") or {}
-            add("after closing all", f"Daphne RSS {end['rss_after_close']['rss'] / mib:.1f} MiB; after "
+            add(
+                "after closing all",
+                f"Daphne RSS {end['rss_after_close']['rss'] / mib:.1f} MiB; after "
                 f"{ps.get('t')}s: Redis subscriptions left {ps.get('channels')} "
-                f"({ps.get('group_channels')} groups), presence entries {ps.get('presence_entries')}")
+                f"({ps.get('group_channels')} groups), presence entries {ps.get('presence_entries')}",
+            )
     if r.get("close_race"):
         cr = r["close_race"]
-        add("close right after ping", f"{cr['sockets']} sockets: {cr['server_exceptions']} server "
+        add(
+            "close right after ping",
+            f"{cr['sockets']} sockets: {cr['server_exceptions']} server "
             f"exceptions, {cr['subscriptions_after_15s']} subscriptions left after 15s "
-            f"(were {cr['subscriptions_before']})")
+            f"(were {cr['subscriptions_before']})",
+        )
     if r.get("error"):
         add("ERROR", r["error"])
     if r.get("interrupted"):
@@ -1164,36 +1216,74 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--sockets", type=int, default=1000, help="sockets to open (default 1000)")
     p.add_argument("--active", type=int, default=100, help="sockets that post messages (default 100)")
-    p.add_argument("--duration", type=float, default=60.0,
-                   help="active phase length in s; messages go out in its first half (default 60)")
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=60.0,
+        help="active phase length in s; messages go out in its first half (default 60)",
+    )
     p.add_argument("--per-room", type=int, default=5, help="sockets per room (default 5)")
-    p.add_argument("--talkers-per-room", type=int, default=4,
-                   help="talkers per active room; the rest of the room listens (default 4)")
+    p.add_argument(
+        "--talkers-per-room",
+        type=int,
+        default=4,
+        help="talkers per active room; the rest of the room listens (default 4)",
+    )
     p.add_argument("--messages", type=int, default=2, help="messages per talker (default 2)")
     p.add_argument("--tokens", type=int, default=60, help="words per answer (!tokens, default 60)")
     p.add_argument("--token-delay-ms", type=int, default=20, help="ms per word (!delay, default 20)")
-    p.add_argument("--hold", type=float, default=25.0,
-                   help="idle hold in s before RSS after (default 25, at least 1.25 ping periods)")
+    p.add_argument(
+        "--hold",
+        type=float,
+        default=25.0,
+        help="idle hold in s before RSS after (default 25, at least 1.25 ping periods)",
+    )
     p.add_argument("--ping-interval", type=float, default=10.0, help="heartbeat period in s (default 10)")
-    p.add_argument("--connect-concurrency", type=int, default=25,
-                   help="handshakes in flight (default 25; Daphne's listen backlog is 50)")
+    p.add_argument(
+        "--connect-concurrency",
+        type=int,
+        default=25,
+        help="handshakes in flight (default 25; Daphne's listen backlog is 50)",
+    )
     p.add_argument("--connect-rate", type=float, default=0.0, help="max handshakes started per s (0: no cap)")
     p.add_argument("--connect-timeout", type=float, default=20.0)
     p.add_argument("--connect-retries", type=int, default=2)
     p.add_argument("--warmup", type=int, default=5, help="sockets of the warm-up room (default 5)")
     p.add_argument("--concurrency", type=int, default=16, help="Celery worker threads (default 16)")
-    p.add_argument("--drain-timeout", type=float, default=300.0,
-                   help="max s to wait for queued answers after the sends (default 300)")
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=300.0,
+        help="max s to wait for queued answers after the sends (default 300)",
+    )
     p.add_argument("--converge-timeout", type=float, default=30.0)
-    p.add_argument("--close-race", type=int, default=0, metavar="N",
-                   help="at the end, N times: connect, ping, close at once; count leaked subscriptions")
-    p.add_argument("--settle", type=float, default=60.0,
-                   help="max s to wait after closing every socket for the server to forget them")
-    p.add_argument("--late-wait", type=float, default=30.0,
-                   help="extra s to wait for deltas missing at verification (late vs lost)")
+    p.add_argument(
+        "--close-race",
+        type=int,
+        default=0,
+        metavar="N",
+        help="at the end, N times: connect, ping, close at once; count leaked subscriptions",
+    )
+    p.add_argument(
+        "--settle",
+        type=float,
+        default=60.0,
+        help="max s to wait after closing every socket for the server to forget them",
+    )
+    p.add_argument(
+        "--late-wait",
+        type=float,
+        default=30.0,
+        help="extra s to wait for deltas missing at verification (late vs lost)",
+    )
     p.add_argument("--timeout", type=float, default=0.0, help="hard limit of the run in s (0: computed)")
-    p.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra environment of the stack (repeatable), e.g. CONN_MAX_AGE=60")
+    p.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment of the stack (repeatable), e.g. CONN_MAX_AGE=60",
+    )
     p.add_argument("--debug", action="store_true", help="run the stack with DEBUG=true (default false)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--json", type=str, default="", help="results path (default bench/results/load-<ts>.json)")

@@ -91,7 +91,7 @@ class Processes:
             command = celery_argv(name, env=self.env, concurrency=self.concurrency,
                                   node=f"load-{name}-{uuid.uuid4().hex[:6]}@%h",
                                   schedule=self.logdir / "beat-schedule")  # fmt: skip
-        log = open(self.logdir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
+        log = open(self.logdir / f"{name}.log", "ab")
         proc = subprocess.Popen(
             command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_child_preexec,

@@ -30,7 +30,7 @@ def delta_frame(message_id: int, i: int, stamp: bool) -> str:
     return '{"type":"delta","message_id":%d,"index":%d,"text":"%s"}' % (message_id, i, text)
 
 
-async def _paced(n: int, rate: float, send) -> tuple[float, float]:  # noqa: ANN001
+async def _paced(n: int, rate: float, send) -> tuple[float, float]:
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     for i in range(n):

@@ -12,7 +12,7 @@ import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.perf.mini_settings")
 
-import django  # noqa: E402
+import django
 
 django.setup()
 

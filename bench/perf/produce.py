@@ -25,7 +25,7 @@ from typing import Any
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatproject.settings")
 
-import django  # noqa: E402
+import django
 
 django.setup()
 

@@ -15,7 +15,7 @@ from websockets.asyncio.server import broadcast, serve
 SUBS: set = set()
 
 
-async def handler(ws) -> None:  # noqa: ANN001
+async def handler(ws) -> None:
     path = ws.request.path
     if path.startswith("/pub"):
         async for message in ws:

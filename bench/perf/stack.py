@@ -67,7 +67,7 @@ class Procs:
     def start(
         self, name: str, cmd: list[str], env: dict[str, str], port: int | None = None
     ) -> subprocess.Popen[bytes]:
-        log = open(self.logdir / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
+        log = open(self.logdir / f"{name}.log", "ab")
         proc = subprocess.Popen(
             cmd,
             cwd=ROOT,

@@ -8,7 +8,6 @@ import rooms.models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
@@ -17,119 +16,267 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name='ApiToken',
+            name="ApiToken",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=80)),
-                ('prefix', models.CharField(max_length=16)),
-                ('key_hash', models.CharField(max_length=64, unique=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('last_used_at', models.DateTimeField(blank=True, null=True)),
-                ('revoked_at', models.DateTimeField(blank=True, null=True)),
-                ('user', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='api_tokens', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=80)),
+                ("prefix", models.CharField(max_length=16)),
+                ("key_hash", models.CharField(max_length=64, unique=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("last_used_at", models.DateTimeField(blank=True, null=True)),
+                ("revoked_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "user",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="api_tokens",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='Room',
+            name="Room",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('slug', models.SlugField(max_length=64, unique=True)),
-                ('title', models.CharField(max_length=120)),
-                ('visibility', models.CharField(choices=[('public', 'Public: any signed-in user may join'), ('private', 'Private: members only, by invite link')], default='public', max_length=16)),
-                ('invite_token', models.CharField(default=rooms.models._invite_token, max_length=64, unique=True)),
-                ('ai_enabled', models.BooleanField(default=True)),
-                ('ai_model', models.CharField(blank=True, help_text='Empty: LLM_MODEL', max_length=120)),
-                ('system_prompt', models.TextField(blank=True, default='You are a helpful assistant in a group chat.')),
-                ('ai_trigger', models.CharField(choices=[('every', 'Every message'), ('mention', 'Only when @ai is mentioned')], default='every', max_length=16)),
-                ('last_seq', models.BigIntegerField(default=0)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('owner', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='owned_rooms', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("slug", models.SlugField(max_length=64, unique=True)),
+                ("title", models.CharField(max_length=120)),
+                (
+                    "visibility",
+                    models.CharField(
+                        choices=[
+                            ("public", "Public: any signed-in user may join"),
+                            ("private", "Private: members only, by invite link"),
+                        ],
+                        default="public",
+                        max_length=16,
+                    ),
+                ),
+                (
+                    "invite_token",
+                    models.CharField(default=rooms.models._invite_token, max_length=64, unique=True),
+                ),
+                ("ai_enabled", models.BooleanField(default=True)),
+                ("ai_model", models.CharField(blank=True, help_text="Empty: LLM_MODEL", max_length=120)),
+                (
+                    "system_prompt",
+                    models.TextField(blank=True, default="You are a helpful assistant in a group chat."),
+                ),
+                (
+                    "ai_trigger",
+                    models.CharField(
+                        choices=[("every", "Every message"), ("mention", "Only when @ai is mentioned")],
+                        default="every",
+                        max_length=16,
+                    ),
+                ),
+                ("last_seq", models.BigIntegerField(default=0)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "owner",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="owned_rooms",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='Message',
+            name="Message",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('seq', models.BigIntegerField()),
-                ('role', models.CharField(choices=[('user', 'User'), ('assistant', 'Assistant'), ('system', 'System'), ('tool', 'Tool')], max_length=16)),
-                ('content', models.TextField(blank=True, default='')),
-                ('status', models.CharField(choices=[('complete', 'Complete'), ('streaming', 'Streaming'), ('cancelled', 'Cancelled'), ('failed', 'Failed'), ('interrupted', 'Interrupted'), ('hidden', 'Hidden')], default='complete', max_length=16)),
-                ('client_id', models.UUIDField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('author', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, to=settings.AUTH_USER_MODEL)),
-                ('room', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='messages', to='rooms.room')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("seq", models.BigIntegerField()),
+                (
+                    "role",
+                    models.CharField(
+                        choices=[
+                            ("user", "User"),
+                            ("assistant", "Assistant"),
+                            ("system", "System"),
+                            ("tool", "Tool"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                ("content", models.TextField(blank=True, default="")),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("complete", "Complete"),
+                            ("streaming", "Streaming"),
+                            ("cancelled", "Cancelled"),
+                            ("failed", "Failed"),
+                            ("interrupted", "Interrupted"),
+                            ("hidden", "Hidden"),
+                        ],
+                        default="complete",
+                        max_length=16,
+                    ),
+                ),
+                ("client_id", models.UUIDField(blank=True, null=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "author",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "room",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="messages", to="rooms.room"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['seq'],
+                "ordering": ["seq"],
             },
         ),
         migrations.CreateModel(
-            name='Membership',
+            name="Membership",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('role', models.CharField(choices=[('owner', 'Owner'), ('moderator', 'Moderator'), ('member', 'Member')], default='member', max_length=16)),
-                ('joined_at', models.DateTimeField(auto_now_add=True)),
-                ('user', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='memberships', to=settings.AUTH_USER_MODEL)),
-                ('room', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='memberships', to='rooms.room')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "role",
+                    models.CharField(
+                        choices=[("owner", "Owner"), ("moderator", "Moderator"), ("member", "Member")],
+                        default="member",
+                        max_length=16,
+                    ),
+                ),
+                ("joined_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "user",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="memberships",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "room",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="memberships",
+                        to="rooms.room",
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='RoomEvent',
+            name="RoomEvent",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('seq', models.BigIntegerField()),
-                ('type', models.CharField(max_length=32)),
-                ('frame', models.TextField()),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('room', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='events', to='rooms.room')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("seq", models.BigIntegerField()),
+                ("type", models.CharField(max_length=32)),
+                ("frame", models.TextField()),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "room",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="events", to="rooms.room"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['seq'],
+                "ordering": ["seq"],
             },
         ),
         migrations.CreateModel(
-            name='StreamChunk',
+            name="StreamChunk",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('index', models.IntegerField()),
-                ('text', models.TextField()),
-                ('message', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='chunks', to='rooms.message')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("index", models.IntegerField()),
+                ("text", models.TextField()),
+                (
+                    "message",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="chunks", to="rooms.message"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['index'],
+                "ordering": ["index"],
             },
         ),
         migrations.AddConstraint(
-            model_name='room',
-            constraint=models.CheckConstraint(condition=models.Q(('last_seq__gte', 0)), name='room_seq_nonneg'),
+            model_name="room",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("last_seq__gte", 0)), name="room_seq_nonneg"
+            ),
         ),
         migrations.AddIndex(
-            model_name='message',
-            index=models.Index(condition=models.Q(('status', 'streaming')), fields=['room'], name='message_streaming_idx'),
+            model_name="message",
+            index=models.Index(
+                condition=models.Q(("status", "streaming")), fields=["room"], name="message_streaming_idx"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='message',
-            constraint=models.UniqueConstraint(fields=('room', 'seq'), name='message_room_seq_unique'),
+            model_name="message",
+            constraint=models.UniqueConstraint(fields=("room", "seq"), name="message_room_seq_unique"),
         ),
         migrations.AddConstraint(
-            model_name='message',
-            constraint=models.UniqueConstraint(condition=models.Q(('client_id__isnull', False)), fields=('room', 'author', 'client_id'), name='message_client_id_unique'),
+            model_name="message",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("client_id__isnull", False)),
+                fields=("room", "author", "client_id"),
+                name="message_client_id_unique",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='membership',
-            constraint=models.UniqueConstraint(fields=('room', 'user'), name='membership_unique'),
+            model_name="membership",
+            constraint=models.UniqueConstraint(fields=("room", "user"), name="membership_unique"),
         ),
         migrations.AddConstraint(
-            model_name='roomevent',
-            constraint=models.UniqueConstraint(fields=('room', 'seq'), name='event_room_seq_unique'),
+            model_name="roomevent",
+            constraint=models.UniqueConstraint(fields=("room", "seq"), name="event_room_seq_unique"),
         ),
         migrations.AddConstraint(
-            model_name='streamchunk',
-            constraint=models.UniqueConstraint(fields=('message', 'index'), name='chunk_message_index_unique'),
+            model_name="streamchunk",
+            constraint=models.UniqueConstraint(
+                fields=("message", "index"), name="chunk_message_index_unique"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='streamchunk',
-            constraint=models.CheckConstraint(condition=models.Q(('index__gte', 0)), name='chunk_index_nonneg'),
+            model_name="streamchunk",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("index__gte", 0)), name="chunk_index_nonneg"
+            ),
         ),
     ]

@@ -4,20 +4,26 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('rooms', '0001_initial'),
+        ("rooms", "0001_initial"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='membership',
-            name='banned_at',
+            model_name="membership",
+            name="banned_at",
             field=models.DateTimeField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='room',
-            name='recovery',
-            field=models.CharField(choices=[('continue', 'Continue the answer where it stopped'), ('interrupt', 'Mark it interrupted (members can retry)')], default='continue', max_length=16),
+            model_name="room",
+            name="recovery",
+            field=models.CharField(
+                choices=[
+                    ("continue", "Continue the answer where it stopped"),
+                    ("interrupt", "Mark it interrupted (members can retry)"),
+                ],
+                default="continue",
+                max_length=16,
+            ),
         ),
     ]

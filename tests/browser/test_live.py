@@ -70,7 +70,9 @@ def canon_body(page, message_id: int) -> str:
     return page.evaluate(f"__md.canon(document.querySelector('#m-{message_id} > .body'))")
 
 
-def test_markdown_renders_while_streaming_and_ends_as_the_server_html(stack, fake, room, alice, bob, page_for):
+def test_markdown_renders_while_streaming_and_ends_as_the_server_html(
+    stack, fake, room, alice, bob, page_for
+):
     a, b = open_live(stack, room, page_for, alice[0], bob[0])
     fake.script([RICH_ANSWER])
     send(a, "How do I start? !delay=40")
@@ -80,7 +82,10 @@ def test_markdown_renders_while_streaming_and_ends_as_the_server_html(stack, fak
     # The code block is highlighted while it streams, the list is a list, the link is a link.
     a.wait_for_selector(f"{streaming} pre code.language-python .hl-k >> text=def")
     assert a.locator(f"{streaming} ol > li > ul > li em").inner_text() == "room"
-    assert a.locator(f"{streaming} a[href='https://docs.example.com/guide']").get_attribute("rel") == "noopener noreferrer nofollow"
+    assert (
+        a.locator(f"{streaming} a[href='https://docs.example.com/guide']").get_attribute("rel")
+        == "noopener noreferrer nofollow"
+    )
     a.wait_for_selector(f"{streaming} table td >> text=install")
     # Finished blocks are not rendered again: the heading is the very same element.
     assert a.evaluate(f"window.__h2 === document.querySelector('{streaming} h2')")
@@ -95,7 +100,10 @@ def test_markdown_renders_while_streaming_and_ends_as_the_server_html(stack, fak
         page.wait_for_selector(f"#m-{message.id}[data-status=complete]")
         load_renderers(page)
         # the final DOM (server HTML, highlighted) is what the browser renders from the text
-        fresh = page.evaluate("(t) => { const d = document.createElement('div'); d.className = 'body'; d.append(__md.md.renderMarkdown(t)); return __md.canon(d); }", message.content)
+        fresh = page.evaluate(
+            "(t) => { const d = document.createElement('div'); d.className = 'body'; d.append(__md.md.renderMarkdown(t)); return __md.canon(d); }",
+            message.content,
+        )
         assert canon_body(page, message.id) == fresh
         assert page.locator(f"#m-{message.id} .body pre code .hl-s").first.inner_text() == 'f"Hello {name}"'
         assert page.locator(f"#m-{message.id}").get_attribute("aria-busy") is None
@@ -132,7 +140,9 @@ def test_two_people_see_who_is_here_and_who_is_typing(stack, fake, room, alice, 
     a.type("#content", "Hel")
     b.wait_for_selector("#typing >> text=Alice is typing…")
     b.close()
-    a.wait_for_function("![...document.querySelectorAll('#presence li')].some(li => li.textContent.includes('Bob'))")
+    a.wait_for_function(
+        "![...document.querySelectorAll('#presence li')].some(li => li.textContent.includes('Bob'))"
+    )
 
 
 def test_keyboard_enter_sends_shift_enter_breaks_the_line_escape_stops(stack, fake, room, alice, page_for):
@@ -146,7 +156,9 @@ def test_keyboard_enter_sends_shift_enter_breaks_the_line_escape_stops(stack, fa
     a.keyboard.press("Enter")
     a.wait_for_selector("li.msg.role-assistant[data-status=streaming] .body:not(:empty)")
     assert a.input_value("#content") == ""
-    assert Message.objects.get(room=room, role="user").content == "first line\nsecond line !tokens=200 !delay=50"
+    assert (
+        Message.objects.get(room=room, role="user").content == "first line\nsecond line !tokens=200 !delay=50"
+    )
     # screen readers: the transcript is a polite live region; a streaming answer is busy until done
     assert a.locator("#transcript").get_attribute("aria-live") == "polite"
     assert a.locator("li.msg.role-assistant").get_attribute("aria-busy") == "true"
@@ -158,12 +170,23 @@ def test_keyboard_enter_sends_shift_enter_breaks_the_line_escape_stops(stack, fa
     assert Message.objects.get(room=room, role="assistant").status == "cancelled"
 
 
-def test_phone_width_has_no_sideways_scroll_and_keeps_the_composer_in_view(stack, fake, room, alice, page_for):
+def test_phone_width_has_no_sideways_scroll_and_keeps_the_composer_in_view(
+    stack, fake, room, alice, page_for
+):
     a = page_for(alice[0])
     a.set_viewport_size({"width": 390, "height": 844})
     a.goto(room_url(stack, room))
     wait_live(a)
-    fake.script(["```text\n" + "x" * 300 + "\n```\n\n| a | b | c | d | e | f |\n|---|---|---|---|---|---|\n" + "| long cell text | " * 6 + "\n\n" + "averyveryverylongwordwithoutanyspaces" * 5])
+    fake.script(
+        [
+            "```text\n"
+            + "x" * 300
+            + "\n```\n\n| a | b | c | d | e | f |\n|---|---|---|---|---|---|\n"
+            + "| long cell text | " * 6
+            + "\n\n"
+            + "averyveryverylongwordwithoutanyspaces" * 5
+        ]
+    )
     send(a, "wide things please")
     a.wait_for_selector("li.msg.role-assistant[data-status=complete] table")
     assert a.evaluate("document.documentElement.scrollWidth") <= 390

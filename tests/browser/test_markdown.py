@@ -20,14 +20,14 @@ pytestmark = [pytest.mark.browser]
 STATIC = Path(__file__).resolve().parents[2] / "static"
 
 CORPUS = [
-    "Hello **world**, this is *emphasis*, `code`, ~~gone~~ and [a link](https://example.com \"Example\").",
+    'Hello **world**, this is *emphasis*, `code`, ~~gone~~ and [a link](https://example.com "Example").',
     "# Title\n\n## Sub *title* ##\n\nSetext\n===\n\nAnother\n---\n\ntext",
     "- one\n- two\n  - nested *a*\n  - nested b\n- three\n\n1. first\n2. second\n\n3) third\n4) fourth",
     "- loose\n\n- list\n\n  with two paragraphs\n- end",
     "5. starts at five\n6. six",
     "| Name | Qty | Note |\n|:-----|----:|:----:|\n| apple | 3 | `fresh` |\n| pear | 10 | **ripe** |\n| plum |",
     "text before\n| a | b |\n|---|---|\n| 1 | 2 \\| 3 |\nrow without pipes\n\nafter",
-    "```python\ndef hello(name: str) -> None:\n    # greet\n    print(f\"hi {name}\")  # 42\n```\n\n```js\nconst x = `t ${1}`; // c\n```",
+    '```python\ndef hello(name: str) -> None:\n    # greet\n    print(f"hi {name}")  # 42\n```\n\n```js\nconst x = `t ${1}`; // c\n```',
     "```\nno language\n  indented\n```\n\n    indented code\n    block\n\nafter",
     "~~~sql\nSELECT * FROM t WHERE id = 1; -- c\n~~~",
     "> a quote\n> with **bold**\nlazy line\n\n> > nested\n\n---\n\n***",
@@ -39,7 +39,7 @@ CORPUS = [
     "[bad](JaVaScRiPt:alert(1)) [ent](&#106;avascript:alert(1)) [data](data:text/html,<b>x</b>) [img](data:image/png;base64,AAAA)",
     "![alt text](https://example.com/x.png) image then text [link with `code` and *em*](https://e.com)",
     "<script>alert(1)</script> <img src=x onerror=alert(1)> <b>raw</b>",
-    "```html\n</code></pre><img src=x onerror=\"alert(1)\">\n```",
+    '```html\n</code></pre><img src=x onerror="alert(1)">\n```',
     "Nested [link [inner](https://a.com)](https://b.com) and [brackets [x] ok](https://c.com)",
     "A paragraph\n# heading interrupts\n- list interrupts\n2. no\n1. yes",
     "- [ ] task\n- [x] done\n\n* star\n+ plus\n- dash",
@@ -168,12 +168,23 @@ def test_code_blocks_are_highlighted(md_page):
 
 
 HOSTILE = [
-    "[x](javascript:alert(1))", "[x](JAVASCRIPT:alert(1))", "[x](&#106;avascript:alert(1))",
-    "[x](java\tscript:alert(1))", "[x](<javascript:alert(1)>)", "[x](vbscript:x)", "[x](data:text/html,<script>x</script>)",
-    "<javascript:alert(1)>", "<svg onload=alert(1)>", "<img src=x onerror=alert(1)>", "<a href='javascript:x'>a</a>",
-    "```\"><img src=x onerror=alert(1)>\ncode\n```", "```js\n</code><script>alert(1)</script>\n```",
+    "[x](javascript:alert(1))",
+    "[x](JAVASCRIPT:alert(1))",
+    "[x](&#106;avascript:alert(1))",
+    "[x](java\tscript:alert(1))",
+    "[x](<javascript:alert(1)>)",
+    "[x](vbscript:x)",
+    "[x](data:text/html,<script>x</script>)",
+    "<javascript:alert(1)>",
+    "<svg onload=alert(1)>",
+    "<img src=x onerror=alert(1)>",
+    "<a href='javascript:x'>a</a>",
+    '```"><img src=x onerror=alert(1)>\ncode\n```',
+    "```js\n</code><script>alert(1)</script>\n```",
     "| <img src=x onerror=alert(1)> | [x](javascript:1) |\n|---|---|\n| <script>1</script> | b |",
-    "[x](https://e.com \"\\\" onmouseover=alert(1)\")", "&lt;script&gt;alert(1)&lt;/script&gt;", "&#60;img src=x onerror=alert(1)&#62;",
+    '[x](https://e.com "\\" onmouseover=alert(1)")',
+    "&lt;script&gt;alert(1)&lt;/script&gt;",
+    "&#60;img src=x onerror=alert(1)&#62;",
 ]
 
 
@@ -203,7 +214,25 @@ def test_hostile_markdown_renders_inert_at_every_prefix(md_page):
 
 
 def test_every_highlighted_language_tokenizes_a_sample(md_page):
-    langs = ["python", "js", "ts", "json", "bash", "sql", "go", "rust", "c", "java", "ruby", "html", "css", "yaml", "toml", "diff", "dockerfile"]
+    langs = [
+        "python",
+        "js",
+        "ts",
+        "json",
+        "bash",
+        "sql",
+        "go",
+        "rust",
+        "c",
+        "java",
+        "ruby",
+        "html",
+        "css",
+        "yaml",
+        "toml",
+        "diff",
+        "dockerfile",
+    ]
     sample = 'if x == "s": # c\n  // c\n  - 42 <a href="x">\n+ [k] = 1\nFROM y'
     counts = md_page.evaluate(
         """([langs, sample]) => langs.map((lang) => {

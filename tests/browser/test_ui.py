@@ -140,7 +140,10 @@ def test_screenshots_of_home_a_room_mid_stream_and_phone_width(stack, fake, room
     for page in (a, b):
         page.goto(room_url(stack, room))
         wait_live(page)
-    send(a, "Can you explain **resumable streams**? !say=Sure. Every chunk is *persisted* first, then broadcast.")
+    send(
+        a,
+        "Can you explain **resumable streams**? !say=Sure. Every chunk is *persisted* first, then broadcast.",
+    )
     b.wait_for_selector("li.msg.role-assistant[data-status=complete]")
     fake.script([WORKER_DIES_ANSWER])
     send(b, "Nice, and what if a worker dies? !delay=60")

@@ -21,14 +21,18 @@ PAYLOADS = [
 def no_script_ran(page) -> None:
     assert page.evaluate("window.__xss === undefined"), page.evaluate("window.__xss")
     # nothing executable made it into the transcript's DOM
-    assert page.locator("#transcript script, #transcript iframe, #transcript svg, #transcript img").count() == 0
+    assert (
+        page.locator("#transcript script, #transcript iframe, #transcript svg, #transcript img").count() == 0
+    )
     assert page.evaluate(
         "[...document.querySelectorAll('#transcript *')].every(e => [...e.attributes]"
         ".every(a => !a.name.startsWith('on') && !/^\\s*javascript:/i.test(a.value)))"
     )
 
 
-def test_hostile_user_and_model_content_renders_inert_live_and_after_reload(stack, fake, room, alice, bob, page_for):
+def test_hostile_user_and_model_content_renders_inert_live_and_after_reload(
+    stack, fake, room, alice, bob, page_for
+):
     a, b = page_for(alice[0]), page_for(bob[0])
     dialogs = []
     for page in (a, b):

@@ -52,7 +52,9 @@ from rooms.services import room_create, seq_reserve_locked, token_create
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 # Hypothesis caches source constants under ./.hypothesis by default: keep the checkout clean.
-os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", os.path.join(tempfile.gettempdir(), "roomchat-hypothesis"))
+os.environ.setdefault(
+    "HYPOTHESIS_STORAGE_DIRECTORY", os.path.join(tempfile.gettempdir(), "roomchat-hypothesis")
+)
 
 # Examples per property; the whole module (stack start included) stays under a minute.
 WS_EXAMPLES = 500
@@ -66,7 +68,8 @@ FUZZ = settings(
     print_blob=False,
     # Shrinking replays many frames against a stateful server: minutes, not seconds. The corpus
     # tests hold the minimal repros; FUZZ_SHRINK=1 shrinks a new failure.
-    phases=[Phase.explicit, Phase.generate] + ([Phase.shrink] if os.environ.get("FUZZ_SHRINK") == "1" else []),
+    phases=[Phase.explicit, Phase.generate]
+    + ([Phase.shrink] if os.environ.get("FUZZ_SHRINK") == "1" else []),
     suppress_health_check=[
         HealthCheck.function_scoped_fixture,
         HealthCheck.too_slow,
@@ -79,8 +82,7 @@ FUZZ = settings(
 # docs/protocol.md's error codes, plus `rate_limited` (rooms/ratelimit.py), which the fuzzer
 # treats as "try again" rather than as an answer.
 DOCUMENTED_CODES = frozenset(
-    {"too_large", "bad_json", "unknown_type", "invalid", "not_found", "forbidden", "conflict",
-     "unsupported"}
+    {"too_large", "bad_json", "unknown_type", "invalid", "not_found", "forbidden", "conflict", "unsupported"}
 )
 ALLOWED_CODES = DOCUMENTED_CODES | {"rate_limited"}
 OK = "ok"  # in an expected set: "no error frame" is a correct answer
@@ -105,8 +107,13 @@ CASES: Counter[str] = Counter()  # what ran, for the summary line
 SKIP_KNOWN = os.environ.get("FUZZ_SKIP_KNOWN") == "1"
 
 PROJECT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TRACEBACK_MARKERS = ("Traceback (most recent call last)", "Exception inside application", " ERROR ",
-                     "ERROR:", "CRITICAL")
+TRACEBACK_MARKERS = (
+    "Traceback (most recent call last)",
+    "Exception inside application",
+    " ERROR ",
+    "ERROR:",
+    "CRITICAL",
+)
 
 
 # --- the model of the protocol (docs/protocol.md) ---------------------------------------------
@@ -170,7 +177,9 @@ def field_ok(kind: str, name: str, value: Any) -> bool:
         return _is_uuid_text(value)
     if name == "content":
         return (
-            isinstance(value, str) and bool(value.strip()) and len(value) <= _max_chars()
+            isinstance(value, str)
+            and bool(value.strip())
+            and len(value) <= _max_chars()
             and "\x00" not in value
         )
     if name == "turn_id":
@@ -266,8 +275,11 @@ def _same_ref(expected: Any, got: Any) -> bool:
 # --- strategies -------------------------------------------------------------------------------
 
 SCALARS = (
-    st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
-    | st.floats() | st.text(max_size=20)
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats()
+    | st.text(max_size=20)
 )
 JSON = st.recursive(
     SCALARS,
@@ -275,22 +287,48 @@ JSON = st.recursive(
     max_leaves=12,
 )
 NOT_INT = st.sampled_from(
-    [None, True, False, "1", "", "0x1", 1.0, 1.5, -0.0, float("nan"), float("inf"), 1e308, [], {},
-     [1], {"id": 1}]
+    [
+        None,
+        True,
+        False,
+        "1",
+        "",
+        "0x1",
+        1.0,
+        1.5,
+        -0.0,
+        float("nan"),
+        float("inf"),
+        1e308,
+        [],
+        {},
+        [1],
+        {"id": 1},
+    ]
 )
 BAD_TURN_ID = NOT_INT | st.integers(max_value=0) | st.integers(min_value=2**62 + 1, max_value=2**80)
 BAD_SINCE = NOT_INT | st.integers(max_value=-1, min_value=-(2**80)) | st.integers(min_value=2**62 + 1)
 NOT_STR = st.sampled_from([None, True, 0, 1, -1, 1.5, [], {}, ["x"], {"x": 1}])
 BAD_UUID = (
     st.sampled_from(
-        ["", "not-a-uuid", "1234", "g" * 32, "00000000-0000-0000-0000-00000000000",
-         "00000000-0000-0000-0000-0000000000000", str(uuid.UUID(int=1)) + "0", "\x00" * 36]
+        [
+            "",
+            "not-a-uuid",
+            "1234",
+            "g" * 32,
+            "00000000-0000-0000-0000-00000000000",
+            "00000000-0000-0000-0000-0000000000000",
+            str(uuid.UUID(int=1)) + "0",
+            "\x00" * 36,
+        ]
     )
     | st.text(max_size=40).filter(lambda s: not _is_uuid_text(s))
     | NOT_STR
 )
-GOOD_UUID = st.uuids().map(str) | st.uuids().map(lambda u: "{" + str(u).upper() + "}") | st.uuids().map(
-    lambda u: u.hex
+GOOD_UUID = (
+    st.uuids().map(str)
+    | st.uuids().map(lambda u: "{" + str(u).upper() + "}")
+    | st.uuids().map(lambda u: u.hex)
 )
 GOOD_CONTENT = st.text(min_size=1, max_size=300).filter(lambda s: s.strip() and "\x00" not in s)
 BAD_CONTENT = (
@@ -302,9 +340,13 @@ GOOD_SINCE = st.integers(min_value=0, max_value=2**62)
 GOOD_CALL_ID = st.text(min_size=1, max_size=100)
 BAD_CALL_ID = st.sampled_from(["", "c" * 101, "c" * 5000]) | NOT_STR
 BAD_ERROR = st.sampled_from([0, 1.5, True, [], {}, ["e"], {"e": 1}])
-SURROGATE_TEXT = st.lists(
-    st.sampled_from(["\ud800", "\udfff", "\udc00", "a", "\ud83d", "\ude00", " "]), min_size=1, max_size=6
-).map("".join).filter(_has_surrogate)
+SURROGATE_TEXT = (
+    st.lists(
+        st.sampled_from(["\ud800", "\udfff", "\udc00", "a", "\ud83d", "\ude00", " "]), min_size=1, max_size=6
+    )
+    .map("".join)
+    .filter(_has_surrogate)
+)
 
 
 def _good_values(ctx_turns: list[int]) -> dict[str, st.SearchStrategy[Any]]:
@@ -394,9 +436,21 @@ def ws_cases(turn_ids: list[int], conflict_client_id: str) -> st.SearchStrategy[
     random_keys = st.builds(
         lambda d, t, a: WsCase("random-keys", _dumps({**d, **t}, a)),
         st.dictionaries(st.text(max_size=10), JSON, max_size=6),
-        st.sampled_from([{}, {"type": "send"}, {"type": "cancel"}, {"type": "sync"}, {"type": "ping"},
-                         {"type": "tool_result"}, {"type": None}, {"type": "SEND"}, {"type": " ping"},
-                         {"type": ["ping"]}, {"type": 1}]),
+        st.sampled_from(
+            [
+                {},
+                {"type": "send"},
+                {"type": "cancel"},
+                {"type": "sync"},
+                {"type": "ping"},
+                {"type": "tool_result"},
+                {"type": None},
+                {"type": "SEND"},
+                {"type": " ping"},
+                {"type": ["ping"]},
+                {"type": 1},
+            ]
+        ),
         st.booleans(),
     )
     typed = st.builds(lambda f, a: WsCase("typed-frame", _dumps(f, a)), typed_frames(turn_ids), st.booleans())
@@ -404,24 +458,53 @@ def ws_cases(turn_ids: list[int], conflict_client_id: str) -> st.SearchStrategy[
     raw_json_ish = st.builds(
         lambda t: WsCase("jsonish", t),
         st.sampled_from(
-            ["", " ", "null", "[]", "{}", "{", "}", '{"type":"ping"', '{"type":"ping"}}',
-             '{"type":"ping"} x', '\ufeff{"type":"ping"}', '{"type":"ping","type":"nope"}',
-             '{"type":"nope","type":"ping"}', '{"type":NaN}', '{"type":"sync","since":NaN}',
-             '{"type":"sync","since":Infinity}', '{"type":"sync","since":-Infinity}',
-             '{"type":"sync","since":1e400}', '{"type":"sync","since":1E2}',
-             '{"type":"cancel","turn_id":1' + "0" * 5000 + "}", '{"type":"cancel","turn_id":-0}',
-             '{"type":"\\u0000ping"}', '{"type":"ping\\u0000"}', '{"\\ud800":1,"type":"ping"}',
-             '{"type":"\\ud800"}', '"\\ud800"', '{"type":"send","client_id":"\\udfff","content":1}',
-             "\x00", "\ud7ff", "1" * 5000]
+            [
+                "",
+                " ",
+                "null",
+                "[]",
+                "{}",
+                "{",
+                "}",
+                '{"type":"ping"',
+                '{"type":"ping"}}',
+                '{"type":"ping"} x',
+                '\ufeff{"type":"ping"}',
+                '{"type":"ping","type":"nope"}',
+                '{"type":"nope","type":"ping"}',
+                '{"type":NaN}',
+                '{"type":"sync","since":NaN}',
+                '{"type":"sync","since":Infinity}',
+                '{"type":"sync","since":-Infinity}',
+                '{"type":"sync","since":1e400}',
+                '{"type":"sync","since":1E2}',
+                '{"type":"cancel","turn_id":1' + "0" * 5000 + "}",
+                '{"type":"cancel","turn_id":-0}',
+                '{"type":"\\u0000ping"}',
+                '{"type":"ping\\u0000"}',
+                '{"\\ud800":1,"type":"ping"}',
+                '{"type":"\\ud800"}',
+                '"\\ud800"',
+                '{"type":"send","client_id":"\\udfff","content":1}',
+                "\x00",
+                "\ud7ff",
+                "1" * 5000,
+            ]
         ),
     )
     binary = st.builds(lambda b: WsCase("binary", b), st.binary(max_size=300))
-    binary_json = st.builds(lambda t: WsCase("binary-json", t.encode()), st.sampled_from(
-        ['{"type":"ping"}', '{"type":"send","client_id":"%s","content":"hi"}' % uuid.UUID(int=7)]))
+    binary_json = st.builds(
+        lambda t: WsCase("binary-json", t.encode()),
+        st.sampled_from(
+            ['{"type":"ping"}', '{"type":"send","client_id":"%s","content":"hi"}' % uuid.UUID(int=7)]
+        ),
+    )
     bad_utf8 = st.builds(
         lambda prefix, junk: WsCase("binary-bad-utf8", prefix + junk),
         st.sampled_from([b"", b'{"type":"ping","x":"', b'{"type":"send","content":"']),
-        st.sampled_from([b"\xff", b"\xc3\x28", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\x80\x80", b"\xfe\xfe"]),
+        st.sampled_from(
+            [b"\xff", b"\xc3\x28", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\x80\x80", b"\xfe\xfe"]
+        ),
     )
 
     def huge_frame(n: int, kind: str) -> WsCase:
@@ -429,22 +512,34 @@ def ws_cases(turn_ids: list[int], conflict_client_id: str) -> st.SearchStrategy[
         if kind == "send":
             return WsCase("huge", json.dumps({"type": "send", "client_id": cid, "content": "x" * n}))
         if kind == "wide":  # few characters, many UTF-8 bytes
-            return WsCase("huge", json.dumps({"type": "send", "client_id": cid, "content": "€" * (n // 3)},
-                                             ensure_ascii=False))
+            return WsCase(
+                "huge",
+                json.dumps({"type": "send", "client_id": cid, "content": "€" * (n // 3)}, ensure_ascii=False),
+            )
         if kind == "escaped":
             return WsCase("huge", json.dumps({"type": "ping", "pad": "\u20ac" * (n // 6)}))
         return WsCase("huge", "x" * n)
 
     huge = st.builds(
         huge_frame,
-        st.sampled_from([_max_frame() - 100, _max_frame() - 40, _max_frame() + 1, _max_frame() + 1000,
-                         200_000, 600_000, 1_000_000]),
+        st.sampled_from(
+            [
+                _max_frame() - 100,
+                _max_frame() - 40,
+                _max_frame() + 1,
+                _max_frame() + 1000,
+                200_000,
+                600_000,
+                1_000_000,
+            ]
+        ),
         st.sampled_from(["send", "junk", "wide", "escaped"]),
     )
     nested = st.builds(
         lambda depth, kind, wrap: WsCase(
             f"nested-{depth}",
-            ('{"type":"tool_result","call_id":"c","output":%s}' % _nested(depth, kind)) if wrap
+            ('{"type":"tool_result","call_id":"c","output":%s}' % _nested(depth, kind))
+            if wrap
             else _nested(depth, kind),
         ),
         st.sampled_from([10, 63, 65, 100, 500, 900, 1000, 1100, 5000, 10_000, 30_000]),
@@ -463,30 +558,57 @@ def ws_cases(turn_ids: list[int], conflict_client_id: str) -> st.SearchStrategy[
         | st.integers(),
     )
     tool_results = st.builds(
-        lambda call_id, extra: WsCase("tool-result", _dumps({"type": "tool_result", "call_id": call_id, **extra}, True)),
+        lambda call_id, extra: WsCase(
+            "tool-result", _dumps({"type": "tool_result", "call_id": call_id, **extra}, True)
+        ),
         GOOD_CALL_ID | BAD_CALL_ID | SURROGATE_TEXT,
-        st.fixed_dictionaries({}, optional={"output": JSON, "error": st.none() | st.text(max_size=20) | BAD_ERROR}),
+        st.fixed_dictionaries(
+            {}, optional={"output": JSON, "error": st.none() | st.text(max_size=20) | BAD_ERROR}
+        ),
     )
     conflict = st.builds(
         lambda content, form: WsCase(
-            "conflict", json.dumps({"type": "send", "client_id": form(conflict_client_id), "content": content})),
+            "conflict",
+            json.dumps({"type": "send", "client_id": form(conflict_client_id), "content": content}),
+        ),
         GOOD_CONTENT,
         st.sampled_from([str, str.upper, lambda c: "{" + c + "}", lambda c: c.replace("-", "")]),
     )
     surrogates = st.builds(
-        lambda kind, s, u: WsCase("surrogate", json.dumps(
-            {"send": {"type": "send", "client_id": str(u), "content": "hi " + s},
-             "client_id": {"type": "send", "client_id": s, "content": "hi"},
-             "turn_id": {"type": "cancel", "turn_id": s},
-             "call_id": {"type": "tool_result", "call_id": s},
-             "type": {"type": s}}[kind])),
+        lambda kind, s, u: WsCase(
+            "surrogate",
+            json.dumps(
+                {
+                    "send": {"type": "send", "client_id": str(u), "content": "hi " + s},
+                    "client_id": {"type": "send", "client_id": s, "content": "hi"},
+                    "turn_id": {"type": "cancel", "turn_id": s},
+                    "call_id": {"type": "tool_result", "call_id": s},
+                    "type": {"type": s},
+                }[kind]
+            ),
+        ),
         st.sampled_from(["send", "client_id", "turn_id", "call_id", "type"]),
         SURROGATE_TEXT,
         st.uuids(),
     )
     return st.one_of(
-        text_json, random_keys, typed, typed, typed, raw_text, raw_json_ish, binary, binary_json,
-        bad_utf8, huge, nested, turn_frames, sync_frames, tool_results, conflict, surrogates,
+        text_json,
+        random_keys,
+        typed,
+        typed,
+        typed,
+        raw_text,
+        raw_json_ish,
+        binary,
+        binary_json,
+        bad_utf8,
+        huge,
+        nested,
+        turn_frames,
+        sync_frames,
+        tool_results,
+        conflict,
+        surrogates,
     )
 
 
@@ -527,9 +649,9 @@ def _traceback_gist(text: str) -> str:
     lines = text.splitlines()
     keep = []
     for i, line in enumerate(lines):
-        if line.startswith(("Exception inside application", "Internal Server Error", "ValueError")) or re.match(
-            r"^\s*[\w.]+(Error|Exception)\b", line
-        ):
+        if line.startswith(
+            ("Exception inside application", "Internal Server Error", "ValueError")
+        ) or re.match(r"^\s*[\w.]+(Error|Exception)\b", line):
             keep.append(line.strip())
         elif line.strip().startswith(f'File "{PROJECT}') and "/.venv/" not in line:
             keep.append(line.strip() + (" :: " + lines[i + 1].strip() if i + 1 < len(lines) else ""))
@@ -559,8 +681,14 @@ class FuzzSocket:
         self.counts: tuple[int, ...] | None = None
 
     def open(self) -> None:
-        self.ws = ws_connect(self.url, additional_headers=self.headers, max_size=None, open_timeout=10,
-                             compression=None, legacy=True)
+        self.ws = ws_connect(
+            self.url,
+            additional_headers=self.headers,
+            max_size=None,
+            open_timeout=10,
+            compression=None,
+            legacy=True,
+        )
         self.opened += 1
         deadline = time.monotonic() + 10
         while json.loads(self.ws.recv(timeout=max(0.1, deadline - time.monotonic()))).get("type") != "ready":
@@ -693,16 +821,22 @@ def check_ws_case(case: WsCase, sock: FuzzSocket, log: DaphneLog, ctx: RoomConte
         assert e.get("code") in ALLOWED_CODES, f"undocumented error code {e} for {case!r}"
         assert isinstance(e.get("detail"), str), f"error without a detail {e}"
     got = errors[0]["code"] if errors else OK
-    assert got in expected, f"answered {got!r} (frames {out.frames[:3]}), expected one of {sorted(expected)} for {case!r}"
+    assert got in expected, (
+        f"answered {got!r} (frames {out.frames[:3]}), expected one of {sorted(expected)} for {case!r}"
+    )
     if errors:
         assert after == before, f"rows written for rejected frame {case!r}: {before} -> {after}"
         if got not in ("too_large", "bad_json", "unsupported"):
             want = expected_ref(obj)
             if want is not None:
-                assert _same_ref(want, errors[0].get("ref")), f"ref {errors[0].get('ref')!r} != {want!r} for {case!r}"
+                assert _same_ref(want, errors[0].get("ref")), (
+                    f"ref {errors[0].get('ref')!r} != {want!r} for {case!r}"
+                )
     elif isinstance(obj, dict) and obj.get("type") == "send":
         acks = [f for f in out.frames if f.get("type") == "ack"]
-        assert acks and _same_ref(obj["client_id"], acks[0]["client_id"]), f"no ack for valid {case!r}: {out.frames}"
+        assert acks and _same_ref(obj["client_id"], acks[0]["client_id"]), (
+            f"no ack for valid {case!r}: {out.frames}"
+        )
         key = uuid.UUID(obj["client_id"])
         ctx.sent[key] = obj["content"]
         message_id = ctx.acked.setdefault(key, acks[0]["message_id"])
@@ -727,12 +861,22 @@ def _frozen_turn(room: Room, author: Any, status: str) -> Turn:
     with transaction.atomic():
         seq = seq_reserve_locked(room_id=room.pk, count=1)
         trigger = Message.objects.create(
-            room=room, seq=seq, role="user", author=author, content=f"fixture {status}", client_id=uuid.uuid4()
+            room=room,
+            seq=seq,
+            role="user",
+            author=author,
+            content=f"fixture {status}",
+            client_id=uuid.uuid4(),
         )
         extra: dict[str, Any] = {}
         if status == "running":
-            extra = dict(lease_owner="fuzz-fixture", lease_until=timezone.now() + timedelta(hours=1),
-                         started_at=timezone.now(), attempt=1, lease_generation=1)
+            extra = dict(
+                lease_owner="fuzz-fixture",
+                lease_until=timezone.now() + timedelta(hours=1),
+                started_at=timezone.now(),
+                attempt=1,
+                lease_generation=1,
+            )
         if status in ("done", "cancelled"):
             extra = dict(finished_at=timezone.now(), attempt=1)
         return Turn.objects.create(room=room, queue_seq=seq, trigger_message=trigger, status=status, **extra)
@@ -787,9 +931,11 @@ def _summary(request: Any) -> Any:
     ws = CASES["ws"]
     http = CASES["http"]
     rooms = CASES["ws-connect"]
-    line = (f"fuzz: {ws} websocket cases, {rooms} websocket connects to bad rooms, {http} http cases"
-            f" ({ws + rooms + http} in total); by kind: "
-            + ", ".join(f"{k}={v}" for k, v in sorted(CASES.items()) if ":" in k))
+    line = (
+        f"fuzz: {ws} websocket cases, {rooms} websocket connects to bad rooms, {http} http cases"
+        f" ({ws + rooms + http} in total); by kind: "
+        + ", ".join(f"{k}={v}" for k, v in sorted(CASES.items()) if ":" in k)
+    )
     capture = request.config.pluginmanager.getplugin("capturemanager")
     if capture is not None:  # shown with or without -s (what capsys.disabled() does)
         with capture.global_and_fixture_disabled():
@@ -810,8 +956,12 @@ def test_websocket_fuzz_every_frame_gets_a_typed_answer_and_rejected_frames_stor
     turn_ids = sorted(ctx.own_turns) + sorted(ctx.other_room_turns) + [2**62, 10**9]
     start = CASES["ws"]
     try:
-        seed = WsCase("seed", json.dumps({"type": "send", "client_id": ctx.conflict_client_id,
-                                          "content": ctx.conflict_content}))
+        seed = WsCase(
+            "seed",
+            json.dumps(
+                {"type": "send", "client_id": ctx.conflict_client_id, "content": ctx.conflict_content}
+            ),
+        )
         check_ws_case(seed, sock, log, ctx)
 
         @settings(FUZZ, max_examples=WS_EXAMPLES)
@@ -825,23 +975,39 @@ def test_websocket_fuzz_every_frame_gets_a_typed_answer_and_rejected_frames_stor
         sock.close()
     ran = CASES["ws"] - start
     assert ran >= WS_EXAMPLES // 2, f"fuzz: only {ran} websocket cases ran"
-    assert sock.opened == 1, f"fuzz: {ran} websocket cases, but the socket was reopened {sock.opened - 1} times"
+    assert sock.opened == 1, (
+        f"fuzz: {ran} websocket cases, but the socket was reopened {sock.opened - 1} times"
+    )
 
 
 # The cases the brief names, each sent once whatever hypothesis draws (a fixed corpus).
 def _corpus(ctx: RoomContext, own_ids: list[int]) -> list[WsCase]:
     queued = next(iter(ctx.foreign_queued))
     cases = [
-        WsCase("seed-again", json.dumps({"type": "send", "client_id": ctx.conflict_client_id,
-                                         "content": ctx.conflict_content})),  # idempotent: same ack
-        WsCase("conflict", json.dumps({"type": "send", "client_id": ctx.conflict_client_id.upper(),
-                                       "content": "other text"})),
-        WsCase("huge-64k+1", json.dumps({"type": "send", "client_id": str(uuid.uuid4()), "content": "x" * _max_frame()})),
+        WsCase(
+            "seed-again",
+            json.dumps(
+                {"type": "send", "client_id": ctx.conflict_client_id, "content": ctx.conflict_content}
+            ),
+        ),  # idempotent: same ack
+        WsCase(
+            "conflict",
+            json.dumps(
+                {"type": "send", "client_id": ctx.conflict_client_id.upper(), "content": "other text"}
+            ),
+        ),
+        WsCase(
+            "huge-64k+1",
+            json.dumps({"type": "send", "client_id": str(uuid.uuid4()), "content": "x" * _max_frame()}),
+        ),
         WsCase("huge-junk", "y" * (_max_frame() + 1)),
         WsCase("huge-binary", b"\x00" * (_max_frame() + 1)),
         WsCase("nested-10000-list", _nested(10_000, "list")),
         WsCase("nested-10000-dict", _nested(10_000, "dict")),
-        WsCase("nested-10000-in-frame", '{"type":"tool_result","call_id":"c","output":%s}' % _nested(10_000, "list")),
+        WsCase(
+            "nested-10000-in-frame",
+            '{"type":"tool_result","call_id":"c","output":%s}' % _nested(10_000, "list"),
+        ),
         WsCase("binary-bad-utf8", b"\xff\xfe\xfd"),
         WsCase("binary-json", b'{"type":"ping"}'),
         WsCase("surrogate-content", '{"type":"send","client_id":"%s","content":"hi \\ud800"}' % uuid.uuid4()),
@@ -856,7 +1022,10 @@ def _corpus(ctx: RoomContext, own_ids: list[int]) -> list[WsCase]:
         WsCase("sync-negative", json.dumps({"type": "sync", "since": -1})),
         WsCase("sync-zero", json.dumps({"type": "sync", "since": 0})),
         WsCase("tool-result", json.dumps({"type": "tool_result", "call_id": "call_123", "output": {"x": 1}})),
-        WsCase("tool-result-random", json.dumps({"type": "tool_result", "call_id": uuid.uuid4().hex, "error": "no"})),
+        WsCase(
+            "tool-result-random",
+            json.dumps({"type": "tool_result", "call_id": uuid.uuid4().hex, "error": "no"}),
+        ),
         WsCase("tool-result-long-id", json.dumps({"type": "tool_result", "call_id": "c" * 101})),
         WsCase("random-bytes", bytes(range(256))),
         WsCase("empty-text", ""),
@@ -874,8 +1043,17 @@ def test_websocket_corpus_of_named_cases(stack: Any, fuzz_room: Any, bob: tuple[
     room, _private, ctx = fuzz_room
     log = DaphneLog(stack)
     sock = FuzzSocket(stack, room.slug, bob[1])
-    check_ws_case(WsCase("seed", json.dumps({"type": "send", "client_id": ctx.conflict_client_id,
-                                             "content": ctx.conflict_content})), sock, log, ctx)
+    check_ws_case(
+        WsCase(
+            "seed",
+            json.dumps(
+                {"type": "send", "client_id": ctx.conflict_client_id, "content": ctx.conflict_content}
+            ),
+        ),
+        sock,
+        log,
+        ctx,
+    )
     failures: list[str] = []
     cases = _corpus(ctx, sorted(t for t, s in ctx.own_turns.items() if s != "running"))
     try:
@@ -886,10 +1064,14 @@ def test_websocket_corpus_of_named_cases(stack: Any, fuzz_room: Any, bob: tuple[
                 failures.append(str(exc)[:3000])
     finally:
         sock.close()
-    assert not failures, f"fuzz: {len(failures)} of {len(cases)} corpus cases failed:\n" + "\n---\n".join(failures)
+    assert not failures, f"fuzz: {len(failures)} of {len(cases)} corpus cases failed:\n" + "\n---\n".join(
+        failures
+    )
 
 
-def test_websocket_protocol_level_garbage_is_refused_cleanly(stack: Any, fuzz_room: Any, bob: tuple[Any, str]) -> None:
+def test_websocket_protocol_level_garbage_is_refused_cleanly(
+    stack: Any, fuzz_room: Any, bob: tuple[Any, str]
+) -> None:
     """Invalid UTF-8 in a *text* frame and a frame over Daphne's 1 MiB message limit can only be
     refused by closing (1007 / 1009): the close must be clean and Daphne must log no traceback."""
     room, _private, ctx = fuzz_room
@@ -902,9 +1084,13 @@ def test_websocket_protocol_level_garbage_is_refused_cleanly(stack: Any, fuzz_ro
     ]
     for label, payload, text, codes in cases:
         before = ws_row_counts()
-        ws = ws_connect(stack.base_url.replace("http://", "ws://") + f"/ws/rooms/{room.slug}/",
-                        additional_headers={"Authorization": f"Bearer {bob[1]}"}, max_size=None,
-                        compression=None, legacy=True)
+        ws = ws_connect(
+            stack.base_url.replace("http://", "ws://") + f"/ws/rooms/{room.slug}/",
+            additional_headers={"Authorization": f"Bearer {bob[1]}"},
+            max_size=None,
+            compression=None,
+            legacy=True,
+        )
         answer: Any = None
         try:
             while json.loads(ws.recv(timeout=10)).get("type") != "ready":
@@ -924,8 +1110,9 @@ def test_websocket_protocol_level_garbage_is_refused_cleanly(stack: Any, fuzz_ro
             ws.close()
         CASES["ws:protocol"] += 1
         CASES["ws"] += 1
-        assert answer in codes or (isinstance(answer, dict) and answer.get("code") in ("too_large", "bad_json")), (
-            f"{label}: got {answer!r}")
+        assert answer in codes or (
+            isinstance(answer, dict) and answer.get("code") in ("too_large", "bad_json")
+        ), f"{label}: got {answer!r}"
         assert ws_row_counts() == before
         problems = log.problems()
         assert not problems, f"{label}: Daphne logged:\n{problems[-3000:]}"
@@ -941,14 +1128,45 @@ def slugs() -> st.SearchStrategy[str]:
         st.text(alphabet="./%-_\\~a", max_size=30),
         st.integers(min_value=65, max_value=5000).map(lambda n: "a" * n),
         st.sampled_from(
-            ["..", "../..", "../../etc/passwd", "..%2f..%2fetc%2fpasswd", "%2e%2e", "%2e%2e%2f%2e%2e", "a/../b",
-             ".", "./", "~", "%00", "a%00b", "%ff", "%c0%ae%c0%ae", "room/extra", "room%2fextra", "%", "%%",
-             "a" * 64, "a" * 65, "-", "_", "a b", "\u00e9", "\U0001f600", "CON", "null", "*", "?x=1", "#x"]
+            [
+                "..",
+                "../..",
+                "../../etc/passwd",
+                "..%2f..%2fetc%2fpasswd",
+                "%2e%2e",
+                "%2e%2e%2f%2e%2e",
+                "a/../b",
+                ".",
+                "./",
+                "~",
+                "%00",
+                "a%00b",
+                "%ff",
+                "%c0%ae%c0%ae",
+                "room/extra",
+                "room%2fextra",
+                "%",
+                "%%",
+                "a" * 64,
+                "a" * 65,
+                "-",
+                "_",
+                "a b",
+                "\u00e9",
+                "\U0001f600",
+                "CON",
+                "null",
+                "*",
+                "?x=1",
+                "#x",
+            ]
         ),
     )
 
 
-def test_websocket_unknown_rooms_close_4404_or_are_refused(stack: Any, fuzz_room: Any, bob: tuple[Any, str]) -> None:
+def test_websocket_unknown_rooms_close_4404_or_are_refused(
+    stack: Any, fuzz_room: Any, bob: tuple[Any, str]
+) -> None:
     room, private, _ctx = fuzz_room
     log = DaphneLog(stack)
     base = stack.base_url.replace("http://", "ws://") + "/ws/rooms/"
@@ -956,7 +1174,10 @@ def test_websocket_unknown_rooms_close_4404_or_are_refused(stack: Any, fuzz_room
     start = CASES["ws-connect"]
 
     @settings(FUZZ, max_examples=ROOM_EXAMPLES)
-    @given(slug=slugs(), since=st.sampled_from(["", "?since=0", "?since=5", "?since=-1", "?since=x", "?since=" + "9" * 40]))
+    @given(
+        slug=slugs(),
+        since=st.sampled_from(["", "?since=0", "?since=5", "?since=-1", "?since=x", "?since=" + "9" * 40]),
+    )
     def fuzz(slug: str, since: str) -> None:
         assume(slug not in known)
         # Known bug: a path the route regex does not match is a 500 with a traceback, not a 4404.
@@ -966,8 +1187,9 @@ def test_websocket_unknown_rooms_close_4404_or_are_refused(stack: Any, fuzz_room
         before = Membership.objects.count(), Room.objects.count()
         outcome: Any
         try:
-            ws = ws_connect(url, additional_headers={"Authorization": f"Bearer {bob[1]}"},
-                            open_timeout=10, legacy=True)
+            ws = ws_connect(
+                url, additional_headers={"Authorization": f"Bearer {bob[1]}"}, open_timeout=10, legacy=True
+            )
         except InvalidURI:
             assume(False)
             return
@@ -1022,8 +1244,26 @@ def browser(user: Any = None, path: str = "/") -> tuple[Client, str]:
 FIELD_VALUE = st.one_of(
     st.text(max_size=60),
     st.text(max_size=60).map(lambda s: s + "\x00"),
-    st.sampled_from(["", " ", "\x00", "on", "true", "1", "public", "private", "every", "mention", "\ufeff",
-                     "\ud7ff", "<script>alert(1)</script>", "' OR 1=1 --", "{{ 7*7 }}", "%s%s%n"]),
+    st.sampled_from(
+        [
+            "",
+            " ",
+            "\x00",
+            "on",
+            "true",
+            "1",
+            "public",
+            "private",
+            "every",
+            "mention",
+            "\ufeff",
+            "\ud7ff",
+            "<script>alert(1)</script>",
+            "' OR 1=1 --",
+            "{{ 7*7 }}",
+            "%s%s%n",
+        ]
+    ),
     st.integers(min_value=100, max_value=3000).map(lambda n: "t" * n),
     st.integers(min_value=-(2**70), max_value=2**70).map(str),
     st.lists(st.text(max_size=10), min_size=2, max_size=3),  # a repeated field
@@ -1046,7 +1286,13 @@ def form_posts(draw: Any, fields: dict[str, st.SearchStrategy[Any]]) -> dict[str
             data[name] = draw(HUGE)
         elif choice == "nul":
             data[name] = draw(good) + "\x00"
-    data.update(draw(st.dictionaries(st.text(min_size=1, max_size=10).filter(lambda k: k not in fields), FIELD_VALUE, max_size=3)))
+    data.update(
+        draw(
+            st.dictionaries(
+                st.text(min_size=1, max_size=10).filter(lambda k: k not in fields), FIELD_VALUE, max_size=3
+            )
+        )
+    )
     return data
 
 
@@ -1062,15 +1308,29 @@ def raw_bodies(fields: list[str]) -> st.SearchStrategy[RawBody]:
     def urlencoded(parts: list[tuple[str, bytes]]) -> bytes:
         return b"&".join(name.encode() + b"=" + value for name, value in parts)
 
-    junk = st.sampled_from([b"\xff\xfe", b"%ff%fe", b"%00", b"\xc3\x28", b"%ED%A0%80", b"a%", b"%zz", b"x" * 100, b"%e2%82"])
+    junk = st.sampled_from(
+        [b"\xff\xfe", b"%ff%fe", b"%00", b"\xc3\x28", b"%ED%A0%80", b"a%", b"%zz", b"x" * 100, b"%e2%82"]
+    )
     return st.one_of(
-        st.builds(lambda parts: RawBody(urlencoded(parts), "application/x-www-form-urlencoded"),
-                  st.lists(st.tuples(st.sampled_from(fields), junk), min_size=1, max_size=4)),
+        st.builds(
+            lambda parts: RawBody(urlencoded(parts), "application/x-www-form-urlencoded"),
+            st.lists(st.tuples(st.sampled_from(fields), junk), min_size=1, max_size=4),
+        ),
         st.builds(lambda b: RawBody(b, "application/x-www-form-urlencoded"), st.binary(max_size=200)),
-        st.builds(lambda b, ct: RawBody(b, ct), st.binary(max_size=200),
-                  st.sampled_from(["application/json", "multipart/form-data", "multipart/form-data; boundary=x",
-                                   "text/plain", "application/x-www-form-urlencoded; charset=latin-1",
-                                   "application/x-www-form-urlencoded; charset=nope"])),
+        st.builds(
+            lambda b, ct: RawBody(b, ct),
+            st.binary(max_size=200),
+            st.sampled_from(
+                [
+                    "application/json",
+                    "multipart/form-data",
+                    "multipart/form-data; boundary=x",
+                    "text/plain",
+                    "application/x-www-form-urlencoded; charset=latin-1",
+                    "application/x-www-form-urlencoded; charset=nope",
+                ]
+            ),
+        ),
         st.just(RawBody(b"&".join([b"a=1"] * 1500), "application/x-www-form-urlencoded")),  # > 1000 fields
     )
 
@@ -1092,7 +1352,9 @@ def known_http_bug(payload: Any, next_: str = "") -> str | None:
 def http_post(client: Client, token: str, path: str, payload: Any) -> Any:
     headers = {"X-CSRFToken": token}
     if isinstance(payload, RawBody):  # the bytes as they are: no re-encoding by the test client
-        return client.generic("POST", path, data=payload.body, content_type=payload.content_type, headers=headers)
+        return client.generic(
+            "POST", path, data=payload.body, content_type=payload.content_type, headers=headers
+        )
     return client.post(path, data=payload, headers=headers)
 
 
@@ -1112,9 +1374,9 @@ def check_http(label: str, call: Any, payload: Any) -> Any:
         pytest.fail(f"{label}: exception for {payload!r:.600}:\n{traceback.format_exc()[-3000:]}")
     finally:
         got_request_exception.disconnect(grab)
-    assert response.status_code < 500, (
-        f"{label}: HTTP {response.status_code} for {payload!r:.600}:\n"
-        + (tracebacks[0][:1500] + "\n...\n" + tracebacks[-1][-1500:] if tracebacks else ""))
+    assert response.status_code < 500, f"{label}: HTTP {response.status_code} for {payload!r:.600}:\n" + (
+        tracebacks[0][:1500] + "\n...\n" + tracebacks[-1][-1500:] if tracebacks else ""
+    )
     return response
 
 
@@ -1149,27 +1411,38 @@ def test_http_room_create_fuzz(alice: tuple[Any, str]) -> None:
         if response.status_code == 302:
             assert re.fullmatch(r"/r/[-a-zA-Z0-9_]+/", response["Location"]), response["Location"]
             room = Room.objects.get(slug=response["Location"].split("/")[2])
-            assert room.owner_id == alice[0].pk and "\x00" not in room.title + room.ai_model + room.system_prompt
+            assert (
+                room.owner_id == alice[0].pk and "\x00" not in room.title + room.ai_model + room.system_prompt
+            )
             assert after[1] == before[1] + 1 and after[2] == before[2] + 1
         else:
-            assert after == before, f"room create rejected ({response.status_code}) but rows changed for {_short(payload)}"
+            assert after == before, (
+                f"room create rejected ({response.status_code}) but rows changed for {_short(payload)}"
+            )
         text_fields = ("title", "ai_model", "system_prompt")
         if isinstance(payload, dict) and any("\x00" in str(payload.get(k, "")) for k in text_fields):
             assert response.status_code != 302, f"a NUL byte was accepted: {_short(payload)}"
 
     fuzz()
-    assert CASES["http:room-create"] >= HTTP_EXAMPLES // 2, f"fuzz: {CASES['http:room-create']} room-create cases"
+    assert CASES["http:room-create"] >= HTTP_EXAMPLES // 2, (
+        f"fuzz: {CASES['http:room-create']} room-create cases"
+    )
 
 
 def test_http_room_post_fuzz(alice: tuple[Any, str], bob: tuple[Any, str]) -> None:
     room = room_create(owner=alice[0], title="Posts", ai_enabled=False)
     secret = room_create(owner=bob[0], title="Bob's secret", visibility="private", ai_enabled=False)
     client, token = browser(alice[0])
-    fields = {"client_id": st.uuids().map(str), "content": st.text(min_size=1, max_size=200).filter(str.strip)}
+    fields = {
+        "client_id": st.uuids().map(str),
+        "content": st.text(min_size=1, max_size=200).filter(str.strip),
+    }
 
     @settings(FUZZ, max_examples=HTTP_EXAMPLES)
-    @given(payload=form_posts(fields) | raw_bodies(list(fields)),
-           slug=st.sampled_from([room.slug, room.slug, room.slug, secret.slug, "no-such-room", "x" * 64]))
+    @given(
+        payload=form_posts(fields) | raw_bodies(list(fields)),
+        slug=st.sampled_from([room.slug, room.slug, room.slug, secret.slug, "no-such-room", "x" * 64]),
+    )
     def fuzz(payload: Any, slug: str) -> None:
         assume(not (SKIP_KNOWN and known_http_bug(payload)))
         before = http_row_counts()
@@ -1201,7 +1474,10 @@ def test_http_token_create_and_revoke_fuzz(alice: tuple[Any, str], bob: tuple[An
     bobs.append(ApiToken.objects.filter(user=bob[0]).order_by("pk").first().pk)
 
     @settings(FUZZ, max_examples=HTTP_EXAMPLES)
-    @given(payload=form_posts({"name": st.text(min_size=1, max_size=80).filter(str.strip)}) | raw_bodies(["name"]))
+    @given(
+        payload=form_posts({"name": st.text(min_size=1, max_size=80).filter(str.strip)})
+        | raw_bodies(["name"])
+    )
     def create(payload: Any) -> None:
         assume(not (SKIP_KNOWN and known_http_bug(payload)))
         before = http_row_counts()
@@ -1216,16 +1492,21 @@ def test_http_token_create_and_revoke_fuzz(alice: tuple[Any, str], bob: tuple[An
     create()
 
     @settings(FUZZ, max_examples=HTTP_EXAMPLES)
-    @given(token_id=st.sampled_from(bobs) | st.integers(min_value=0, max_value=10**30) | st.just(2**63),
-           payload=st.just({}) | form_posts({"token_id": st.integers().map(str)}))
+    @given(
+        token_id=st.sampled_from(bobs) | st.integers(min_value=0, max_value=10**30) | st.just(2**63),
+        payload=st.just({}) | form_posts({"token_id": st.integers().map(str)}),
+    )
     def revoke(token_id: int, payload: Any) -> None:
         bob_active = ApiToken.objects.filter(user=bob[0], revoked_at__isnull=True).count()
         before = http_row_counts()
         path = f"/tokens/{token_id}/revoke/"
-        response = check_http("token-revoke", lambda: http_post(client, token, path, payload), (token_id, payload))
+        response = check_http(
+            "token-revoke", lambda: http_post(client, token, path, payload), (token_id, payload)
+        )
         assert response.status_code in (302, 400, 403, 404), response.status_code
         assert ApiToken.objects.filter(user=bob[0], revoked_at__isnull=True).count() == bob_active, (
-            f"Alice revoked Bob's token {token_id}")
+            f"Alice revoked Bob's token {token_id}"
+        )
         assert http_row_counts()[:7] == before[:7]
 
     revoke()
@@ -1234,9 +1515,22 @@ def test_http_token_create_and_revoke_fuzz(alice: tuple[Any, str], bob: tuple[An
 
 def test_http_guest_and_signup_fuzz() -> None:
     guest_fields = {"display_name": st.text(min_size=1, max_size=60).filter(str.strip)}
-    nexts = st.sampled_from(["", "", "?next=/", "?next=/tokens/", "?next=home", "?next=tokens", "?next=nope",
-                             "?next=https://evil.example/", "?next=//evil.example", "?next=javascript:alert(1)",
-                             "?next=%00", "?next=/%0d%0aSet-Cookie:x=1"])
+    nexts = st.sampled_from(
+        [
+            "",
+            "",
+            "?next=/",
+            "?next=/tokens/",
+            "?next=home",
+            "?next=tokens",
+            "?next=nope",
+            "?next=https://evil.example/",
+            "?next=//evil.example",
+            "?next=javascript:alert(1)",
+            "?next=%00",
+            "?next=/%0d%0aSet-Cookie:x=1",
+        ]
+    )
 
     @settings(FUZZ, max_examples=HTTP_EXAMPLES)
     @given(payload=form_posts(guest_fields) | raw_bodies(["display_name"]), next_=nexts)
@@ -1244,12 +1538,16 @@ def test_http_guest_and_signup_fuzz() -> None:
         assume(not (SKIP_KNOWN and known_http_bug(payload, next_)))
         client, token = browser(None, "/guest/")
         before = http_row_counts()
-        response = check_http("guest", lambda: http_post(client, token, "/guest/" + next_, payload), (next_, payload))
+        response = check_http(
+            "guest", lambda: http_post(client, token, "/guest/" + next_, payload), (next_, payload)
+        )
         after = http_row_counts()
         if response.status_code == 302:
             assert after[0] == before[0] + 1
             location = response["Location"]
-            assert location.startswith("/") and not location.startswith("//"), f"open redirect to {location!r}"
+            assert location.startswith("/") and not location.startswith("//"), (
+                f"open redirect to {location!r}"
+            )
         else:
             assert after == before, f"guest rejected but rows changed for {_short(payload)}"
 
@@ -1289,8 +1587,18 @@ def test_http_invite_links_fuzz(alice: tuple[Any, str], bob: tuple[Any, str]) ->
         slug=st.sampled_from([private.slug, private.slug, "no-such-room", "a" * 80]),
         invite=st.one_of(
             st.text(min_size=1, max_size=80),
-            st.sampled_from(["..", "%00", "%ff", private.invite_token[:-1], private.invite_token + "x",
-                             private.invite_token.upper(), " " + private.invite_token, "x" * 5000]),
+            st.sampled_from(
+                [
+                    "..",
+                    "%00",
+                    "%ff",
+                    private.invite_token[:-1],
+                    private.invite_token + "x",
+                    private.invite_token.upper(),
+                    " " + private.invite_token,
+                    "x" * 5000,
+                ]
+            ),
         ),
         method=st.sampled_from(["get", "post"]),
     )
@@ -1313,8 +1621,6 @@ def test_http_invite_links_fuzz(alice: tuple[Any, str], bob: tuple[Any, str]) ->
     assert CASES["http:invite"] >= HTTP_EXAMPLES // 2, f"fuzz: {CASES['http:invite']} invite cases"
 
 
-
-
 def test_websocket_corpus_of_bad_room_paths(stack: Any, bob: tuple[Any, str]) -> None:
     """Paths the route regex does not match: a 4404 close or a 4xx refusal, never a 500."""
     log = DaphneLog(stack)
@@ -1324,7 +1630,9 @@ def test_websocket_corpus_of_bad_room_paths(stack: Any, bob: tuple[Any, str]) ->
         url = base + path + "/"
         CASES["ws-connect"] += 1
         try:
-            ws = ws_connect(url, additional_headers={"Authorization": f"Bearer {bob[1]}"}, open_timeout=10, legacy=True)
+            ws = ws_connect(
+                url, additional_headers={"Authorization": f"Bearer {bob[1]}"}, open_timeout=10, legacy=True
+            )
         except InvalidStatus as exc:
             outcome: Any = ("refused", exc.response.status_code)
         else:
@@ -1367,20 +1675,54 @@ def test_http_corpus_of_named_cases(alice: tuple[Any, str]) -> None:
     latin1 = RawBody(b"title=caf\xe9", "application/x-www-form-urlencoded; charset=latin-1")
     for path in ["/", f"/r/{room.slug}/post/", "/tokens/"]:
         client, token = browser(alice[0])
-        attempt(f"POST {path} charset=latin-1", lambda c=client, t=token, p=path: http_post(c, t, p, latin1), no_rows)
+        attempt(
+            f"POST {path} charset=latin-1",
+            lambda c=client, t=token, p=path: http_post(c, t, p, latin1),
+            no_rows,
+        )
     client, token = browser(None, "/signup/")
     attempt("POST /signup/ charset=latin-1", lambda: http_post(client, token, "/signup/", latin1), no_rows)
-    for next_ in ["nope", "javascript:alert(1)", "https://evil.example/", "//evil.example", "/\r\nSet-Cookie: x=1"]:
+    for next_ in [
+        "nope",
+        "javascript:alert(1)",
+        "https://evil.example/",
+        "//evil.example",
+        "/\r\nSet-Cookie: x=1",
+    ]:
         client, token = browser(None, "/guest/")
-        attempt(f"POST /guest/?next={next_!r}",
-                lambda c=client, t=token, n=next_: c.post("/guest/?" + urlencode({"next": n}), {"display_name": "Eve"},
-                                                         headers={"X-CSRFToken": t}),
-                local_redirect)
+        attempt(
+            f"POST /guest/?next={next_!r}",
+            lambda c=client, t=token, n=next_: c.post(
+                "/guest/?" + urlencode({"next": n}), {"display_name": "Eve"}, headers={"X-CSRFToken": t}
+            ),
+            local_redirect,
+        )
     client, token = browser(alice[0])
-    attempt("POST / with a 3 MB title", lambda: http_post(client, token, "/", {"title": "t" * 3_000_000}), no_rows)
-    attempt("POST / with 1500 fields", lambda: http_post(client, token, "/", RawBody(b"&".join([b"a=1"] * 1500), "application/x-www-form-urlencoded")), no_rows)
-    attempt("POST / with a NUL title", lambda: http_post(client, token, "/", {"title": "a\x00b", "visibility": "public", "ai_trigger": "every"}), no_rows)
-    attempt("POST /tokens/<2**63>/revoke/", lambda: http_post(client, token, f"/tokens/{2**63}/revoke/", {}), no_rows)
-    attempt("POST /tokens/<10**30>/revoke/", lambda: http_post(client, token, f"/tokens/{10**30}/revoke/", {}), no_rows)
+    attempt(
+        "POST / with a 3 MB title", lambda: http_post(client, token, "/", {"title": "t" * 3_000_000}), no_rows
+    )
+    attempt(
+        "POST / with 1500 fields",
+        lambda: http_post(
+            client, token, "/", RawBody(b"&".join([b"a=1"] * 1500), "application/x-www-form-urlencoded")
+        ),
+        no_rows,
+    )
+    attempt(
+        "POST / with a NUL title",
+        lambda: http_post(
+            client, token, "/", {"title": "a\x00b", "visibility": "public", "ai_trigger": "every"}
+        ),
+        no_rows,
+    )
+    attempt(
+        "POST /tokens/<2**63>/revoke/",
+        lambda: http_post(client, token, f"/tokens/{2**63}/revoke/", {}),
+        no_rows,
+    )
+    attempt(
+        "POST /tokens/<10**30>/revoke/",
+        lambda: http_post(client, token, f"/tokens/{10**30}/revoke/", {}),
+        no_rows,
+    )
     assert not failures, f"fuzz: {len(failures)} http corpus cases failed:\n" + "\n---\n".join(failures)
-

@@ -169,9 +169,7 @@ def test_sockets_joining_an_empty_room_mid_stream_see_no_gap(stack, fake, room, 
         for _ in range(6):  # one at a time: each finds the room without sockets
             c = client_for(stack, room, bob[1])
             await c.connect()
-            await c.wait_for(
-                lambda c: turns_done(c, 1) or sum(f["type"] == "delta" for f in c.frames) >= 3
-            )
+            await c.wait_for(lambda c: turns_done(c, 1) or sum(f["type"] == "delta" for f in c.frames) >= 3)
             await c.close()
             joiners.append(c)
         final = client_for(stack, room, bob[1])

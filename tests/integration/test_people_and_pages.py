@@ -85,8 +85,10 @@ def test_presence_and_typing_reach_the_other_members(stack, fake, room, alice, b
         await a.wait_for(lambda c: any(f["type"] == "typing" for f in c.frames))
         await b.close()
         await a.wait_for(
-            lambda c: [u["name"] for u in [f for f in c.frames if f["type"] == "presence"][-1]["users"]]
-            == ["Alice"]
+            lambda c: (
+                [u["name"] for u in [f for f in c.frames if f["type"] == "presence"][-1]["users"]]
+                == ["Alice"]
+            )
         )
         await a.close()
         return a.frames, b.frames

@@ -25,10 +25,7 @@ def client_for(stack: Any, room: Any, token: str, **kw: Any) -> RoomClient:
 
 def assert_matches_database(client: RoomClient, room: Any) -> None:
     """The client's view of every message equals the database's, byte for byte."""
-    db = [
-        (m.seq, m.role, m.status, m.content)
-        for m in Message.objects.filter(room=room).order_by("seq")
-    ]
+    db = [(m.seq, m.role, m.status, m.content) for m in Message.objects.filter(room=room).order_by("seq")]
     assert client.state.transcript() == db
     seqs = client.state.applied_seqs
     assert seqs == sorted(set(seqs)), "a room event was applied twice or out of order"
@@ -41,9 +38,7 @@ def turns_done(client: RoomClient, n: int) -> bool:
 
 
 def assistant_messages(client: RoomClient) -> list[Any]:
-    return sorted(
-        (m for m in client.state.messages.values() if m.role == "assistant"), key=lambda m: m.seq
-    )
+    return sorted((m for m in client.state.messages.values() if m.role == "assistant"), key=lambda m: m.seq)
 
 
 def test_two_clients_see_identical_transcripts_in_the_same_seq_order(stack, fake, room, alice, bob):
@@ -210,7 +205,8 @@ def test_a_worker_killed_mid_stream_is_recovered_and_the_next_turn_runs(stack, f
         await asyncio.sleep(0.5)
         persisted = "".join(
             StreamChunk.objects.filter(message_id=running.assistant_message_id)
-            .order_by("index").values_list("text", flat=True)
+            .order_by("index")
+            .values_list("text", flat=True)
         )
         # lease timeout (3 s in tests) plus one sweep (1 s), with slack for a busy machine
         await a.wait_for(lambda c: turns_done(c, 2), timeout=40)
@@ -232,7 +228,8 @@ def test_a_worker_killed_mid_stream_is_recovered_and_the_next_turn_runs(stack, f
         assert answer.content.startswith(persisted) and len(answer.content) > len(persisted)
         assert any(
             m["role"] == "assistant" and m["content"] == persisted
-            for request in fake.requests for m in request["messages"]
+            for request in fake.requests
+            for m in request["messages"]
         ), "the continuation step did not give the model what it already said"
     assert Message.objects.filter(room=room, role="assistant").count() == 2
     assert_matches_database(a, room)

@@ -76,9 +76,12 @@ def test_a_page_rendered_mid_stream_plus_later_events_equals_a_fresh_render(stac
     async def events_after(since: int) -> list[dict[str, Any]]:
         c = RoomClient(stack.base_url, room.slug, token=alice[1], since=since)
         await c.connect()
-        done = lambda c: sum(  # noqa: E731
-            1 for t in c.state.turns.values() if t["status"] == "done"
-        ) >= 2 or sum(f["type"] == "turn" and f["turn"]["status"] == "done" for f in c.frames) >= 2
+
+        def done(c: RoomClient) -> bool:
+            finished = sum(1 for t in c.state.turns.values() if t["status"] == "done")
+            seen = sum(f["type"] == "turn" and f["turn"]["status"] == "done" for f in c.frames)
+            return finished >= 2 or seen >= 2
+
         await c.wait_for(done, timeout=30)
         await c.close()
         return [f for f in c.frames if "seq" in f and f["type"] != "ready"]

@@ -29,6 +29,7 @@ def wait_until(predicate, timeout: float = 20.0) -> None:
 def test_sigterm_to_a_worker_hands_its_turn_to_another_worker(stack, fake, room, alice):
     stack.start("worker2")
     try:
+
         async def scenario() -> RoomClient:
             a = RoomClient(stack.base_url, room.slug, token=alice[1])
             await a.connect()
@@ -41,9 +42,7 @@ def test_sigterm_to_a_worker_hands_its_turn_to_another_worker(stack, fake, room,
             name = workers[main_pid]
             os.kill(main_pid, signal.SIGTERM)  # warm shutdown of that worker only
             stack.procs.pop(name).wait(timeout=20)  # it exits without finishing the answer
-            await a.wait_for(
-                lambda c: any(t["status"] == "done" for t in c.state.turns.values()), timeout=40
-            )
+            await a.wait_for(lambda c: any(t["status"] == "done" for t in c.state.turns.values()), timeout=40)
             await a.close()
             return a
 
@@ -63,9 +62,9 @@ def test_sigterm_to_a_worker_hands_its_turn_to_another_worker(stack, fake, room,
     chunks = list(StreamChunk.objects.filter(message=message).order_by("index"))
     assert [c.index for c in chunks] == list(range(len(chunks)))
     assert message.content == "".join(c.text for c in chunks)
-    assert any(
-        f["type"] == "turn" and f["turn"]["recovering"] for f in a.frames
-    ), "clients were not told the turn was being recovered"
+    assert any(f["type"] == "turn" and f["turn"]["recovering"] for f in a.frames), (
+        "clients were not told the turn was being recovered"
+    )
     assert Message.objects.filter(room=room, role="assistant").count() == 1
     assert a.state.messages[message.pk].content == message.content
 
@@ -126,7 +125,10 @@ def test_a_full_room_queue_refuses_more_questions_and_stores_nothing(stack, fake
         return a.errors
 
     errors = run_async(scenario())
-    assert [e["code"] for e in errors] == ["rate_limited", "rate_limited"], (errors, list(Turn.objects.filter(room=room).values_list("status", flat=True)))
+    assert [e["code"] for e in errors] == ["rate_limited", "rate_limited"], (
+        errors,
+        list(Turn.objects.filter(room=room).values_list("status", flat=True)),
+    )
     assert Turn.objects.filter(room=room, status="queued").count() == 8
     assert Message.objects.filter(room=room, role="user").count() == 9
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import autobahn.util
 import autobahn.websocket.protocol as ws_protocol
 
-import chatproject.asgi  # noqa: F401 - applies the change
+import chatproject.asgi
 
 
 class _Peer:
-    def sendData(self) -> None:  # noqa: N802 - the name autobahn logs
+    def sendData(self) -> None:
         pass
 
 

@@ -60,7 +60,7 @@ def test_binary_frames_are_refused():
         '<img src=x onerror="alert(1)">',
         "[click](javascript:alert(1))",
         '<svg onload="alert(1)"><circle/></svg>',
-        "<a href=\"javascript:alert(1)\">x</a>",
+        '<a href="javascript:alert(1)">x</a>',
         "![x](javascript:alert(1))",
         "<iframe src=//evil></iframe>",
     ],
@@ -95,8 +95,15 @@ def test_markdown_keeps_code_tables_and_links():
 
 
 def _event(seq: int, kind: str = "message", **message: object) -> dict:
-    body = {"id": seq, "seq": seq, "role": "user", "status": "complete", "content": str(seq),
-            "author": None, "turn_id": None}
+    body = {
+        "id": seq,
+        "seq": seq,
+        "role": "user",
+        "status": "complete",
+        "content": str(seq),
+        "author": None,
+        "turn_id": None,
+    }
     body.update(message)
     return {"type": kind, "seq": seq, "message": body}
 

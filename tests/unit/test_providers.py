@@ -29,9 +29,7 @@ from agents.providers.openai_compat import OpenAICompatibleProvider
 from agents.providers.scripted import ScriptedProvider
 from tests.fakellm import FakeLLM
 
-TOOLS = (
-    {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}},
-)
+TOOLS = ({"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}},)
 
 
 @pytest.fixture(autouse=True)
@@ -72,16 +70,14 @@ class Reader(threading.Thread):
                 self.events.append(event)
                 if isinstance(event, TextDelta):
                     self.first_text.set()
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
+        except BaseException as exc:
             self.error = exc
 
 
 # -- OpenAICompatibleProvider against FakeLLM ---------------------------------------------------
 
 
-def test_streams_default_reply_as_text_deltas(
-    fake_llm: FakeLLM, provider: OpenAICompatibleProvider
-):
+def test_streams_default_reply_as_text_deltas(fake_llm: FakeLLM, provider: OpenAICompatibleProvider):
     with provider.stream(req("hello there !tokens=7")) as stream:
         events = list(stream)
     assert text_of(events) == fake_llm.default_reply("hello there", tokens=7)
@@ -108,9 +104,7 @@ def test_fake_scripted_replies_are_used_in_order(fake_llm: FakeLLM, provider):
 
 
 def test_messages_tools_and_usage_are_sent(fake_llm: FakeLLM):
-    provider = OpenAICompatibleProvider(
-        fake_llm.base_url, "k", "fake-model", 10, include_usage=True
-    )
+    provider = OpenAICompatibleProvider(fake_llm.base_url, "k", "fake-model", 10, include_usage=True)
     call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
     messages = (
         ChatMessage("system", "be brief"),

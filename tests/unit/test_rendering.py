@@ -12,7 +12,7 @@ def test_an_ordered_list_keeps_its_start_number():
 
 def test_code_blocks_keep_their_language_class_for_the_browser_highlighter():
     html = render_markdown("```python\nx = '<b>'\n```")
-    assert html == '<pre><code class="language-python">x = \'&lt;b&gt;\'\n</code></pre>\n'
+    assert html == "<pre><code class=\"language-python\">x = '&lt;b&gt;'\n</code></pre>\n"
 
 
 def test_table_alignment_is_kept_as_a_text_align_style():
@@ -21,7 +21,9 @@ def test_table_alignment_is_kept_as_a_text_align_style():
 
 
 def test_unsafe_links_and_images_do_not_survive():
-    html = render_markdown("[x](javascript:alert(1)) [y](ftp://host/f) ![i](https://e.com/i.png) <b onclick=x>b</b>")
+    html = render_markdown(
+        "[x](javascript:alert(1)) [y](ftp://host/f) ![i](https://e.com/i.png) <b onclick=x>b</b>"
+    )
     assert "javascript:" not in html.replace("[x](javascript:alert(1))", "")
     assert "<a rel=" in html and "ftp:" not in html  # the link stays, its href goes
     assert "<img" not in html and "<b" not in html

@@ -286,7 +286,9 @@ def test_a_chunk_write_repeated_after_a_lost_commit_reply_stores_one_chunk(room,
     ]
 
 
-def test_a_brief_database_outage_mid_turn_is_retried_and_the_turn_ends_done(room, alice, scripted, monkeypatch):
+def test_a_brief_database_outage_mid_turn_is_retried_and_the_turn_ends_done(
+    room, alice, scripted, monkeypatch
+):
     from django.db import OperationalError
 
     from agents import writer
@@ -331,7 +333,9 @@ def test_a_post_writes_frames_whose_ids_and_seqs_are_the_databases_even_with_loo
 
     sent = []
     monkeypatch.setattr(broadcast, "send_to_room_on_commit", lambda room_id, messages: sent.extend(messages))
-    tricky = 'quotes " and "id":-7000000001 and {"seq":-7000000002} ünïcode \\ "trigger_message_id":-7000000001'
+    tricky = (
+        'quotes " and "id":-7000000001 and {"seq":-7000000002} ünïcode \\ "trigger_message_id":-7000000001'
+    )
     result = post(room, alice[0], tricky)
     message = Message.objects.get(pk=result.message_id)
     turn = Turn.objects.get(trigger_message=message)
@@ -342,7 +346,9 @@ def test_a_post_writes_frames_whose_ids_and_seqs_are_the_databases_even_with_loo
     assert first["message"]["author"]["id"] == alice[0].pk
     assert second["seq"] == message.seq + 1 and second["turn"]["id"] == turn.pk
     assert second["turn"]["trigger_message_id"] == message.pk and second["turn"]["status"] == "queued"
-    assert [(m["seq"], m["text"]) for m in sent] == [(s, events[s].frame) for s in (message.seq, message.seq + 1)]
+    assert [(m["seq"], m["text"]) for m in sent] == [
+        (s, events[s].frame) for s in (message.seq, message.seq + 1)
+    ]
     room.refresh_from_db()
     assert room.last_seq == message.seq + 1
 
@@ -366,7 +372,10 @@ def test_taking_and_closing_a_turn_write_events_whose_ids_and_seqs_are_the_datab
     assert turn_finish(taken=taken, status="done")
     room.refresh_from_db()
     last = [json.loads(e.frame) for e in RoomEvent.objects.filter(room=room).order_by("seq")][-2:]
-    assert [(e["type"], e["seq"]) for e in last] == [("message_update", room.last_seq - 1), ("turn", room.last_seq)]
+    assert [(e["type"], e["seq"]) for e in last] == [
+        ("message_update", room.last_seq - 1),
+        ("turn", room.last_seq),
+    ]
     assert last[0]["message"]["content"] == "Hello" and last[0]["message"]["status"] == "complete"
     assert sorted(events) + [room.last_seq - 1, room.last_seq] == list(range(1, room.last_seq + 1))
 

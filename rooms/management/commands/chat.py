@@ -21,7 +21,9 @@ class Command(BaseCommand):
         parser.add_argument("--tail", action="store_true", help="keep printing the room live")
         parser.add_argument("--since", type=int, default=None, help="replay from this seq")
         parser.add_argument(
-            "--drop-after", type=int, default=0,
+            "--drop-after",
+            type=int,
+            default=0,
             help="demo of resume: drop the socket after N deltas, then reconnect with since",
         )
 
@@ -42,7 +44,7 @@ class Command(BaseCommand):
         shown: dict[int, int] = {}  # characters of each message already on screen
 
         def write_rest(message_id: int, content: str) -> None:
-            out.write(content[shown.get(message_id, 0):])
+            out.write(content[shown.get(message_id, 0) :])
             shown[message_id] = max(shown.get(message_id, 0), len(content))
 
         def show(frame: dict[str, Any]) -> None:
