@@ -11,18 +11,17 @@ import time
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.conf import settings
 
-from agents.models import Turn
 from rooms.client import RoomClient
-from rooms.models import Message
 from tests.conftest import run_async
 from tests.fakellm import FakeLLM
 from tests.stack import ROOT, database_url, free_port, wait_port
 
-pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.integration]
 
 TERMINAL = {"done", "cancelled", "failed", "interrupted"}
 
@@ -53,12 +52,41 @@ def kill_and_wait_restart(log: Path, name: str, pid: int) -> int:
     return int(wait_log(log, rf"{name} restarted \(pid (\d+)\)").group(1))
 
 
-def test_run_restarts_each_killed_process_and_the_killed_workers_turn_ends(tmp_path, room, alice):
+def manage_py(env: dict[str, str], code: str) -> str:
+    """Run Python in a Django shell of the runner's database; its stdout."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), "shell", "-c", code],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout.strip().splitlines()[-1]  # what the code printed last
+
+
+@pytest.fixture
+def own_database() -> Any:
+    """A database of its own, empty (the runner migrates it): the session's test stack shares the
+    test database, and its sweeper and worker would take this test's turns."""
+    import psycopg
+
+    db = settings.DATABASES["default"]
+    name = f"sup_{uuid.uuid4().hex[:8]}"
+    params = {"host": db.get("HOST"), "port": db.get("PORT"), "user": db.get("USER")}
+    params = {k: v for k, v in params.items() if v}
+    with psycopg.connect(dbname="postgres", autocommit=True, **params) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield database_url().rsplit("/", 1)[0] + "/" + name
+    finally:
+        with psycopg.connect(dbname="postgres", autocommit=True, **params) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_run_restarts_each_killed_process_and_the_killed_workers_turn_ends(tmp_path, own_database):
     fake = FakeLLM().start()
     port = free_port()
     env = dict(os.environ)
     env.update(
-        DATABASE_URL=database_url(), REDIS_URL=settings.REDIS_URL,
+        DATABASE_URL=own_database, REDIS_URL=settings.REDIS_URL,
         CELERY_BROKER_URL=settings.CELERY_BROKER_URL,
         # its own queue and channel prefix: the session's test stack hears none of this
         CELERY_QUEUE=f"sup-{uuid.uuid4().hex[:8]}", CHANNEL_PREFIX=f"sup{uuid.uuid4().hex[:8]}",
@@ -71,34 +99,45 @@ def test_run_restarts_each_killed_process_and_the_killed_workers_turn_ends(tmp_p
             [sys.executable, "-m", "chatproject.stack", "run", "--port", str(port)],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
+    children: dict[str, int] = {}
     try:
-        wait_port(port, timeout=90)
+        wait_port(port, timeout=120)
         children = pids(log)
         assert set(children) == {"web", "worker", "sweeper", "beat"}
         assert page_status(port) == 200
+        wait_log(log, r"\[worker\] worker@\S+ ready")
+        token, slug = manage_py(env, (
+            "from django.contrib.auth.models import User; from rooms import services; "
+            "u = User.objects.create_user('alice', first_name='Alice'); "
+            "print(services.token_create(user=u, name='t')[1], "
+            "services.room_create(owner=u, title='Crash room').slug)"
+        )).split()  # fmt: skip
 
         # the worker dies mid-answer: it is replaced and the sweeper ends (or continues) its turn
-        async def scenario() -> int:
-            client = RoomClient(f"http://127.0.0.1:{port}", room.slug, token=alice[1])
+        async def scenario() -> list[str]:
+            client = RoomClient(f"http://127.0.0.1:{port}", slug, token=token)
             await client.connect()
             await client.wait_ack(await client.send("a long one !tokens=400 !delay=20"))
             await client.wait_for(
                 lambda c: any(m.role == "assistant" and m.content for m in c.state.messages.values()),
-                timeout=30,
+                timeout=60,
             )
             children["worker"] = kill_and_wait_restart(log, "worker", children["worker"])
             await client.wait_for(
-                lambda c: bool(c.state.turns)
-                and all(t["status"] in TERMINAL for t in c.state.turns.values()),
+                lambda c: (
+                    bool(c.state.turns) and all(t["status"] in TERMINAL for t in c.state.turns.values())
+                ),
                 timeout=60,
             )
             await client.close()
-            return len(client.state.turns)
+            return [t["status"] for t in client.state.turns.values()]
 
-        assert run_async(scenario()) == 1
-        turn = Turn.objects.get(room=room)
-        assert turn.status in TERMINAL
-        assert not Message.objects.filter(room=room, status="streaming").exists()
+        assert len(run_async(scenario())) == 1
+        stored = manage_py(env, (
+            "from agents.models import Turn; from rooms.models import Message; "
+            "print(Turn.objects.get().status, Message.objects.filter(status='streaming').count())"
+        )).split()  # fmt: skip
+        assert stored[0] in TERMINAL and stored[1] == "0", stored
 
         for name in ("web", "sweeper", "beat"):
             children[name] = kill_and_wait_restart(log, name, children[name])
@@ -112,4 +151,5 @@ def test_run_restarts_each_killed_process_and_the_killed_workers_turn_ends(tmp_p
         fake.stop()
     assert code == 0, log.read_text(errors="replace")[-4000:]
     for pid in children.values():  # nothing is left running
-        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+        status = Path(f"/proc/{pid}/status")
+        assert not status.exists() or "zombie" in status.read_text().lower()
