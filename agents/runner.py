@@ -13,7 +13,6 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection
 
 from agents.drain import drain_requested
-from agents.leases import LeaseLost, LeaseState, db_retry, lease_renew
 from agents.models import Turn
 from agents.providers import get_provider
 from agents.providers.base import (
@@ -25,7 +24,16 @@ from agents.providers.base import (
     TextDelta,
     ToolCallRequest,
 )
-from agents.queue import TakenTurn, turn_finish, turn_release
+from agents.turns import (
+    LeaseLost,
+    LeaseState,
+    TakenTurn,
+    db_retry,
+    lease_renew,
+    message_text_from_chunks,
+    turn_finish,
+    turn_release,
+)
 from agents.writer import TurnSink, writer
 from rooms.models import Message, Room
 from rooms.selectors import display_name
@@ -56,7 +64,6 @@ def context_build(*, taken: TakenTurn) -> tuple[Room, list[ChatMessage]]:
             messages.append(ChatMessage(role="assistant", content=m.content))
     if taken.next_index:
         # A continuation step: the model gets what it already said and goes on from there.
-        from agents.queue import message_text_from_chunks
 
         messages.append(ChatMessage(role="assistant", content=message_text_from_chunks(taken.message_id)))
         messages.append(ChatMessage(role="user", content=CONTINUE_PROMPT))

@@ -11,10 +11,9 @@ from celery import shared_task
 from celery.signals import worker_init, worker_process_init
 
 from agents.kicks import kick_taken
-from agents.leases import rooms_sweep
 from agents.providers import get_provider
-from agents.queue import turn_take_next
 from agents.runner import turn_run
+from agents.turns import rooms_sweep, turn_take_next
 
 log = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection
 
-from agents.leases import ChunkRow, LeaseLost, LeaseState, chunk_deltas, chunks_write_unsent, db_retry
-from agents.queue import TakenTurn
+from agents.chunks import ChunkRow, chunk_deltas, chunks_write_unsent
+from agents.turns import LeaseLost, LeaseState, TakenTurn, db_retry
 from rooms import broadcast
 
 log = logging.getLogger(__name__)

@@ -151,6 +151,8 @@ LOGGING = {
 CHAT_MAX_FRAME_BYTES = env.int("CHAT_MAX_FRAME_BYTES", default=64 * 1024)
 CHAT_MAX_MESSAGE_CHARS = env.int("CHAT_MAX_MESSAGE_CHARS", default=16_000)
 CHAT_REPLAY_BATCH = env.int("CHAT_REPLAY_BATCH", default=500)
+# The turn queue rooms hand their messages to (rooms.turns.TurnQueue); rooms never import it.
+ROOM_TURN_QUEUE = "agents.hook.RoomTurnQueue"
 TURN_TIME_LIMIT = env.float("TURN_TIME_LIMIT", default=300.0)  # seconds per turn
 LEASE_TIMEOUT = env.float("LEASE_TIMEOUT", default=20.0)  # a running turn's lease, renewed
 SWEEP_INTERVAL = env.float("SWEEP_INTERVAL", default=5.0)  # beat: expired leases, lost kicks

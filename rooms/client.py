@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import websockets
+from pydantic import ValidationError
+
+from rooms.protocol import parse_server_frame
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +131,7 @@ class RoomClient:
         self.frames: list[dict[str, Any]] = []  # every frame received, in order
         self.acks: dict[str, dict[str, Any]] = {}
         self.errors: list[dict[str, Any]] = []
+        self.malformed: list[str] = []  # frames that are not one of the server frames as typed
         self.unacked: dict[str, str] = {}
         self.ws: Any = None
         self.ready = asyncio.Event()
@@ -158,6 +162,11 @@ class RoomClient:
     async def _read(self) -> None:
         try:
             async for raw in self.ws:
+                try:
+                    parse_server_frame(raw)
+                except ValidationError as exc:
+                    log.warning("malformed server frame %.200s: %s", raw, exc)
+                    self.malformed.append(raw)
                 frame = json.loads(raw)
                 self.frames.append(frame)
                 kind = frame.get("type")

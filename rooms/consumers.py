@@ -24,11 +24,9 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from agents.queue import CancelRefused, turn_cancel, turn_retry
-from rooms import broadcast, presence, ratelimit, selectors, shutdown
+from rooms import broadcast, presence, ratelimit, selectors, services, shutdown
 from rooms.auth import has_credentials, socket_user
 from rooms.hub import JOIN_TIMEOUT, HubUnavailable, get_hub
-from rooms.models import Room
 from rooms.protocol import (
     CancelFrame,
     FrameError,
@@ -46,7 +44,7 @@ from rooms.protocol import (
     snapshot_frame,
     typing_frame,
 )
-from rooms.services import ClientIdConflict, RoomBusy, membership_join, message_post
+from rooms.turns import TurnRefused, turn_queue
 
 log = logging.getLogger(__name__)
 
@@ -89,43 +87,6 @@ def _on_db_threads(func: Callable[..., _T]) -> Callable[..., Any]:
     return database_sync_to_async(func, thread_sensitive=False, executor=_DB_EXECUTOR)
 
 
-def _room_for(slug: str, user: Any) -> selectors.SocketAccess:
-    """The room and the user's access to it, joining a public room on first connect."""
-    found = selectors.socket_access(slug=slug, user_id=user.pk)
-    if found.access == "can_join":  # once per user and room: the ORM's cost does not matter
-        membership_join(room=Room.objects.get(pk=found.room_id), user=user)
-        return selectors.SocketAccess(found.room_id, "member")
-    return found
-
-
-def _member_room(room_id: int, user: Any) -> Any:
-    room = Room.objects.filter(pk=room_id).first()
-    if room is None or selectors.membership_of(room=room, user=user) is None:
-        return None
-    return room
-
-
-@dataclass(frozen=True)
-class _Replay:
-    events: list[tuple[int, str]]
-    snapshots: list[selectors.Snapshot]
-    last: int
-
-
-def _replay(room_id: int, since: int) -> _Replay:
-    """Every event after `since` (in batches, until none are left), then the snapshots: one
-    statement when the events fit in one batch (a connect that is not far behind)."""
-    limit = settings.CHAT_REPLAY_BATCH
-    events, snapshots = selectors.events_and_snapshots(room_id=room_id, since=since, limit=limit)
-    if len(events) == limit:  # more to come: those snapshots may be older than the last events
-        batch = events
-        while len(batch) == limit:
-            batch = selectors.events_after(room_id=room_id, since=batch[-1][0], limit=limit)
-            events.extend(batch)
-        snapshots = selectors.snapshots_streaming(room_id=room_id)
-    return _Replay(events, snapshots, events[-1][0] if events else since)
-
-
 @dataclass(frozen=True)
 class _Admission:
     """What a connect's database visit decided: a close code, or who joined and the replay."""
@@ -134,7 +95,7 @@ class _Admission:
     user: Any = None
     token_id: int | None = None
     room_id: int = 0
-    replay: _Replay | None = None
+    replay: selectors.Replay | None = None
 
 
 def _admit(
@@ -145,26 +106,27 @@ def _admit(
     user, token_id = socket_user(scope)
     if not user.is_authenticated:
         return _Admission(CLOSE_UNAUTHENTICATED)
-    found = _room_for(slug, user)
+    found = services.room_enter(slug=slug, user=user)
     if not found.room_id:
         return _Admission(CLOSE_NOT_FOUND)
     if found.access != "member":
         return _Admission(CLOSE_FORBIDDEN)
     subscribe(found.room_id, user.pk, token_id)  # before reading: nothing falls between replay and live
-    return _Admission(0, user, token_id, found.room_id, _replay(found.room_id, since))
+    replay = selectors.replay_after(room_id=found.room_id, since=since)
+    return _Admission(0, user, token_id, found.room_id, replay)
 
 
 def _as_member(room_id: int, user: Any, ref: Any, action: Callable[..., _T], /, **kwargs: Any) -> _T:
     """`action(room=..., **kwargs)` if the user is still a member (memberships can be removed
     mid-socket): one database visit for a frame that writes."""
-    room = _member_room(room_id, user)
+    room = selectors.room_of_member(room_id=room_id, user=user)
     if room is None:
         raise FrameError("forbidden", "you are not a member of this room", ref)
     return action(room=room, **kwargs)
 
 
 _admit_on_db = _on_db_threads(_admit)
-_replay_on_db = _on_db_threads(_replay)
+_replay_on_db = _on_db_threads(selectors.replay_after)
 _as_member_on_db = _on_db_threads(_as_member)
 _latest_seq_on_db = _on_db_threads(selectors.room_latest_seq)
 
@@ -281,7 +243,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
 
     # --- replay: the database fills what the broadcasts cannot ---------------------------
 
-    async def _send_replay(self, replay: _Replay, since: int) -> None:
+    async def _send_replay(self, replay: selectors.Replay, since: int) -> None:
         for _seq, text in replay.events:
             await self.send(text_data=text)
         for snap in replay.snapshots:
@@ -299,7 +261,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
                 self._backlog = deque()
             if since is not None:
                 self._stale = False
-                await self._send_replay(await _replay_on_db(self.room_id, since), since)
+                await self._send_replay(await _replay_on_db(room_id=self.room_id, since=since), since)
             else:
                 self._stale = True
             await self._drain_backlog()
@@ -314,7 +276,9 @@ class RoomConsumer(AsyncWebsocketConsumer):
             if not self._stale:
                 break
             self._stale = False
-            await self._send_replay(await _replay_on_db(self.room_id, self.last_seq), self.last_seq)
+            await self._send_replay(
+                await _replay_on_db(room_id=self.room_id, since=self.last_seq), self.last_seq
+            )
         self._backlog = None
 
     def _catch_up(self) -> None:
@@ -343,24 +307,12 @@ class RoomConsumer(AsyncWebsocketConsumer):
             if wait is not None:
                 raise FrameError("rate_limited", "too many frames; slow down", retry_after=wait)
             frame = parse_client_frame(text_data, bytes_data)
-            if isinstance(frame, SendFrame):
-                await self._on_send(frame)
-            elif isinstance(frame, CancelFrame):
-                await self._on_turn_action(turn_cancel, frame.turn_id)
-            elif isinstance(frame, RetryFrame):
-                await self._on_turn_action(turn_retry, frame.turn_id)
-            elif isinstance(frame, SyncFrame):
-                await self._replay_then_live(frame.since)
-            elif isinstance(frame, TypingFrame):
-                await self._on_typing()
-            elif isinstance(frame, PingFrame):
-                await self._on_ping()
-            elif isinstance(frame, ToolResultFrame):
-                raise FrameError("unsupported", "this room has no client-side tools", frame.call_id)
+            await getattr(self, f"on_{frame.type}")(frame)  # one handler per client frame type
         except FrameError as exc:
             await self.send(text_data=error_frame(exc.code, exc.detail, exc.ref, exc.retry_after))
 
-    async def _on_send(self, frame: SendFrame) -> None:
+    async def on_send(self, frame: SendFrame) -> None:
+        """Post a message (idempotent per client_id); answer with its `ack`."""
         user = self.scope["user"]
         wait = await ratelimit.message_quota_take(user.pk)
         if wait is not None:
@@ -372,28 +324,40 @@ class RoomConsumer(AsyncWebsocketConsumer):
                 self.room_id,
                 user,
                 frame.client_id,
-                message_post,
+                services.message_post,
                 author=user,
                 client_id=frame.client_id,
                 content=frame.content,
             )
-        except ClientIdConflict:
+        except services.ClientIdConflict:
             raise FrameError(
                 "conflict", "client_id was already used for another message", frame.client_id
             ) from None
-        except RoomBusy as exc:
+        except services.RoomBusy as exc:
             raise FrameError("rate_limited", str(exc), frame.client_id, retry_after=5.0) from None
         await self.send(text_data=ack_frame(frame.client_id, result.message_id, result.seq))
 
-    async def _on_turn_action(self, action: Callable[..., Any], turn_id: int) -> None:
-        """`cancel` or `retry` of a turn."""
+    async def on_cancel(self, frame: CancelFrame) -> None:
+        """Stop a running turn or withdraw a queued one."""
+        await self._turn_action(turn_queue().cancel, frame.turn_id)
+
+    async def on_retry(self, frame: RetryFrame) -> None:
+        """Continue an interrupted or failed turn."""
+        await self._turn_action(turn_queue().retry, frame.turn_id)
+
+    async def _turn_action(self, action: Callable[..., Any], turn_id: int) -> None:
         user = self.scope["user"]
         try:
             await _as_member_on_db(self.room_id, user, turn_id, action, user=user, turn_id=turn_id)
-        except CancelRefused as exc:
+        except TurnRefused as exc:
             raise FrameError(exc.code, str(exc), turn_id) from None
 
-    async def _on_typing(self) -> None:
+    async def on_sync(self, frame: SyncFrame) -> None:
+        """Replay after `since` on this socket, as a fresh connect would."""
+        await self._replay_then_live(frame.since)
+
+    async def on_typing(self, frame: TypingFrame) -> None:
+        """Relay "typing" to the others, at most once per interval per socket."""
         now = time.monotonic()
         if now - self.typing_at < _TYPING_EVERY:
             return
@@ -402,10 +366,14 @@ class RoomConsumer(AsyncWebsocketConsumer):
             self.room_id, broadcast.ephemeral_message(typing_frame(self.user_data), self.channel_name)
         )
 
-    async def _on_ping(self) -> None:
+    async def on_ping(self, frame: PingFrame) -> None:
+        """Answer with the room's latest seq; refresh this socket's presence."""
         latest = await _latest_seq_on_db(room_id=self.room_id)
         await self.send(text_data=pong_frame(latest))
         await presence.presence_touch(self.room_id, self.channel_name, self.user_data)
+
+    async def on_tool_result(self, frame: ToolResultFrame) -> None:
+        raise FrameError("unsupported", "this room has no client-side tools", frame.call_id)
 
     async def send(
         self, text_data: str | None = None, bytes_data: bytes | None = None, close: bool = False

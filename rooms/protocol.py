@@ -134,48 +134,168 @@ def parse_client_frame(text: str | None, binary: bytes | None = None) -> ClientF
 
 
 # --- server to client ---------------------------------------------------------------------
+# Built by the server, so not validated again on the hot path beyond pydantic's own checks;
+# `encode()` is the frame's text, made once and sent as is to every socket.
 
 
-def dumps(frame: dict[str, Any]) -> str:
-    """Encode a server frame once; the same text goes to every socket."""
-    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
+class _ServerFrame(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    def encode(self) -> str:
+        """The frame as JSON text (compact, UTF-8 unescaped), as stored and sent."""
+        return self.model_dump_json()
+
+
+class UserRef(_ServerFrame):
+    id: int
+    name: str
+
+
+class MessageData(_ServerFrame):
+    """A message as it travels on the wire."""
+
+    id: int
+    seq: int
+    role: str
+    author: UserRef | None
+    content: str
+    html: str
+    status: str
+    client_id: str | None
+    turn_id: int | None
+    created_at: str
+
+
+class TurnData(_ServerFrame):
+    """A turn as it travels on the wire."""
+
+    id: int
+    status: str
+    trigger_message_id: int
+    message_id: int | None
+    attempt: int
+    error: str
+    recovering: bool
+
+
+class MessageEvent(_ServerFrame):
+    type: Literal["message"] = "message"
+    seq: int
+    message: MessageData
+
+
+class MessageUpdateEvent(_ServerFrame):
+    type: Literal["message_update"] = "message_update"
+    seq: int
+    message: MessageData
+
+
+class TurnEvent(_ServerFrame):
+    type: Literal["turn"] = "turn"
+    seq: int
+    turn: TurnData
+
+
+RoomEvent = MessageEvent | MessageUpdateEvent | TurnEvent
+"""A change to a room, stored in its log with the next `seq` (rooms.events) before it is sent."""
+
+
+class AckFrame(_ServerFrame):
+    type: Literal["ack"] = "ack"
+    client_id: str
+    message_id: int
+    seq: int
+
+
+class ErrorFrame(_ServerFrame):
+    type: Literal["error"] = "error"
+    code: str
+    detail: str
+    ref: str | int | None = None
+    retry_after: float | None = None
+
+    def encode(self) -> str:
+        return self.model_dump_json(exclude_none=True)  # `ref` and `retry_after` only when set
+
+
+class DeltaFrame(_ServerFrame):
+    type: Literal["delta"] = "delta"
+    message_id: int
+    index: int
+    text: str
+
+
+class SnapshotFrame(_ServerFrame):
+    type: Literal["snapshot"] = "snapshot"
+    message_id: int
+    content: str
+    next_index: int
+
+
+class ReadyFrame(_ServerFrame):
+    type: Literal["ready"] = "ready"
+    seq: int
+
+
+class PongFrame(_ServerFrame):
+    type: Literal["pong"] = "pong"
+    latest_seq: int
+
+
+class PresenceFrame(_ServerFrame):
+    type: Literal["presence"] = "presence"
+    users: list[UserRef]
+
+
+class TypingEventFrame(_ServerFrame):
+    type: Literal["typing"] = "typing"
+    user: UserRef
+
+
+ServerFrame = Annotated[
+    MessageEvent | MessageUpdateEvent | TurnEvent | AckFrame | ErrorFrame | DeltaFrame
+    | SnapshotFrame | ReadyFrame | PongFrame | PresenceFrame | TypingEventFrame,
+    Field(discriminator="type"),
+]  # fmt: skip
+_server_adapter: TypeAdapter[ServerFrame] = TypeAdapter(ServerFrame)
+ROOM_EVENT_TYPES = ("message", "message_update", "turn")
+
+
+def parse_server_frame(text: str) -> ServerFrame:
+    """Validate a frame the server sent (clients, tests): raises ValidationError on any drift."""
+    return _server_adapter.validate_json(text)
 
 
 def error_frame(code: str, detail: str, ref: Any = None, retry_after: float | None = None) -> str:
-    frame: dict[str, Any] = {"type": "error", "code": code, "detail": detail}
-    if ref is not None:
-        frame["ref"] = str(ref) if isinstance(ref, UUID) else ref
-    if retry_after is not None:
-        frame["retry_after"] = round(max(retry_after, 0.01), 2)
-    return dumps(frame)
+    if isinstance(ref, UUID):
+        ref = str(ref)
+    wait = round(max(retry_after, 0.01), 2) if retry_after is not None else None
+    return ErrorFrame(code=code, detail=detail, ref=ref, retry_after=wait).encode()
 
 
 def ack_frame(client_id: UUID | str, message_id: int, seq: int) -> str:
-    return dumps({"type": "ack", "client_id": str(client_id), "message_id": message_id, "seq": seq})
+    return AckFrame(client_id=str(client_id), message_id=message_id, seq=seq).encode()
 
 
 def delta_frame(message_id: int, index: int, text: str) -> str:
-    return dumps({"type": "delta", "message_id": message_id, "index": index, "text": text})
+    return DeltaFrame(message_id=message_id, index=index, text=text).encode()
 
 
 def snapshot_frame(message_id: int, content: str, next_index: int) -> str:
-    return dumps({"type": "snapshot", "message_id": message_id, "content": content, "next_index": next_index})
+    return SnapshotFrame(message_id=message_id, content=content, next_index=next_index).encode()
 
 
 def ready_frame(seq: int) -> str:
-    return dumps({"type": "ready", "seq": seq})
+    return ReadyFrame(seq=seq).encode()
 
 
 def pong_frame(latest_seq: int) -> str:
-    return dumps({"type": "pong", "latest_seq": latest_seq})
+    return PongFrame(latest_seq=latest_seq).encode()
 
 
 def presence_frame(users: list[dict[str, Any]]) -> str:
-    return dumps({"type": "presence", "users": users})
+    return PresenceFrame(users=[UserRef(**u) for u in users]).encode()
 
 
 def typing_frame(user: dict[str, Any]) -> str:
-    return dumps({"type": "typing", "user": user})
-
-
-ROOM_EVENT_TYPES = ("message", "message_update", "turn")
+    return TypingEventFrame(user=UserRef(**user)).encode()

@@ -5,11 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Q, QuerySet
 
 from rooms.models import Membership, Message, Room
+from rooms.protocol import MessageData, UserRef
 from rooms.rendering import render_markdown
+from rooms.turns import turn_queue
 
 
 def display_name(user: Any) -> str:
@@ -23,20 +26,21 @@ def user_data(user: Any) -> dict[str, Any] | None:
     return None if user is None else {"id": user.pk, "name": display_name(user)}
 
 
-def message_data(message: Message, *, turn_id: int | None = None) -> dict[str, Any]:
+def message_wire(message: Message, *, turn_id: int | None = None) -> MessageData:
     """A message as it travels on the wire (docs/protocol.md)."""
-    return {
-        "id": message.pk,
-        "seq": message.seq,
-        "role": message.role,
-        "author": user_data(message.author) if message.author_id else None,
-        "content": message.content,
-        "html": render_markdown(message.content),
-        "status": message.status,
-        "client_id": str(message.client_id) if message.client_id else None,
-        "turn_id": turn_id,
-        "created_at": message.created_at.isoformat(),
-    }
+    author = message.author if message.author_id else None
+    return MessageData(
+        id=message.pk,
+        seq=message.seq,
+        role=message.role,
+        author=None if author is None else UserRef(id=author.pk, name=display_name(author)),
+        content=message.content,
+        html=render_markdown(message.content),
+        status=message.status,
+        client_id=str(message.client_id) if message.client_id else None,
+        turn_id=turn_id,
+        created_at=message.created_at.isoformat(),
+    )
 
 
 def room_by_slug(*, slug: str) -> Room | None:
@@ -48,6 +52,14 @@ def membership_of(*, room: Room, user: Any) -> Membership | None:
     if not user.is_authenticated:
         return None
     return Membership.objects.filter(room=room, user=user, banned_at__isnull=True).first()
+
+
+def room_of_member(*, room_id: int, user: Any) -> Room | None:
+    """The room, if the user is (still) a member of it: memberships can end mid-socket."""
+    room = Room.objects.filter(pk=room_id).first()
+    if room is None or membership_of(room=room, user=user) is None:
+        return None
+    return room
 
 
 def room_access(*, room: Room, user: Any) -> str:
@@ -168,6 +180,29 @@ def events_and_snapshots(
 
 
 @dataclass(frozen=True)
+class Replay:
+    """What a socket is sent to catch up: events after `since`, then snapshots, up to `last`."""
+
+    events: list[tuple[int, str]]
+    snapshots: list[Snapshot]
+    last: int
+
+
+def replay_after(*, room_id: int, since: int) -> Replay:
+    """Every event after `since` (in batches of CHAT_REPLAY_BATCH, until none are left), then
+    the snapshots: one statement when the events fit in one batch (a connect not far behind)."""
+    limit = settings.CHAT_REPLAY_BATCH
+    events, snapshots = events_and_snapshots(room_id=room_id, since=since, limit=limit)
+    if len(events) == limit:  # more to come: those snapshots may be older than the last events
+        batch = events
+        while len(batch) == limit:
+            batch = events_after(room_id=room_id, since=batch[-1][0], limit=limit)
+            events.extend(batch)
+        snapshots = snapshots_streaming(room_id=room_id)
+    return Replay(events, snapshots, events[-1][0] if events else since)
+
+
+@dataclass(frozen=True)
 class Transcript:
     """A consistent view of a room at `seq`: the messages, with streaming text so far."""
 
@@ -196,8 +231,6 @@ def transcript_before(*, room: Room, before: int, limit: int = 100) -> Transcrip
 
 
 def _messages_page(*, room: Room, through: int, limit: int) -> tuple[list[dict[str, Any]], bool]:
-    from agents.models import Turn  # reads only; rooms never imports the runner
-
     rows = list(
         Message.objects.filter(room=room, seq__lte=through)
         .exclude(status=Message.Status.HIDDEN)
@@ -208,15 +241,10 @@ def _messages_page(*, room: Room, through: int, limit: int) -> tuple[list[dict[s
     rows = list(reversed(rows[:limit]))
     ids = [m.pk for m in rows]
     snaps = {s.message_id: s for s in snapshots_streaming(room_id=room.pk)}
-    turn_of = dict(
-        Turn.objects.filter(assistant_message_id__in=ids).values_list("assistant_message_id", "pk")
-    )
-    turn_status = dict(
-        Turn.objects.filter(trigger_message_id__in=ids).values_list("trigger_message_id", "status")
-    )
+    turn_of, turn_status = turn_queue().transcript_turns(message_ids=ids)
     messages = []
     for m in rows:
-        data = message_data(m, turn_id=turn_of.get(m.pk))
+        data = message_wire(m, turn_id=turn_of.get(m.pk)).model_dump()
         snap = snaps.get(m.pk)
         if snap is not None:
             data["content"] = snap.content

@@ -15,87 +15,46 @@ from django.utils import timezone
 from django.utils.text import slugify
 
 from rooms import broadcast
+from rooms.events import NEXT_SEQ, Fill, Row, events_append_last, sentinel
 from rooms.models import ApiToken, Membership, Message, Room
-from rooms.protocol import dumps
-from rooms.selectors import message_data
+from rooms.protocol import MessageEvent, MessageUpdateEvent, RoomEvent
+from rooms.selectors import SocketAccess, message_wire, socket_access
+from rooms.turns import turn_queue
 
 User = get_user_model()
 
 
-# --- the room event log -----------------------------------------------------------------------
+# --- rows written with their events (rooms.events) ----------------------------------------
 
+NEW_MESSAGE_ID = sentinel(1)
+NEW_MESSAGE_SEQ = sentinel(2)
 
-def seq_reserve_locked(*, room_id: int, count: int) -> int:
-    """Take `count` seqs for a room and return the first; the room row stays locked until commit."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "UPDATE rooms_room SET last_seq = last_seq + %s WHERE id = %s RETURNING last_seq",
-            [count, room_id],
-        )
-        row = cursor.fetchone()
-    if row is None:
-        raise Room.DoesNotExist(room_id)
-    return int(row[0]) - count + 1
-
-
-# Placeholders for what only the database knows (ids, seqs): frames are encoded before the room
-# row is locked and completed by the same statement that writes them. Each is a key and a
-# value, `"id":-7000000001`, which cannot occur inside a JSON string (its quote would be escaped).
-PH_MESSAGE_ID = -7_000_000_001
-PH_MESSAGE_SEQ = -7_000_000_002
-PH_TURN_ID = -7_000_000_003
-PH_EVENT_SEQ = -7_000_000_004
-
-
-def placeholder(key: str, value: int) -> str:
-    """The text of `"key":value` as `dumps` writes it inside a frame."""
-    return dumps({key: value})[1:-1]
-
-
-def frame_filled(frame: str, values: dict[str, str]) -> str:
-    """The frame with its placeholders replaced, exactly as the SQL `replace()` does."""
-    for ph, value in values.items():
-        frame = frame.replace(ph, value)
-    return frame
-
-
-# Reserve n seqs and write n events in one statement. The UPDATE locks the room row until the
-# commit (which keeps events committed in seq order), so this is the LAST statement of the
-# transaction that calls it: the row is held for one round trip and the COMMIT.
-_EVENTS_SQL = """
-    WITH s AS (
-        UPDATE rooms_room SET last_seq = last_seq + %(n)s WHERE id = %(room)s
-        RETURNING last_seq - %(n)s + 1 AS first
-    ), e AS (
-        INSERT INTO rooms_roomevent (room_id, seq, type, frame, created_at)
-        SELECT %(room)s, s.first + f.i - 1, f.type,
-               replace(f.frame, %(ph)s, '"seq":' || (s.first + f.i - 1)), %(now)s
-          FROM s, unnest(%(types)s::text[], %(frames)s::text[]) WITH ORDINALITY AS f(type, frame, i)
-    )
-    SELECT first FROM s
+_MESSAGE_INSERT = """
+    INSERT INTO rooms_message
+        (room_id, seq, role, author_id, content, status, client_id, created_at, updated_at)
+    SELECT %(room)s, s.first, %(m_role)s, %(m_author)s, %(m_content)s, %(m_status)s,
+           %(m_client_id)s, %(now)s, %(now)s
+      FROM s
+    RETURNING id, seq
 """
 
 
-def events_append_last(*, room_id: int, events: list[tuple[str, dict[str, Any]]]) -> int:
-    """Append events (type, body) to the room's log and broadcast them on commit; returns the
-    first seq. Call it last in the transaction: from it to the commit the room row is locked."""
-    frames = [dumps({"type": type_, "seq": PH_EVENT_SEQ, **body}) for type_, body in events]
-    ph = placeholder("seq", PH_EVENT_SEQ)
-    params: dict[str, Any] = {
-        "n": len(frames), "room": room_id, "ph": ph, "now": timezone.now(),
-        "types": [type_ for type_, _ in events], "frames": frames,
-    }  # fmt: skip
-    with connection.cursor() as cursor:
-        cursor.execute(_EVENTS_SQL, params)
-        row = cursor.fetchone()
-    if row is None:
-        raise Room.DoesNotExist(room_id)
-    first = int(row[0])
-    texts = [frame.replace(ph, f'"seq":{first + i}') for i, frame in enumerate(frames)]
-    broadcast.send_to_room_on_commit(
-        room_id, [broadcast.event_message(first + i, text) for i, text in enumerate(texts)]
-    )
-    return first
+def message_row(*, role: str, author_id: int | None, content: str, status: str, client_id: Any) -> Row:
+    """A new message as the first row of a change (its seq is the change's first), named `m`:
+    frames carry it as NEW_MESSAGE_ID / NEW_MESSAGE_SEQ until the statement fills them in."""
+    return Row(
+        name="m",
+        sql=_MESSAGE_INSERT,
+        params={"m_role": role, "m_author": author_id, "m_content": content, "m_status": status,
+                "m_client_id": client_id},
+        fills=(Fill("id", NEW_MESSAGE_ID, "m.id"), Fill("seq", NEW_MESSAGE_SEQ, "m.seq")),
+        returns=("m.id", "m.seq"),
+    )  # fmt: skip
+
+
+def message_draft(**fields: Any) -> Message:
+    """An unsaved message standing for the one `message_row` writes (ids still sentinels)."""
+    return Message(pk=NEW_MESSAGE_ID, seq=NEW_MESSAGE_SEQ, **fields)
 
 
 # --- rooms and members ------------------------------------------------------------------------
@@ -152,6 +111,15 @@ def membership_join(*, room: Room, user: Any) -> Membership:
     return membership
 
 
+def room_enter(*, slug: str, user: Any) -> SocketAccess:
+    """A connecting socket's room and access, joining a public room on the user's first visit."""
+    found = socket_access(slug=slug, user_id=user.pk)
+    if found.access == "can_join":  # once per user and room: the ORM's cost does not matter
+        membership_join(room=Room.objects.get(pk=found.room_id), user=user)
+        return SocketAccess(found.room_id, "member")
+    return found
+
+
 # --- messages -----------------------------------------------------------------------------
 
 
@@ -183,116 +151,57 @@ def _existing_post(*, room: Room, author: Any, client_id: uuid.UUID, content: st
     return PostResult(message_id=found[0], seq=found[1], created=False)
 
 
-# One statement (one round trip, its own transaction): the room row is locked by the UPDATE
-# and released at the implicit COMMIT right after, so concurrent posts to one room queue for
-# one round trip each, not for five plus the Python between them.
-_POST_SQL = """
-    WITH s AS (
-        UPDATE rooms_room SET last_seq = last_seq + %(count)s WHERE id = %(room)s
-        RETURNING last_seq - %(count)s + 1 AS seq
-    ), m AS (
-        INSERT INTO rooms_message
-            (room_id, seq, role, author_id, content, status, client_id, created_at, updated_at)
-        SELECT %(room)s, s.seq, 'user', %(author)s, %(content)s, 'complete', %(client_id)s,
-               %(now)s, %(now)s
-          FROM s
-        RETURNING id, seq
-    ), e AS (
-        INSERT INTO rooms_roomevent (room_id, seq, type, frame, created_at)
-        SELECT %(room)s, m.seq, 'message',
-               replace(replace(%(frame)s, %(ph_id)s, '"id":' || m.id), %(ph_seq)s, '"seq":' || m.seq),
-               %(now)s
-          FROM m
-    ){turn_ctes}
-    SELECT m.id, m.seq{turn_cols} FROM m{turn_from}
-"""
-_TURN_CTES = """, t AS (
-        INSERT INTO agents_turn
-            (room_id, queue_seq, trigger_message_id, status, attempt, cancel_requested,
-             side_effects_started, lease_owner, lease_generation, error, created_at)
-        SELECT %(room)s, m.seq, m.id, 'queued', 0, false, false, '', 0, '', %(now)s FROM m
-        RETURNING id
-    ), te AS (
-        INSERT INTO rooms_roomevent (room_id, seq, type, frame, created_at)
-        SELECT %(room)s, m.seq + 1, 'turn',
-               replace(replace(replace(%(turn_frame)s,
-                   %(ph_turn_id)s, '"id":' || t.id),
-                   %(ph_trigger)s, '"trigger_message_id":' || m.id),
-                   %(ph_turn_seq)s, '"seq":' || (m.seq + 1)),
-               %(now)s
-          FROM m, t
-    )"""
-_POST_MESSAGE_SQL = _POST_SQL.format(turn_ctes="", turn_cols="", turn_from="")
-_POST_TURN_SQL = _POST_SQL.format(turn_ctes=_TURN_CTES, turn_cols=", t.id", turn_from=", t")
-
-
 def message_post(*, room: Room, author: Any, client_id: uuid.UUID, content: str) -> PostResult:
-    """Store a user's message once per client_id, queue the AI turn it triggers, emit events."""
-    from agents.kicks import kick_room_on_commit  # not the runner
-    from agents.models import Turn
-    from agents.queue import turn_data, turn_queue_full, turn_wanted
+    """Store a user's message once per client_id, queue the turn it triggers, emit the events.
 
-    wants_turn = turn_wanted(room=room, content=content)
-    if wants_turn and turn_queue_full(room=room):
+    One statement (one round trip, its own transaction: the room row is locked from its UPDATE
+    to the implicit COMMIT right after), so concurrent posts to one room queue for one round
+    trip each. A resend (same client_id) is not looked up first: the insert's unique index
+    refuses it, and the whole statement with it.
+    """
+    queue = turn_queue()
+    wants_turn = queue.wanted(room=room, content=content)
+    if wants_turn and queue.queue_full(room=room):
         existing = _existing_post(room=room, author=author, client_id=client_id, content=content)
         if existing is not None:  # a resend of a stored message still gets its ack
             return existing
         raise RoomBusy("the assistant has too many questions waiting in this room; try again soon")
-    # A resend (same client_id) is not looked up first: the insert's unique index refuses it,
-    # and the whole statement with it, so the common case costs one round trip.
     now = timezone.now()
-    draft = Message(
-        pk=PH_MESSAGE_ID, room=room, seq=PH_MESSAGE_SEQ, role=Message.Role.USER, author=author,
-        content=content, client_id=client_id, created_at=now,
-    )  # fmt: skip
-    frame = dumps({"type": "message", "seq": PH_MESSAGE_SEQ, "message": message_data(draft)})
-    params: dict[str, Any] = {
-        "count": 2 if wants_turn else 1, "room": room.pk, "author": author.pk, "content": content,
-        "client_id": client_id, "now": now, "frame": frame,
-        "ph_id": placeholder("id", PH_MESSAGE_ID), "ph_seq": placeholder("seq", PH_MESSAGE_SEQ),
-    }  # fmt: skip
+    draft = message_draft(
+        room=room, role=Message.Role.USER, author=author, content=content, client_id=client_id, created_at=now
+    )
+    rows: tuple[Row, ...] = (
+        message_row(
+            role=draft.role, author_id=author.pk, content=content, status=draft.status, client_id=client_id
+        ),
+    )
+    events: list[RoomEvent] = [MessageEvent(seq=NEXT_SEQ, message=message_wire(draft))]
     if wants_turn:
-        turn = Turn(pk=PH_TURN_ID, room=room, trigger_message_id=PH_MESSAGE_ID)
-        params.update(
-            turn_frame=dumps({"type": "turn", "seq": PH_EVENT_SEQ, "turn": turn_data(turn)}),
-            ph_turn_id=placeholder("id", PH_TURN_ID),
-            ph_trigger=placeholder("trigger_message_id", PH_MESSAGE_ID),
-            ph_turn_seq=placeholder("seq", PH_EVENT_SEQ),
-        )
+        turn_row, turn_event = queue.queued_row(room=room, now=now)
+        rows += (turn_row,)
+        events.append(turn_event)
     try:
-        # autocommit: the statement is its own transaction (inside a caller's atomic block it
-        # gets a savepoint, and the broadcast and kick wait for the outer commit)
+        # inside a caller's atomic block the statement gets a savepoint (and the broadcast and
+        # the kick wait for the outer commit)
         savepoint = transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext()
-        with savepoint, connection.cursor() as cursor:
-            cursor.execute(_POST_TURN_SQL if wants_turn else _POST_MESSAGE_SQL, params)
-            row = cursor.fetchone()
+        with savepoint:
+            stored = events_append_last(room_id=room.pk, events=events, rows=rows, now=now)
     except IntegrityError:
         # A resend, or a concurrent send with the same client_id that won: answer with its ack.
         existing = _existing_post(room=room, author=author, client_id=client_id, content=content)
         if existing is None:
             raise
         return existing
-    if row is None:
-        raise Room.DoesNotExist(room.pk)
-    message_id, seq = row[0], row[1]
-    done = {params["ph_id"]: f'"id":{message_id}', params["ph_seq"]: f'"seq":{seq}'}
-    events = [broadcast.event_message(seq, frame_filled(frame, done))]
     if wants_turn:
-        done = {
-            params["ph_turn_id"]: f'"id":{row[2]}',
-            params["ph_trigger"]: f'"trigger_message_id":{message_id}',
-            params["ph_turn_seq"]: f'"seq":{seq + 1}',
-        }
-        events.append(broadcast.event_message(seq + 1, frame_filled(params["turn_frame"], done)))
-        kick_room_on_commit(room.pk)
-    broadcast.send_to_room_on_commit(room.pk, events)
-    return PostResult(message_id=message_id, seq=seq, created=True)
+        queue.posted_on_commit(room_id=room.pk)
+    message_id, seq = stored.values[0], stored.values[1]
+    return PostResult(message_id=int(message_id), seq=int(seq), created=True)
 
 
-def message_update_saved(*, message: Message, turn_id: int | None = None) -> tuple[str, dict[str, Any]]:
+def message_update_saved(*, message: Message, turn_id: int | None = None) -> MessageUpdateEvent:
     """Save a message's content/status; its `message_update` event, for `events_append_last`."""
     message.save(update_fields=["content", "status", "updated_at"])
-    return "message_update", {"message": message_data(message, turn_id=turn_id)}
+    return MessageUpdateEvent(seq=NEXT_SEQ, message=message_wire(message, turn_id=turn_id))
 
 
 # --- people -----------------------------------------------------------------------------------

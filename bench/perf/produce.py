@@ -3,7 +3,7 @@
     python -m bench.perf.produce --user U --rooms 1,2,3 --chunks N [--rate R] [--seconds S] --out F
 
 Per room (one thread each, like one turn per Celery pool slot): post a user message with the
-real service (`rooms.services.message_post`), lease its turn (`agents.queue.turn_take_next`),
+real service (`rooms.services.message_post`), lease its turn (`agents.turns.turn_take_next`),
 then hand each chunk to the process's chunk writer as the runner does (`agents.writer`: one
 thread writes the waiting chunks of every turn in one fenced statement, group commit, then
 broadcasts their deltas), wait until all are written, and finish the turn (`turn_finish`).
@@ -33,10 +33,10 @@ from django.contrib.auth import get_user_model  # noqa: E402
 from django.db import connection  # noqa: E402
 from django.db.backends.utils import CursorWrapper  # noqa: E402
 
+import agents.chunks  # noqa: E402
 import agents.kicks  # noqa: E402
-import agents.leases  # noqa: E402
 from agents.models import Turn  # noqa: E402
-from agents.queue import turn_finish, turn_take_next  # noqa: E402
+from agents.turns import turn_finish, turn_take_next  # noqa: E402
 from agents.writer import TurnSink, writer  # noqa: E402
 from rooms.models import Room  # noqa: E402
 from rooms.services import message_post  # noqa: E402
@@ -52,7 +52,7 @@ _orig_execute = CursorWrapper.execute
 def _timed_execute(self: CursorWrapper, sql: str, params: Any = None) -> object:
     """A chunk write is one autocommitted statement (a batch of chunks, group commit): its
     execution is its COMMIT."""
-    if sql is not agents.leases._CHUNKS_SQL:
+    if sql is not agents.chunks._CHUNKS_SQL:
         return _orig_execute(self, sql, params)
     t = time.perf_counter_ns()
     result = _orig_execute(self, sql, params)

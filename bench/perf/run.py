@@ -1313,7 +1313,7 @@ class Bench:
         )
 
     def _message_text(self, message_id: int) -> str:
-        from agents.queue import message_text_from_chunks
+        from agents.turns import message_text_from_chunks
 
         return message_text_from_chunks(message_id)
 

@@ -1,9 +1,9 @@
 """Seed data, written straight into the tables but shaped exactly as the services write it.
 
 A finished AI exchange in the services makes six room events in this order (rooms/services.py,
-agents/queue.py): `message` (user), `turn` queued, `message` (assistant, empty, streaming),
+agents/turns.py): `message` (user), `turn` queued, `message` (assistant, empty, streaming),
 `turn` running, `message_update` (assistant, complete), `turn` done. `history()` writes that log
-(frames built with the project's own `message_data`/`turn_data`/`dumps`), plus the Message and
+(frames built with the project's own `message_wire`/`turn_wire` and frame models), plus the Message and
 Turn rows, so replay and page renders see what a real room of that size holds.
 """
 
@@ -19,10 +19,10 @@ from django.db import transaction
 from django.utils import timezone
 
 from agents.models import Turn
-from agents.queue import turn_data
+from agents.turns import turn_wire
 from rooms.models import Membership, Message, Room, RoomEvent, StreamChunk
-from rooms.protocol import dumps
-from rooms.selectors import message_data
+from rooms.protocol import MessageEvent, MessageUpdateEvent, TurnEvent
+from rooms.selectors import message_wire
 from rooms.services import room_create, token_create
 
 User = get_user_model()
@@ -53,7 +53,15 @@ def room(owner: Any, title: str, members: list[Any] = (), **kw: Any) -> Room:
     return r
 
 
-def _turn_dict(turn: Turn, status: str, message_id: int | None, attempt: int) -> dict[str, Any]:
+_EVENTS: dict[str, Any] = {"message": MessageEvent, "message_update": MessageUpdateEvent, "turn": TurnEvent}
+
+
+def _encode(kind: str, seq: int, body: dict[str, Any]) -> str:
+    """A room event's frame, as the services store it."""
+    return str(_EVENTS[kind](seq=seq, **body).encode())
+
+
+def _turn_dict(turn: Turn, status: str, message_id: int | None, attempt: int) -> Any:
     shown = Turn(
         pk=turn.pk,
         status=status,
@@ -62,7 +70,7 @@ def _turn_dict(turn: Turn, status: str, message_id: int | None, attempt: int) ->
         attempt=attempt,
         error="",
     )
-    return turn_data(shown)
+    return turn_wire(shown)
 
 
 def history(r: Room, author: Any, pairs: int) -> int:
@@ -105,22 +113,20 @@ def history(r: Room, author: Any, pairs: int) -> int:
         events: list[RoomEvent] = []
 
         def ev(seq: int, kind: str, body: dict[str, Any]) -> None:
-            events.append(
-                RoomEvent(room=r, seq=seq, type=kind, frame=dumps({"type": kind, "seq": seq, **body}))
-            )
+            events.append(RoomEvent(room=r, seq=seq, type=kind, frame=_encode(kind, seq, body)))
 
         for k in range(pairs):
             s = base + 6 * k + 1
             user_msg, ai_msg, turn = msgs[2 * k], msgs[2 * k + 1], turns[k]
             user_msg.author = author
-            ev(s, "message", {"message": message_data(user_msg)})
+            ev(s, "message", {"message": message_wire(user_msg)})
             ev(s + 1, "turn", {"turn": _turn_dict(turn, "queued", None, 0)})
             final = ai_msg.content
             ai_msg.content, ai_msg.status = "", Message.Status.STREAMING
-            ev(s + 2, "message", {"message": message_data(ai_msg, turn_id=turn.pk)})
+            ev(s + 2, "message", {"message": message_wire(ai_msg, turn_id=turn.pk)})
             ev(s + 3, "turn", {"turn": _turn_dict(turn, "running", ai_msg.pk, 1)})
             ai_msg.content, ai_msg.status = final, Message.Status.COMPLETE
-            ev(s + 4, "message_update", {"message": message_data(ai_msg, turn_id=turn.pk)})
+            ev(s + 4, "message_update", {"message": message_wire(ai_msg, turn_id=turn.pk)})
             ev(s + 5, "turn", {"turn": _turn_dict(turn, "done", ai_msg.pk, 1)})
         RoomEvent.objects.bulk_create(events, batch_size=2000)
         last = base + 6 * pairs
@@ -160,9 +166,9 @@ def streaming_message(r: Room, author: Any, chunks: int) -> int:
             started_at=now,
         )
         frames = [
-            ("message", {"message": message_data(user_msg)}),
+            ("message", {"message": message_wire(user_msg)}),
             ("turn", {"turn": _turn_dict(turn, "queued", None, 0)}),
-            ("message", {"message": message_data(ai_msg, turn_id=turn.pk)}),
+            ("message", {"message": message_wire(ai_msg, turn_id=turn.pk)}),
             ("turn", {"turn": _turn_dict(turn, "running", ai_msg.pk, 1)}),
         ]
         RoomEvent.objects.bulk_create(
@@ -171,7 +177,7 @@ def streaming_message(r: Room, author: Any, chunks: int) -> int:
                     room=r,
                     seq=base + 1 + i,
                     type=kind,
-                    frame=dumps({"type": kind, "seq": base + 1 + i, **body}),
+                    frame=_encode(kind, base + 1 + i, body),
                 )
                 for i, (kind, body) in enumerate(frames)
             ]

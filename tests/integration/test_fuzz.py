@@ -46,8 +46,9 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
 from websockets.sync.client import connect as ws_connect
 
 from agents.models import Turn
+from rooms.events import seq_reserve_locked
 from rooms.models import ApiToken, Membership, Message, Room, RoomEvent, StreamChunk
-from rooms.services import room_create, seq_reserve_locked, token_create
+from rooms.services import room_create, token_create
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 

@@ -7,8 +7,8 @@ import asyncio
 import json
 import threading
 
-from agents.leases import ChunkRow, chunk_deltas
-from agents.queue import TakenTurn
+from agents.chunks import ChunkRow, chunk_deltas
+from agents.turns import TakenTurn
 from rooms.consumers import RoomConsumer
 
 

@@ -9,13 +9,14 @@ import pytest
 from django.utils import timezone
 
 from agents import runner
-from agents.leases import LeaseLost, chunk_write, rooms_sweep
+from agents.chunks import chunk_write
 from agents.models import Turn
 from agents.providers.base import ProviderError, TextDelta
 from agents.providers.scripted import ScriptedProvider
-from agents.queue import CancelRefused, turn_cancel, turn_retry, turn_take_next
+from agents.turns import LeaseLost, rooms_sweep, turn_cancel, turn_retry, turn_take_next
 from rooms.models import Message, RoomEvent, StreamChunk
 from rooms.services import ClientIdConflict, message_post
+from rooms.turns import TurnRefused
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -100,14 +101,13 @@ def test_cancel_requested_stops_the_runner_and_closes_the_stream(room, alice, sc
 
 
 def test_withdrawing_a_queued_turn_needs_its_author_or_the_owner(room, alice, bob, scripted):
-    from agents.queue import CancelRefused
     from rooms.services import membership_join
 
     membership_join(room=room, user=bob[0])
     post(room, alice[0], "first")
     post(room, alice[0], "second")
     queued = Turn.objects.get(room=room, queue_seq__gt=1, status="queued")
-    with pytest.raises(CancelRefused):
+    with pytest.raises(TurnRefused):
         turn_cancel(room=room, user=bob[0], turn_id=queued.pk)
     assert turn_cancel(room=room, user=alice[0], turn_id=queued.pk) == "cancelled"
 
@@ -196,7 +196,7 @@ def test_a_turn_whose_tool_had_side_effects_is_never_rerun(room, alice, scripted
     expire_lease(taken)
     rooms_sweep()
     assert Turn.objects.get(pk=taken.turn_id).status == "interrupted"
-    with pytest.raises(CancelRefused):
+    with pytest.raises(TurnRefused):
         turn_retry(room=room, user=alice[0], turn_id=taken.turn_id)
 
 
@@ -214,7 +214,7 @@ def test_retry_continues_an_interrupted_answer(room, alice, bob, scripted):
     again = turn_take_next(room_id=room.pk, owner="heir")
     runner.turn_run(taken=again)
     assert Message.objects.get(pk=taken.message_id).content == "Half done."
-    with pytest.raises(CancelRefused):  # only interrupted or failed turns retry
+    with pytest.raises(TurnRefused):  # only interrupted or failed turns retry
         turn_retry(room=room, user=alice[0], turn_id=taken.turn_id)
 
 
@@ -367,7 +367,7 @@ def test_taking_and_closing_a_turn_write_events_whose_ids_and_seqs_are_the_datab
     assert running["type"] == "turn" and running["turn"]["message_id"] == message.pk
     assert running["turn"]["id"] == taken.turn_id and running["turn"]["status"] == "running"
     chunk_write(taken=taken, index=0, text="Hello")
-    from agents.queue import turn_finish
+    from agents.turns import turn_finish
 
     assert turn_finish(taken=taken, status="done")
     room.refresh_from_db()

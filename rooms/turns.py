@@ -1,0 +1,62 @@
+"""How rooms reaches the assistant's turn queue without importing it.
+
+The queue is a backend named by a dotted path in `settings.ROOM_TURN_QUEUE` (the way
+`django.contrib.messages` picks its storage): `rooms` calls this interface, `agents` implements
+it (`agents.hook.RoomTurnQueue`), and data flows one way. A test checks that no module of
+`rooms` imports `agents`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING, Any, Protocol
+
+from django.conf import settings
+from django.utils.module_loading import import_string
+
+if TYPE_CHECKING:
+    from rooms.events import Row
+    from rooms.models import Room
+    from rooms.protocol import RoomEvent
+
+
+class TurnRefused(Exception):
+    """A turn action this user may not take now; `code` is the wire error code."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+
+
+class TurnQueue(Protocol):
+    """What rooms asks of the turn queue."""
+
+    def wanted(self, *, room: Room, content: str) -> bool:
+        """Whether this message should get an answer."""
+
+    def queue_full(self, *, room: Room) -> bool:
+        """Whether the room has as many turns waiting as it may (the post is then refused)."""
+
+    def queued_row(self, *, room: Room, now: Any) -> tuple[Row, RoomEvent]:
+        """The turn a post queues, as a row of the post's statement (it reads the message row
+        `m`) and its event (the post's second)."""
+
+    def posted_on_commit(self, *, room_id: int) -> None:
+        """A turn was queued: ring the queue once the transaction commits."""
+
+    def transcript_turns(self, *, message_ids: list[int]) -> tuple[dict[int, int], dict[int, str]]:
+        """For these messages: the turn each assistant message answers, and the status of the
+        turn each user message triggered."""
+
+    def cancel(self, *, room: Room, user: Any, turn_id: int) -> str:
+        """Stop or withdraw a turn; its status after. Raises TurnRefused."""
+
+    def retry(self, *, room: Room, user: Any, turn_id: int) -> str:
+        """Continue an interrupted or failed turn; its status after. Raises TurnRefused."""
+
+
+@functools.cache
+def turn_queue() -> TurnQueue:
+    """The configured turn queue (made once per process)."""
+    queue: TurnQueue = import_string(settings.ROOM_TURN_QUEUE)()
+    return queue
