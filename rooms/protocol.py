@@ -9,6 +9,12 @@ from uuid import UUID
 from django.conf import settings
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
+# WebSocket close codes of a room socket (docs/protocol.md); 4012 is rooms.shutdown's.
+CLOSE_BAD_REQUEST = 4400
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_FORBIDDEN = 4403
+CLOSE_NOT_FOUND = 4404
+
 # --- client to server ---------------------------------------------------------------------
 
 

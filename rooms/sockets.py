@@ -1,0 +1,82 @@
+"""What a room socket does on the database: each call one visit, on the sockets' own threads.
+
+Not asgiref's single thread (where every socket of the process would queue,
+docs/performance.md): a pool of threads, one per pooled connection. Channels' wrapper closes
+the thread's connection before and after each call, which with the connection pool returns it
+to the pool. The functions only compose services and selectors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+
+from rooms import selectors, services
+from rooms.auth import socket_user
+from rooms.protocol import CLOSE_FORBIDDEN, CLOSE_NOT_FOUND, CLOSE_UNAUTHENTICATED, FrameError
+
+_T = TypeVar("_T")
+
+
+def _db_threads() -> int:
+    """One thread per pooled connection: a call holds one connection for its duration."""
+    pool = settings.DATABASES["default"].get("OPTIONS", {}).get("pool")
+    if isinstance(pool, dict):
+        return int(pool.get("max_size") or pool.get("min_size") or 4)
+    return 4 if pool else 8
+
+
+_DB_EXECUTOR = ThreadPoolExecutor(max_workers=_db_threads(), thread_name_prefix="room-db")
+
+
+def _on_db_threads(func: Callable[..., _T]) -> Callable[..., Any]:
+    return database_sync_to_async(func, thread_sensitive=False, executor=_DB_EXECUTOR)
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What a connect's database visit decided: a close code, or who joined and the replay."""
+
+    close_code: int = 0
+    user: Any = None
+    token_id: int | None = None
+    room_id: int = 0
+    replay: selectors.Replay | None = None
+
+
+def admit(
+    scope: dict[str, Any], slug: str, since: int, subscribe: Callable[[int, int, int | None], None]
+) -> Admission:
+    """A connect's one database visit: the user, the room and their access (joining a public
+    room), then, once `subscribe` returns (Redis confirmed), the replay after `since`."""
+    user, token_id = socket_user(scope)
+    if not user.is_authenticated:
+        return Admission(CLOSE_UNAUTHENTICATED)
+    found = services.room_enter(slug=slug, user=user)
+    if not found.room_id:
+        return Admission(CLOSE_NOT_FOUND)
+    if found.access != "member":
+        return Admission(CLOSE_FORBIDDEN)
+    subscribe(found.room_id, user.pk, token_id)  # before reading: nothing falls between replay and live
+    replay = selectors.replay_after(room_id=found.room_id, since=since)
+    return Admission(0, user, token_id, found.room_id, replay)
+
+
+def as_member(room_id: int, user: Any, ref: Any, action: Callable[..., _T], /, **kwargs: Any) -> _T:
+    """`action(room=..., **kwargs)` if the user is still a member (memberships can be removed
+    mid-socket): one database visit for a frame that writes."""
+    room = selectors.room_of_member(room_id=room_id, user=user)
+    if room is None:
+        raise FrameError("forbidden", "you are not a member of this room", ref)
+    return action(room=room, **kwargs)
+
+
+admit_on_db = _on_db_threads(admit)
+replay_on_db = _on_db_threads(selectors.replay_after)
+as_member_on_db = _on_db_threads(as_member)
+latest_seq_on_db = _on_db_threads(selectors.room_latest_seq)
