@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
 
 from django.conf import settings
 from django.db import connection
@@ -66,11 +65,11 @@ def chunks_write_unsent(rows: list[ChunkRow]) -> dict[int, LeaseState]:
     return {int(turn_id): LeaseState(cancel_requested=bool(cancel)) for turn_id, cancel in held}
 
 
-def chunk_deltas(rows: list[ChunkRow]) -> list[tuple[int, dict[str, object]]]:
+def chunk_deltas(rows: list[ChunkRow]) -> list[tuple[int, broadcast.Envelope]]:
     """The `delta` broadcasts of written chunks, (room id, channel-layer message): one message
     per run of consecutive chunks of a message, each message's runs in order."""
-    runs: dict[int, dict[str, Any]] = {}
-    out: list[tuple[int, dict[str, object]]] = []
+    runs: dict[int, broadcast.DeltaEnvelope] = {}
+    out: list[tuple[int, broadcast.Envelope]] = []
     for r in rows:
         mid = r.taken.message_id
         run = runs.get(mid)

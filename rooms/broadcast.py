@@ -11,7 +11,7 @@ import concurrent.futures
 import logging
 import os
 import threading
-from typing import Any
+from typing import Any, Literal, TypedDict
 
 from channels.layers import get_channel_layer
 from django.db import transaction
@@ -29,21 +29,69 @@ def user_group(user_id: int) -> str:
     return f"user.{int(user_id)}"
 
 
-def event_message(seq: int, text: str) -> dict[str, Any]:
+# The channel-layer messages (envelopes, not wire frames: they carry frames as text, encoded once
+# for every socket). The consumer's handler for each is named after its `type` (rooms.replay).
+
+
+class EventEnvelope(TypedDict):
+    type: Literal["room.event"]
+    seq: int
+    text: str
+
+
+class DeltaEnvelope(TypedDict):
+    type: Literal["room.delta"]
+    message_id: int
+    index: int
+    texts: list[str]
+
+
+class EphemeralEnvelope(TypedDict):
+    type: Literal["room.ephemeral"]
+    text: str
+    sender: str
+
+
+class KickEnvelope(TypedDict):
+    type: Literal["room.kick"]
+    user_id: int
+
+
+class RevokedEnvelope(TypedDict):
+    type: Literal["user.revoked"]
+    token_id: int
+
+
+Envelope = EventEnvelope | DeltaEnvelope | EphemeralEnvelope | KickEnvelope | RevokedEnvelope
+
+
+def event_message(seq: int, text: str) -> EventEnvelope:
+    """A committed room event (its stored frame text)."""
     return {"type": "room.event", "seq": seq, "text": text}
 
 
-def delta_message(message_id: int, index: int, texts: list[str]) -> dict[str, Any]:
+def delta_message(message_id: int, index: int, texts: list[str]) -> DeltaEnvelope:
     """Consecutive `delta` frames of one message, chunks `index`, `index + 1`, ...: one
     channel-layer message (one encode, one PUBLISH, one hub decode) for a writer's batch."""
     return {"type": "room.delta", "message_id": message_id, "index": index, "texts": texts}
 
 
-def ephemeral_message(text: str, sender: str = "") -> dict[str, Any]:
+def ephemeral_message(text: str, sender: str = "") -> EphemeralEnvelope:
+    """A frame not stored (presence, typing); `sender`'s own socket does not get it."""
     return {"type": "room.ephemeral", "text": text, "sender": sender}
 
 
-async def send_to_room(room_id: int, message: dict[str, Any]) -> None:
+def kick_message(user_id: int) -> KickEnvelope:
+    """Close this user's sockets in the room (a ban)."""
+    return {"type": "room.kick", "user_id": user_id}
+
+
+def revoked_message(token_id: int) -> RevokedEnvelope:
+    """Close the sockets this token opened."""
+    return {"type": "user.revoked", "token_id": token_id}
+
+
+async def send_to_room(room_id: int, message: Envelope) -> None:
     """Broadcast from async code (consumers)."""
     await get_channel_layer().group_send(room_group(room_id), message)
 
@@ -71,12 +119,12 @@ class _LoopThread:
 _publisher = _LoopThread()
 
 
-def send_many_sync(items: list[tuple[int, dict[str, Any]]]) -> None:
+def send_many_sync(items: list[tuple[int, Envelope]]) -> None:
     """Broadcast to several rooms at once, in order: (room id, message) pairs."""
     publish([(room_group(room_id), m) for room_id, m in items], wait=True)
 
 
-def publish(items: list[tuple[str, dict[str, Any]]], *, wait: bool) -> None:
+def publish(items: list[tuple[str, Envelope]], *, wait: bool) -> None:
     """Hand (group, message) pairs to the process's publisher loop, which sends them in the
     order they were handed over (from every thread); `wait` blocks until they are sent."""
     if not items:
@@ -88,7 +136,7 @@ def publish(items: list[tuple[str, dict[str, Any]]], *, wait: bool) -> None:
     published_wait(future, len(items))
 
 
-def publish_started(items: list[tuple[str, dict[str, Any]]]) -> concurrent.futures.Future[None]:
+def publish_started(items: list[tuple[str, Envelope]]) -> concurrent.futures.Future[None]:
     """Start publishing (group, message) pairs; they go out after everything handed over before
     them, from any thread (the loop runs the publishes FIFO: one lock per shard, taken in order)."""
     return asyncio.run_coroutine_threadsafe(_publish(items), _publisher.loop())
@@ -107,14 +155,14 @@ def _log_failure(future: Any) -> None:
         log.warning("broadcast failed; clients will resync", exc_info=future.exception())
 
 
-async def _publish(items: list[tuple[str, dict[str, Any]]]) -> None:
+async def _publish(items: list[tuple[str, Envelope]]) -> None:
     if not await _publish_pipelined(items):
         layer = get_channel_layer()
         for group, message in items:
             await layer.group_send(group, message)
 
 
-async def _publish_pipelined(items: list[tuple[str, dict[str, Any]]]) -> bool:
+async def _publish_pipelined(items: list[tuple[str, Envelope]]) -> bool:
     """PUBLISH many messages in one round trip per Redis shard, in order, exactly as the
     pub/sub layer's `group_send` would (its channel names and serializer); False if the layer
     is not channels_redis' pub/sub layer as we know it (the caller then sends one by one)."""
@@ -138,12 +186,12 @@ async def _publish_pipelined(items: list[tuple[str, dict[str, Any]]]) -> bool:
     return True
 
 
-def send_to_group_on_commit(group: str, message: dict[str, Any]) -> None:
+def send_to_group_on_commit(group: str, message: Envelope) -> None:
     transaction.on_commit(lambda: publish([(group, message)], wait=False))
 
 
-def send_to_room_on_commit(room_id: int, messages: list[dict[str, Any]]) -> None:
+def send_to_room_on_commit(room_id: int, messages: list[EventEnvelope]) -> None:
     """Broadcast after the current transaction commits (never before: rule 1), without making
     the caller (a request, a socket's database call) wait for Redis."""
-    items = [(room_group(room_id), m) for m in messages]
+    items: list[tuple[str, Envelope]] = [(room_group(room_id), m) for m in messages]
     transaction.on_commit(lambda: publish(items, wait=False))

@@ -239,7 +239,7 @@ def token_revoke(*, user: Any, token_id: int) -> bool:
         )
         if revoked:
             broadcast.send_to_group_on_commit(
-                broadcast.user_group(user.pk), {"type": "user.revoked", "token_id": token_id}
+                broadcast.user_group(user.pk), broadcast.revoked_message(token_id)
             )
     return revoked
 
@@ -252,9 +252,7 @@ def member_ban(*, room: Room, user: Any) -> Membership:
             raise ValueError("the owner cannot be banned from their room")
         membership.banned_at = timezone.now()
         membership.save(update_fields=["banned_at"])
-        broadcast.send_to_group_on_commit(
-            broadcast.room_group(room.pk), {"type": "room.kick", "user_id": user.pk}
-        )
+        broadcast.send_to_group_on_commit(broadcast.room_group(room.pk), broadcast.kick_message(user.pk))
     return membership
 
 
