@@ -225,7 +225,7 @@ def turn_run(*, taken: TakenTurn) -> str:
         connection.close()
         provider = get_provider()
         model = room.ai_model or settings.LLM_MODEL
-        for _step in range(settings.MAX_TURN_STEPS):
+        for _step in range(settings.TURN_MAX_STEPS):
             request = ModelRequest(model=model, messages=tuple(messages))
             with provider.stream(request) as stream:
                 result = _step_stream(stream, batcher, deadline)

@@ -161,7 +161,23 @@ CHUNK_FLUSH_MAX_CHARS = env.int("CHUNK_FLUSH_MAX_CHARS", default=2048)
 CHUNK_WRITERS = env.int("CHUNK_WRITERS", default=1)  # writer threads (lanes) per worker process
 CHUNK_WRITE_BATCH = env.int("CHUNK_WRITE_BATCH", default=256)  # chunk rows per statement at most
 CONTEXT_MESSAGES = env.int("CONTEXT_MESSAGES", default=40)
-MAX_TURN_STEPS = env.int("MAX_TURN_STEPS", default=8)
+TURN_MAX_STEPS = env.int("TURN_MAX_STEPS", default=8)  # model steps per turn (tool rounds + 1)
+# Tools (agents/tools/): the server tools there are, those a room has on unless its owner says
+# otherwise (empty: all), and the hooks every call goes through (before/after, dotted paths).
+AGENT_TOOLS = [
+    "agents.tools.calculator.Calculator",
+    "agents.tools.clock.Clock",
+    "agents.tools.search.RoomSearch",
+    "agents.tools.notes.Note",
+]
+AGENT_TOOLS_ON = env.list("AGENT_TOOLS_ON", default=[])
+TOOL_HOOKS = env.list("TOOL_HOOKS", default=["agents.tools.hooks.LogCalls"])
+TOOL_CONCURRENCY = env.int("TOOL_CONCURRENCY", default=4)  # server calls of one step at once
+TOOL_TIMEOUT = env.float("TOOL_TIMEOUT", default=30.0)  # seconds per server call
+TOOL_WAIT_TIMEOUT = env.float("TOOL_WAIT_TIMEOUT", default=86_400.0)  # approval / client answer
+TOOL_OUTPUT_MAX_BYTES = env.int("TOOL_OUTPUT_MAX_BYTES", default=32 * 1024)
+CLIENT_TOOLS_MAX = env.int("CLIENT_TOOLS_MAX", default=8)  # client tools offered with one send
+CLIENT_TOOL_SCHEMA_MAX_BYTES = env.int("CLIENT_TOOL_SCHEMA_MAX_BYTES", default=8 * 1024)
 MAX_TURN_ATTEMPTS = env.int("MAX_TURN_ATTEMPTS", default=3)  # runs of one turn, recoveries included
 # Rate limits (0 turns a limit off): frames per second per socket (burst = 2x), messages per
 # minute per user (all sockets), turns waiting in one room's queue.

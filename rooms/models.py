@@ -40,6 +40,10 @@ class Room(models.Model):
 
     # What to do with an answer whose worker died mid-stream.
     recovery = models.CharField(max_length=16, choices=Recovery.choices, default=Recovery.CONTINUE)
+    # The assistant's server tools in this room: names switched on, and names that ask a person
+    # first. None: the site's defaults (settings.AGENT_TOOLS_ON, each tool's own `ask_first`).
+    tools_on = models.JSONField(null=True, blank=True, default=None)
+    tools_ask_first = models.JSONField(null=True, blank=True, default=None)
     # The newest room event's seq; incremented under the row lock by services.
     last_seq = models.BigIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -144,6 +148,22 @@ class RoomEvent(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["room", "seq"], name="event_room_seq_unique"),
         ]
+
+
+class RoomNote(models.Model):
+    """A note in the room's notes panel, written by the assistant's `note` tool (or a person)."""
+
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="notes")
+    text = models.TextField()
+    # the tool call that wrote it (agents.ToolCall's id), so every execution is counted
+    call_id = models.BigIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return self.text[:60]
 
 
 class ApiToken(models.Model):

@@ -202,7 +202,20 @@ class TurnEvent(_ServerFrame):
     turn: TurnData
 
 
-RoomEvent = MessageEvent | MessageUpdateEvent | TurnEvent
+class NoteData(_ServerFrame):
+    id: int
+    text: str
+    call_id: int | None
+    created_at: str
+
+
+class NoteEvent(_ServerFrame):
+    type: Literal["note"] = "note"
+    seq: int
+    note: NoteData
+
+
+RoomEvent = MessageEvent | MessageUpdateEvent | TurnEvent | NoteEvent
 """A change to a room, stored in its log with the next `seq` (rooms.events) before it is sent."""
 
 
@@ -259,12 +272,12 @@ class TypingEventFrame(_ServerFrame):
 
 
 ServerFrame = Annotated[
-    MessageEvent | MessageUpdateEvent | TurnEvent | AckFrame | ErrorFrame | DeltaFrame
+    MessageEvent | MessageUpdateEvent | TurnEvent | NoteEvent | AckFrame | ErrorFrame | DeltaFrame
     | SnapshotFrame | ReadyFrame | PongFrame | PresenceFrame | TypingEventFrame,
     Field(discriminator="type"),
 ]  # fmt: skip
 _server_adapter: TypeAdapter[ServerFrame] = TypeAdapter(ServerFrame)
-ROOM_EVENT_TYPES = ("message", "message_update", "turn")
+ROOM_EVENT_TYPES = ("message", "message_update", "turn", "note")
 
 
 def parse_server_frame(text: str) -> ServerFrame:

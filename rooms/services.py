@@ -16,8 +16,8 @@ from django.utils.text import slugify
 
 from rooms import broadcast
 from rooms.events import NEXT_SEQ, Fill, Row, events_append_last, sentinel
-from rooms.models import ApiToken, Membership, Message, Room
-from rooms.protocol import MessageEvent, MessageUpdateEvent, RoomEvent
+from rooms.models import ApiToken, Membership, Message, Room, RoomNote
+from rooms.protocol import MessageEvent, MessageUpdateEvent, NoteData, NoteEvent, RoomEvent
 from rooms.selectors import SocketAccess, message_wire, socket_access
 from rooms.turns import turn_queue
 
@@ -202,6 +202,23 @@ def message_update_saved(*, message: Message, turn_id: int | None = None) -> Mes
     """Save a message's content/status; its `message_update` event, for `events_append_last`."""
     message.save(update_fields=["content", "status", "updated_at"])
     return MessageUpdateEvent(seq=NEXT_SEQ, message=message_wire(message, turn_id=turn_id))
+
+
+# --- notes ------------------------------------------------------------------------------------
+
+NOTE_MAX_CHARS = 2000
+
+
+def note_add(*, room_id: int, text: str, call_id: int | None = None) -> RoomNote:
+    """Add a note to the room's notes panel (its own transaction) and emit its `note` event."""
+    text = text.strip()[:NOTE_MAX_CHARS]
+    if not text:
+        raise ValueError("a note needs text")
+    with transaction.atomic():
+        note = RoomNote.objects.create(room_id=room_id, text=text, call_id=call_id)
+        data = NoteData(id=note.pk, text=note.text, call_id=call_id, created_at=note.created_at.isoformat())
+        events_append_last(room_id=room_id, events=[NoteEvent(seq=NEXT_SEQ, note=data)])
+    return note
 
 
 # --- people -----------------------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""Server tools: one module per tool, one registry (`agents.tools.registry`)."""
