@@ -7,12 +7,14 @@ from typing import Any
 
 from django.conf import settings
 
-from agents import turns
+from agents import calls, turns
 from agents.kicks import kick_room_on_commit
-from agents.models import Turn
+from agents.models import ToolCall, Turn
+from agents.tools.registry import server_tools
 from rooms.events import Row
 from rooms.models import Room
-from rooms.protocol import RoomEvent
+from rooms.protocol import RoomEvent, ToolCallData
+from rooms.turns import ToolInfo
 
 _MENTION = re.compile(r"(?<![\w@])@(ai|assistant|bot)\b", re.IGNORECASE)
 
@@ -31,8 +33,10 @@ class RoomTurnQueue:
             return False
         return Turn.objects.filter(room=room, status=Turn.Status.QUEUED).count() >= limit
 
-    def queued_row(self, *, room: Room, now: Any) -> tuple[Row, RoomEvent]:
-        return turns.turn_queued_row(room=room, now=now)
+    def queued_row(
+        self, *, room: Room, now: Any, client_tools: list[dict[str, Any]]
+    ) -> tuple[Row, RoomEvent]:
+        return turns.turn_queued_row(room=room, now=now, client_tools=client_tools)
 
     def posted_on_commit(self, *, room_id: int) -> None:
         kick_room_on_commit(room_id)
@@ -44,6 +48,23 @@ class RoomTurnQueue:
             {int(m): int(t) for m, t in answers.values_list("assistant_message_id", "pk")},
             dict(triggers.values_list("trigger_message_id", "status")),
         )
+
+    def transcript_calls(self, *, message_ids: list[int]) -> dict[int, list[ToolCallData]]:
+        by_message: dict[int, list[ToolCallData]] = {}
+        for call in ToolCall.objects.filter(message_id__in=message_ids).select_related("decided_by"):
+            by_message.setdefault(call.message_id, []).append(calls.call_wire(call))
+        return by_message
+
+    def tool_result(self, *, room: Room, user: Any, call_id: str, output: Any, error: str | None) -> str:
+        return turns.turn_tool_result(room=room, user=user, call_id=call_id, output=output, error=error)
+
+    def tool_decide(self, *, room: Room, user: Any, call_id: str, approved: bool, reason: str | None) -> str:
+        return turns.turn_tool_decision(
+            room=room, user=user, call_id=call_id, approved=approved, reason=reason
+        )
+
+    def tool_catalog(self) -> list[ToolInfo]:
+        return [ToolInfo(t.name, t.description, t.side_effects, t.ask_first) for t in server_tools().values()]
 
     def cancel(self, *, room: Room, user: Any, turn_id: int) -> str:
         return turns.turn_cancel(room=room, user=user, turn_id=turn_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
@@ -18,6 +19,7 @@ class Turn(models.Model):
         CANCELLED = "cancelled"
         FAILED = "failed"
         INTERRUPTED = "interrupted"
+        PARKED = "parked"  # waiting on a person (an approval, a client tool): no lease, no worker
 
     TERMINAL = (Status.DONE, Status.CANCELLED, Status.FAILED, Status.INTERRUPTED)
 
@@ -38,6 +40,9 @@ class Turn(models.Model):
     lease_until = models.DateTimeField(null=True, blank=True)
     lease_generation = models.BigIntegerField(default=0)
     error = models.TextField(blank=True, default="")
+    # The client tools offered with the triggering message ([{name, description, parameters}]),
+    # kept with the turn so a restart or a parked wait does not lose them.
+    client_tools = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -59,3 +64,73 @@ class Turn(models.Model):
 
     def __str__(self) -> str:
         return f"turn {self.pk} of room {self.room_id}: {self.status}"
+
+
+class ToolCall(models.Model):
+    """One tool call of a turn's step. Every state change is a compare-and-set (first writer
+    wins) and a room event (`tool_call` when created, `tool_update` after)."""
+
+    class Kind(models.TextChoices):
+        SERVER = "server"
+        CLIENT = "client"
+        MCP = "mcp"
+        AGENT = "agent"
+
+    class State(models.TextChoices):
+        AWAITING_APPROVAL = "awaiting_approval"
+        WAITING_CLIENT = "waiting_client"
+        RUNNING = "running"  # approved or needing none; `started_at` set once it really runs
+        DONE = "done"
+        ERROR = "error"
+        DENIED = "denied"
+        INTERRUPTED = "interrupted"  # a side effect may or may not have happened
+
+    SETTLED = (State.DONE, State.ERROR, State.DENIED, State.INTERRUPTED)
+    WAITING = (State.AWAITING_APPROVAL, State.WAITING_CLIENT)  # on a person: the turn parks
+
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="tool_calls")
+    turn = models.ForeignKey(Turn, on_delete=models.CASCADE, related_name="tool_calls")
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="tool_calls")
+    step = models.IntegerField()
+    index = models.IntegerField()  # order within the step
+    provider_call_id = models.CharField(max_length=100)  # the model's id for it
+    name = models.CharField(max_length=64)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    input = models.JSONField(null=True, blank=True)
+    arguments = models.TextField(blank=True, default="")  # the input as the model wrote it
+    state = models.CharField(max_length=24, choices=State.choices)
+    output = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True, default="")
+    # Copied from the tool when the call is made: recovery must not depend on today's registry.
+    side_effects = models.BooleanField(default=False)
+    idempotent = models.BooleanField(default=True)
+    requires_approval = models.BooleanField(default=False)
+    # the person whose message started the turn: only they answer a client tool; they (and the
+    # room's owner and moderators) decide an approval
+    initiator = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    decided_at = models.DateTimeField(null=True, blank=True)
+    decision_reason = models.CharField(max_length=500, blank=True, default="")
+    # The length of the message's text when the step ended: the text of step n is
+    # content[previous step's offset:this offset] (the model's context is rebuilt from it).
+    text_offset = models.IntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)  # committed before the tool runs
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["turn_id", "step", "index"]
+        constraints = [
+            models.UniqueConstraint(fields=["turn", "step", "index"], name="toolcall_turn_step_index_unique"),
+        ]
+        indexes = [
+            models.Index(fields=["state", "created_at"], name="toolcall_state_idx"),
+            models.Index(fields=["message"], name="toolcall_message_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.state})"

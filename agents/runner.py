@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import re
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection
 
+from agents.calls import OUTCOME_UNKNOWN, call_settle, calls_create, calls_of_turn, calls_recover
 from agents.drain import drain_requested
-from agents.models import Turn
+from agents.models import ToolCall, Turn
 from agents.providers import get_provider
 from agents.providers.base import (
     ChatMessage,
@@ -24,6 +27,7 @@ from agents.providers.base import (
     TextDelta,
     ToolCallRequest,
 )
+from agents.toolbox import Toolbox, run_server_calls, step_messages, steps_messages, unique_call_ids
 from agents.turns import (
     LeaseLost,
     LeaseState,
@@ -32,6 +36,7 @@ from agents.turns import (
     lease_renew,
     message_text_from_chunks,
     turn_finish,
+    turn_park,
     turn_release,
 )
 from agents.writer import TurnSink, writer
@@ -43,10 +48,24 @@ log = logging.getLogger(__name__)
 _END = object()
 
 
-def context_build(*, taken: TakenTurn) -> tuple[Room, list[ChatMessage]]:
-    """The model's context: system prompt, then the room's messages up to the trigger."""
+@dataclass
+class TurnContext:
+    """What a (re)started turn needs: its room, the model's context so far, and where it stands."""
+
+    room: Room
+    messages: list[ChatMessage]
+    initiator_id: int | None
+    client_tools: list[dict[str, Any]]
+    calls: list[ToolCall]  # this turn's calls so far, every step
+    text_so_far: str  # the turn's answer text already written
+
+
+def context_build(*, taken: TakenTurn) -> TurnContext:
+    """The model's context: system prompt, the room's messages up to the trigger (earlier
+    answers with their tool calls and results), then this turn's own steps so far."""
     room = Room.objects.get(pk=taken.room_id)
-    trigger_seq = Message.objects.values_list("seq", flat=True).get(pk=taken.trigger_message_id)
+    turn = Turn.objects.select_related("trigger_message").get(pk=taken.turn_id)
+    trigger_seq = turn.trigger_message.seq
     own_seq = Message.objects.values_list("seq", flat=True).get(pk=taken.message_id)
     rows = list(
         Message.objects.filter(room=room, seq__lt=own_seq)
@@ -56,18 +75,30 @@ def context_build(*, taken: TakenTurn) -> tuple[Room, list[ChatMessage]]:
         .select_related("author")
         .order_by("-seq")[: settings.CONTEXT_MESSAGES]
     )
+    earlier_calls: dict[int, list[ToolCall]] = {}
+    answers = [m.pk for m in rows if m.role == Message.Role.ASSISTANT]
+    for call in ToolCall.objects.filter(message_id__in=answers).order_by("step", "index"):
+        earlier_calls.setdefault(call.message_id, []).append(call)
     messages = [ChatMessage(role="system", content=room.system_prompt)] if room.system_prompt else []
     for m in reversed(rows):
         if m.role == Message.Role.USER:
             messages.append(ChatMessage(role="user", content=f"{display_name(m.author)}: {m.content}"))
         elif m.role == Message.Role.ASSISTANT:
-            messages.append(ChatMessage(role="assistant", content=m.content))
-    if taken.next_index:
-        # A continuation step: the model gets what it already said and goes on from there.
-
-        messages.append(ChatMessage(role="assistant", content=message_text_from_chunks(taken.message_id)))
+            steps, rest = steps_messages(m.content, earlier_calls.get(m.pk, []))
+            messages += steps
+            if rest:
+                messages.append(ChatMessage(role="assistant", content=rest))
+    calls = calls_of_turn(taken.turn_id)
+    text = message_text_from_chunks(taken.message_id) if taken.next_index else ""
+    steps, rest = steps_messages(text, calls)
+    messages += steps
+    if rest:
+        # A continuation after a fault mid-step: the model gets what it already said of this
+        # step and goes on from there.
+        messages.append(ChatMessage(role="assistant", content=rest))
         messages.append(ChatMessage(role="user", content=CONTINUE_PROMPT))
-    return room, messages
+    initiator = turn.trigger_message.author_id
+    return TurnContext(room, messages, initiator, list(turn.client_tools or []), calls, text)
 
 
 CONTINUE_PROMPT = (
@@ -96,6 +127,10 @@ class ChunkBatcher:
     pending: list[str] = field(default_factory=list)
     pending_chars: int = 0
     last_write: float = 0.0
+    chars: int = 0  # the answer's length so far, written or pending (a step's text offset)
+    ends_with_newline: bool = True
+    separate_next: bool = False
+    step_text: list[str] = field(default_factory=list)  # this step's text (the model's context)
     sink: TurnSink = field(init=False)
 
     def __post_init__(self) -> None:
@@ -103,9 +138,20 @@ class ChunkBatcher:
 
     def add(self, text: str) -> None:
         if text:
+            if self.separate_next and self.chars and not self.ends_with_newline:
+                text = "\n\n" + text.lstrip("\n")  # the next step's text starts a new paragraph
+            self.separate_next = False
             text = storable_text(text)
             self.pending.append(text)
+            self.step_text.append(text)
             self.pending_chars += len(text)
+            self.chars += len(text)
+            self.ends_with_newline = text.endswith("\n")
+
+    def take_step_text(self) -> str:
+        text = "".join(self.step_text)
+        self.step_text.clear()
+        return text
 
     def due_at(self) -> float | None:
         """When the pending text should be written (leading edge: at once after a quiet spell)."""
@@ -211,32 +257,95 @@ def _step_stream(stream: ModelStream, batcher: ChunkBatcher, deadline: float) ->
             raise TurnStopped(Turn.Status.FAILED, "the turn hit its time limit")
 
 
+class TurnParked(Exception):
+    """The turn waits on a person and was parked: the worker lets go of it."""
+
+
+def _settle_step(
+    taken: TakenTurn, calls: list[ToolCall], toolbox: Toolbox, deadline: float
+) -> list[ToolCall]:
+    """Run what can run of a step's calls, then park the turn if some wait on a person;
+    returns the step's calls once every one has settled."""
+
+    def heartbeat() -> None:
+        state = db_retry(lambda: lease_renew(taken=taken), what="lease renewal")
+        if state.cancel_requested:
+            raise TurnStopped(Turn.Status.CANCELLED, "stopped by a user")
+        if time.monotonic() >= deadline:
+            raise TurnStopped(Turn.Status.FAILED, "the turn hit its time limit")
+
+    ids = {c.pk for c in calls}
+    while True:
+        run_server_calls(taken, calls, toolbox, heartbeat)
+        calls = [c for c in calls_of_turn(taken.turn_id) if c.pk in ids]
+        for call in calls:  # started here, yet not settled: its settle failed (outcome unknown)
+            if call.state == ToolCall.State.RUNNING and call.started_at is not None:
+                call_settle(
+                    taken=taken, call_id=call.pk, state=ToolCall.State.INTERRUPTED, error=OUTCOME_UNKNOWN
+                )
+        calls = [c for c in calls_of_turn(taken.turn_id) if c.pk in ids]
+        if all(c.state in ToolCall.SETTLED for c in calls):
+            return calls
+        if any(c.state in ToolCall.WAITING for c in calls):
+            if db_retry(lambda: turn_park(taken=taken), what="park"):
+                raise TurnParked()
+        heartbeat()  # answered meanwhile: an approved call runs on the next round
+
+
 def turn_run(*, taken: TakenTurn) -> str:
-    """Run a leased turn to a terminal status; returns it ('lost' if the lease was lost)."""
+    """Run a leased turn to a terminal status, or park it while a call waits on a person;
+    returns the status ('parked', 'lost' if the lease was lost)."""
     deadline = time.monotonic() + settings.TURN_TIME_LIMIT
     batcher = ChunkBatcher(taken=taken, next_index=taken.next_index)
     status: str = Turn.Status.DONE
     error = ""
     try:
-        room, messages = context_build(taken=taken)
+        ctx = context_build(taken=taken)
+        room, messages = ctx.room, ctx.messages
+        batcher.chars = len(ctx.text_so_far)
+        batcher.ends_with_newline = ctx.text_so_far.endswith("\n") or not ctx.text_so_far
+        toolbox = Toolbox.for_turn(room=room, client_tools=ctx.client_tools)
+        step = 1 + max((c.step for c in ctx.calls), default=-1)
+        if ctx.calls:  # taken again: a fault, a release, or the answer that unparked it
+            recovered = calls_recover(taken=taken)
+            last = [c for c in calls_of_turn(taken.turn_id) if c.step == step - 1]
+            if recovered or any(c.state not in ToolCall.SETTLED for c in last):
+                _settle_step(taken, last, toolbox, deadline)
+                ctx = context_build(taken=taken)  # with the step's results
+                messages = ctx.messages
+            batcher.separate_next = True
+        used_ids = {c.provider_call_id for c in ctx.calls}
         # While the model streams, the chunk writer does the writing: the runner gives its
         # connection back (to the pool), or a threads worker with many turns would need a
         # connection per turn for nothing.
         connection.close()
         provider = get_provider()
         model = room.ai_model or settings.LLM_MODEL
-        for _step in range(settings.TURN_MAX_STEPS):
-            request = ModelRequest(model=model, messages=tuple(messages))
+        while True:
+            last_step = step >= settings.TURN_MAX_STEPS - 1  # the last one answers without tools
+            tools = () if last_step else toolbox.specs()
+            request = ModelRequest(model=model, messages=tuple(messages), tools=tools)
             with provider.stream(request) as stream:
                 result = _step_stream(stream, batcher, deadline)
-            if not result.tool_calls:
+            if not result.tool_calls or last_step:
                 break
-            # Tool calls arrive with a later issue (tools registry); until then the model's
-            # text so far is the answer and the request is noted on the turn.
-            error = "the model asked for tools, which this room does not offer"
-            break
+            if not batcher.flush_and_wait():
+                return "lost"
+            requests = unique_call_ids(result.tool_calls, turn_id=taken.turn_id, step=step, used=used_ids)
+            plans = [toolbox.plan(r, turn_id=taken.turn_id, initiator_id=ctx.initiator_id) for r in requests]
+            create = functools.partial(
+                calls_create, taken=taken, step=step, plans=plans, text_offset=batcher.chars,
+                initiator_id=ctx.initiator_id,
+            )  # fmt: skip
+            made = db_retry(create, what="tool calls")
+            settled = _settle_step(taken, made, toolbox, deadline)
+            messages = [*messages, *step_messages(batcher.take_step_text(), settled)]
+            step += 1
+            batcher.separate_next = True
         if not batcher.flush_and_wait():
             return "lost"
+    except TurnParked:
+        return "parked"
     except TurnStopped as stop:
         status, error = stop.status, stop.reason
         if not batcher.flush_and_wait():

@@ -17,6 +17,7 @@ turn_release, turn_cancel, turn_retry, turn_recover_if_expired, rooms_sweep, mes
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -28,7 +29,9 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
+from agents import calls
 from agents.kicks import kick_room_on_commit
+from agents.lease import LeaseLost, LeaseState, TakenTurn, room_turns_lock
 from agents.models import Turn
 from rooms.events import NEXT_SEQ, Fill, Row, events_append_last, sentinel
 from rooms.models import Message, Room, StreamChunk
@@ -41,28 +44,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 NEW_TURN_ID = sentinel(3)
-
-
-class LeaseLost(Exception):
-    """This worker no longer owns the turn: it must not write anything more for it."""
-
-
-@dataclass(frozen=True)
-class LeaseState:
-    cancel_requested: bool
-
-
-@dataclass(frozen=True)
-class TakenTurn:
-    """A turn this worker now runs: every write it makes is fenced by `generation`."""
-
-    turn_id: int
-    room_id: int
-    generation: int
-    message_id: int
-    trigger_message_id: int
-    attempt: int
-    next_index: int = 0  # > 0 when continuing an answer that already has chunks
 
 
 def turn_wire(turn: Turn) -> TurnData:
@@ -83,18 +64,7 @@ def turn_event(turn: Turn) -> TurnEvent:
     return TurnEvent(seq=NEXT_SEQ, turn=turn_wire(turn))
 
 
-_TURN_LOCK_CLASS = 0x43484154  # "CHAT": the namespace of our advisory locks
-
-
-def _lock_room(room_id: int) -> None:
-    """Serialise the turn transitions of one room until the transaction ends. An advisory lock,
-    not the room row: posts to the room, which need the row for their seq, are not held up by a
-    transition, which takes the row only with its last statement, for one round trip and the
-    COMMIT."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT pg_advisory_xact_lock(%s, (%s %% 2147483647)::int)", [_TURN_LOCK_CLASS, room_id]
-        )
+_lock_room = room_turns_lock
 
 
 # --- a post queues a turn (in the post's own statement) --------------------------------------
@@ -102,18 +72,20 @@ def _lock_room(room_id: int) -> None:
 _QUEUE_INSERT = """
     INSERT INTO agents_turn
         (room_id, queue_seq, trigger_message_id, status, attempt, cancel_requested,
-         side_effects_started, lease_owner, lease_generation, error, created_at)
-    SELECT %(room)s, m.seq, m.id, 'queued', 0, false, false, '', 0, '', %(now)s FROM m
+         side_effects_started, lease_owner, lease_generation, error, client_tools, created_at)
+    SELECT %(room)s, m.seq, m.id, 'queued', 0, false, false, '', 0, '', %(t_tools)s::jsonb, %(now)s
+      FROM m
     RETURNING id
 """
 
 
-def turn_queued_row(*, room: Room, now: Any) -> tuple[Row, RoomEvent]:
+def turn_queued_row(*, room: Room, now: Any, client_tools: list[dict[str, Any]]) -> tuple[Row, RoomEvent]:
     """The turn a new message queues, as a row after the message row `m`, and its event."""
     draft = Turn(pk=NEW_TURN_ID, room=room, trigger_message_id=NEW_MESSAGE_ID, created_at=now)
     row = Row(
         name="t",
         sql=_QUEUE_INSERT,
+        params={"t_tools": json.dumps(client_tools)},
         fills=(Fill("id", NEW_TURN_ID, "t.id"), Fill("trigger_message_id", NEW_MESSAGE_ID, "m.id")),
         returns=("t.id",),
     )
@@ -158,6 +130,8 @@ def turn_take_next(*, room_id: int, owner: str) -> TakenTurn | None:
             if running.lease_until is not None and running.lease_until > timezone.now():
                 return None  # the room is leased; its holder kicks again when done
             _recover_locked(turn=running, reason="lease expired")
+        if Turn.objects.filter(room_id=room_id, status=Turn.Status.PARKED).exists():
+            return None  # the head of the queue waits on a person; the answer kicks the room
         turn = (
             Turn.objects.filter(room_id=room_id, status=Turn.Status.QUEUED)
             .order_by("queue_seq")
@@ -257,14 +231,16 @@ def message_text_from_chunks(message_id: int) -> str:
 
 
 def _close_locked(*, turn: Turn, status: str, error: str = "") -> None:
-    """Give a turn and its message a terminal status (the room's turns locked by the caller)."""
+    """Give a turn, its message and its calls not settled yet a terminal status (the room's
+    turns locked by the caller)."""
     turn.status = status
     turn.error = error[:2000]
     turn.lease_until = None
     turn.lease_owner = ""
     turn.finished_at = timezone.now()
     turn.save()
-    events: list[RoomEvent] = []
+    ended = "the turn was cancelled" if status == Turn.Status.CANCELLED else f"the turn ended ({status})"
+    events = calls.calls_end_open_locked(turn_id=turn.pk, error=ended)
     if turn.assistant_message_id:
         message = Message.objects.get(pk=turn.assistant_message_id)
         message.content = message_text_from_chunks(message.pk)
@@ -322,6 +298,87 @@ def turn_finish(*, taken: TakenTurn, status: str, error: str = "") -> bool:
     return True
 
 
+# --- parked: waiting on a person ----------------------------------------------------------------
+
+
+def turn_park(*, taken: TakenTurn) -> bool:
+    """Park the turn this worker runs while a call waits on a person: the lease is released
+    (no worker waits), the room's later turns stay queued behind it. False if nothing waits any
+    more (the answer came first): the runner then goes on."""
+    with transaction.atomic():
+        turn = _locked_own_turn(taken)
+        if turn is None:
+            raise LeaseLost(f"turn {taken.turn_id} generation {taken.generation}")
+        if not calls.calls_waiting(turn.pk):
+            return False
+        turn.status = Turn.Status.PARKED
+        turn.lease_until = None
+        turn.lease_owner = ""
+        turn.lease_generation += 1
+        turn.attempt = max(0, turn.attempt - 1)  # waiting on a person is not a failed attempt
+        turn.save()
+        events_append_last(room_id=turn.room_id, events=[turn_event(turn)])
+    return True
+
+
+def _unpark_events_locked(turn: Turn) -> list[RoomEvent]:
+    """A parked turn whose calls no longer wait goes back to the head of the queue (its
+    `queue_seq` is the oldest); the caller kicks the room after commit."""
+    if turn.status != Turn.Status.PARKED or calls.calls_waiting(turn.pk):
+        return []
+    turn.status = Turn.Status.QUEUED
+    turn.save(update_fields=["status"])
+    kick_room_on_commit(turn.room_id)
+    return [turn_event(turn)]
+
+
+def turn_tool_result(*, room: Room, user: Any, call_id: str, output: Any, error: str | None) -> str:
+    """A client tool's answer (from the person whose message started the turn); the call's
+    state after. Unparks the turn once nothing else waits."""
+    with transaction.atomic():
+        _lock_room(room.pk)
+        call, events = calls.call_answer_locked(
+            room=room, user=user, call_id=call_id, output=output, error=error
+        )
+        turn = Turn.objects.select_for_update().get(pk=call.turn_id)
+        events += _unpark_events_locked(turn)
+        events_append_last(room_id=room.pk, events=events)
+    return call.state
+
+
+def turn_tool_decision(*, room: Room, user: Any, call_id: str, approved: bool, reason: str | None) -> str:
+    """Approve or deny a call that asks first; the call's state after. Unparks the turn once
+    nothing else waits (an approved call then runs on the worker that takes it)."""
+    with transaction.atomic():
+        _lock_room(room.pk)
+        call, events = calls.call_decide_locked(
+            room=room, user=user, call_id=call_id, approved=approved, reason=reason
+        )
+        turn = Turn.objects.select_for_update().get(pk=call.turn_id)
+        events += _unpark_events_locked(turn)
+        events_append_last(room_id=room.pk, events=events)
+    return call.state
+
+
+def turns_expire_waits() -> int:
+    """Sweeper: calls that waited on a person past TOOL_WAIT_TIMEOUT end `error` and their
+    turns continue (the model hears it). Returns how many turns were woken."""
+    woken = 0
+    for turn_id in calls.calls_wait_expired():
+        with transaction.atomic():
+            turn = Turn.objects.filter(pk=turn_id).first()
+            if turn is None:
+                continue
+            _lock_room(turn.room_id)
+            turn = Turn.objects.select_for_update().get(pk=turn_id)
+            events = calls.calls_expire_locked(turn_id=turn_id)
+            events += _unpark_events_locked(turn)
+            if events:
+                events_append_last(room_id=turn.room_id, events=events)
+                woken += 1
+    return woken
+
+
 # --- a member's cancel and retry -------------------------------------------------------------
 
 
@@ -342,6 +399,8 @@ def turn_cancel(*, room: Room, user: Any, turn_id: int) -> str:
                 raise TurnRefused("forbidden", "only its author or the owner can withdraw it")
             # A turn queued again after its worker was lost already has a streaming message:
             # closing it keeps the text so far and ends the message as well.
+            _close_locked(turn=turn, status=Turn.Status.CANCELLED)
+        elif turn.status == Turn.Status.PARKED:
             _close_locked(turn=turn, status=Turn.Status.CANCELLED)
         elif turn.status == Turn.Status.RUNNING and not turn.cancel_requested:
             # The runner sees the flag within one flush or heartbeat and closes the stream.
@@ -437,6 +496,7 @@ def rooms_sweep() -> SweepReport:
         )[:500]
     )
     recovered = sum(1 for turn_id in expired if turn_recover_if_expired(turn_id=turn_id))
+    turns_expire_waits()
     idle = list(
         Turn.objects.filter(status=Turn.Status.QUEUED)
         .exclude(room__turns__status=Turn.Status.RUNNING)

@@ -34,6 +34,7 @@ from rooms.protocol import (
     RetryFrame,
     SendFrame,
     SyncFrame,
+    ToolApprovalFrame,
     ToolResultFrame,
     TypingFrame,
     ack_frame,
@@ -185,6 +186,7 @@ class RoomConsumer(ReplayMixin, AsyncWebsocketConsumer):
                 author=user,
                 client_id=frame.client_id,
                 content=frame.content,
+                client_tools=[t.model_dump() for t in frame.tools],
             )
         except services.ClientIdConflict:
             raise FrameError(
@@ -230,7 +232,23 @@ class RoomConsumer(ReplayMixin, AsyncWebsocketConsumer):
         await presence.presence_touch(self.room_id, self.channel_name, self.user_data)
 
     async def on_tool_result(self, frame: ToolResultFrame) -> None:
-        raise FrameError("unsupported", "this room has no client-side tools", frame.call_id)
+        """A client tool's answer, from the person whose message started the turn."""
+        await self._call_action(
+            turn_queue().tool_result, frame.call_id, output=frame.output, error=frame.error
+        )
+
+    async def on_tool_approval(self, frame: ToolApprovalFrame) -> None:
+        """Approve or deny a call that asks first (its asker, or the room's owner/moderators)."""
+        await self._call_action(
+            turn_queue().tool_decide, frame.call_id, approved=frame.approved, reason=frame.reason
+        )
+
+    async def _call_action(self, action: Callable[..., Any], call_id: str, **kwargs: Any) -> None:
+        user = self.scope["user"]
+        try:
+            await as_member_on_db(self.room_id, user, call_id, action, user=user, call_id=call_id, **kwargs)
+        except TurnRefused as exc:
+            raise FrameError(exc.code, str(exc), call_id) from None
 
     async def send(
         self, text_data: str | None = None, bytes_data: bytes | None = None, close: bool = False

@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from django.conf import settings
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 # WebSocket close codes of a room socket (docs/protocol.md); 4012 is rooms.shutdown's.
@@ -22,10 +24,44 @@ class _Frame(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+TOOL_NAME = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+class ClientToolSpec(_Frame):
+    """A tool the sending client can run itself, offered to the model for this message's turn."""
+
+    name: Annotated[str, Field(pattern=TOOL_NAME)]
+    description: Annotated[str, Field(max_length=1000)] = ""
+    parameters: dict[str, Any]  # a JSON Schema of the input (an object)
+
+    @field_validator("parameters")
+    @classmethod
+    def _schema(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if len(json.dumps(value)) > settings.CLIENT_TOOL_SCHEMA_MAX_BYTES:
+            raise ValueError(f"parameters is over {settings.CLIENT_TOOL_SCHEMA_MAX_BYTES} bytes")
+        if value.get("type", "object") != "object":
+            raise ValueError("parameters must be a JSON Schema of an object")
+        try:
+            Draft202012Validator.check_schema(value)
+        except SchemaError as exc:
+            raise ValueError(f"parameters is not a valid JSON Schema: {exc.message[:200]}") from None
+        return value
+
+
 class SendFrame(_Frame):
     type: Literal["send"]
     client_id: UUID
     content: str
+    tools: list[ClientToolSpec] = []
+
+    @field_validator("tools")
+    @classmethod
+    def _tools(cls, value: list[ClientToolSpec]) -> list[ClientToolSpec]:
+        if len(value) > settings.CLIENT_TOOLS_MAX:
+            raise ValueError(f"at most {settings.CLIENT_TOOLS_MAX} client tools per message")
+        if len({t.name for t in value}) != len(value):
+            raise ValueError("two client tools have the same name")
+        return value
 
     @field_validator("client_id", mode="before")
     @classmethod
@@ -72,18 +108,32 @@ class PingFrame(_Frame):
 
 
 class ToolResultFrame(_Frame):
+    """A client tool's answer: `output` (any JSON), or `error` if it could not run."""
+
     type: Literal["tool_result"]
     call_id: Annotated[str, Field(min_length=1, max_length=100)]
     output: Any = None
-    error: str | None = None
+    error: Annotated[str, Field(max_length=2000)] | None = None
+
+
+class ToolApprovalFrame(_Frame):
+    """A person's decision on a call that asks first."""
+
+    type: Literal["tool_approval"]
+    call_id: Annotated[str, Field(min_length=1, max_length=100)]
+    approved: bool
+    reason: Annotated[str, Field(max_length=500)] | None = None
 
 
 ClientFrame = Annotated[
-    SendFrame | CancelFrame | RetryFrame | SyncFrame | TypingFrame | PingFrame | ToolResultFrame,
+    SendFrame | CancelFrame | RetryFrame | SyncFrame | TypingFrame | PingFrame | ToolResultFrame
+    | ToolApprovalFrame,
     Field(discriminator="type"),
-]
+]  # fmt: skip
 _client_adapter: TypeAdapter[ClientFrame] = TypeAdapter(ClientFrame)
-CLIENT_TYPES = frozenset({"send", "cancel", "retry", "sync", "typing", "ping", "tool_result"})
+CLIENT_TYPES = frozenset(
+    {"send", "cancel", "retry", "sync", "typing", "ping", "tool_result", "tool_approval"}
+)
 
 
 class FrameError(Exception):
@@ -107,7 +157,7 @@ def _encodable(text: str) -> bool:
 
 def _ref_of(data: dict[str, Any]) -> Any:
     """The frame's client_id or turn_id, echoed in an error only if it is safe to echo."""
-    ref = data.get("client_id", data.get("turn_id"))
+    ref = data.get("client_id", data.get("turn_id", data.get("call_id")))
     if isinstance(ref, str):
         return ref if len(ref) <= 100 and _encodable(ref) else None
     return ref if isinstance(ref, int) and not isinstance(ref, bool) and abs(ref) < 2**63 else None
@@ -215,7 +265,40 @@ class NoteEvent(_ServerFrame):
     note: NoteData
 
 
-RoomEvent = MessageEvent | MessageUpdateEvent | TurnEvent | NoteEvent
+class ToolCallData(_ServerFrame):
+    """A tool call as it travels on the wire; `id` is what clients answer with."""
+
+    id: str
+    turn_id: int
+    message_id: int
+    step: int
+    name: str
+    kind: str
+    input: Any
+    state: str
+    output: Any = None
+    error: str | None = None
+    requires_approval: bool
+    decided_by: UserRef | None = None
+    initiator_id: int | None  # who may answer it / decide it (with the room's owner, moderators)
+    created_at: str
+    started_at: str | None = None
+    finished_at: str | None = None
+
+
+class ToolCallEvent(_ServerFrame):
+    type: Literal["tool_call"] = "tool_call"
+    seq: int
+    call: ToolCallData
+
+
+class ToolUpdateEvent(_ServerFrame):
+    type: Literal["tool_update"] = "tool_update"
+    seq: int
+    call: ToolCallData
+
+
+RoomEvent = MessageEvent | MessageUpdateEvent | TurnEvent | NoteEvent | ToolCallEvent | ToolUpdateEvent
 """A change to a room, stored in its log with the next `seq` (rooms.events) before it is sent."""
 
 
@@ -272,12 +355,13 @@ class TypingEventFrame(_ServerFrame):
 
 
 ServerFrame = Annotated[
-    MessageEvent | MessageUpdateEvent | TurnEvent | NoteEvent | AckFrame | ErrorFrame | DeltaFrame
-    | SnapshotFrame | ReadyFrame | PongFrame | PresenceFrame | TypingEventFrame,
+    MessageEvent | MessageUpdateEvent | TurnEvent | NoteEvent | ToolCallEvent | ToolUpdateEvent
+    | AckFrame | ErrorFrame | DeltaFrame | SnapshotFrame | ReadyFrame | PongFrame | PresenceFrame
+    | TypingEventFrame,
     Field(discriminator="type"),
 ]  # fmt: skip
 _server_adapter: TypeAdapter[ServerFrame] = TypeAdapter(ServerFrame)
-ROOM_EVENT_TYPES = ("message", "message_update", "turn", "note")
+ROOM_EVENT_TYPES = ("message", "message_update", "turn", "note", "tool_call", "tool_update")
 
 
 def parse_server_frame(text: str) -> ServerFrame:

@@ -242,6 +242,9 @@ def _messages_page(*, room: Room, through: int, limit: int) -> tuple[list[dict[s
     ids = [m.pk for m in rows]
     snaps = {s.message_id: s for s in snapshots_streaming(room_id=room.pk)}
     turn_of, turn_status = turn_queue().transcript_turns(message_ids=ids)
+    calls_of = turn_queue().transcript_calls(
+        message_ids=[m.pk for m in rows if m.role == Message.Role.ASSISTANT]
+    )
     messages = []
     for m in rows:
         data = message_wire(m, turn_id=turn_of.get(m.pk)).model_dump()
@@ -251,6 +254,7 @@ def _messages_page(*, room: Room, through: int, limit: int) -> tuple[list[dict[s
             data["html"] = render_markdown(snap.content)
             data["next_index"] = snap.next_index
         data["turn_status"] = turn_status.get(m.pk)
+        data["tool_calls"] = [c.model_dump() for c in calls_of.get(m.pk, [])]
         data["initials"] = initials(data["author"]["name"] if data["author"] else "AI")
         data["hue"] = avatar_hue(m.author_id)
         messages.append(data)

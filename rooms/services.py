@@ -151,7 +151,14 @@ def _existing_post(*, room: Room, author: Any, client_id: uuid.UUID, content: st
     return PostResult(message_id=found[0], seq=found[1], created=False)
 
 
-def message_post(*, room: Room, author: Any, client_id: uuid.UUID, content: str) -> PostResult:
+def message_post(
+    *,
+    room: Room,
+    author: Any,
+    client_id: uuid.UUID,
+    content: str,
+    client_tools: list[dict[str, Any]] | None = None,
+) -> PostResult:
     """Store a user's message once per client_id, queue the turn it triggers, emit the events.
 
     One statement (one round trip, its own transaction: the room row is locked from its UPDATE
@@ -177,7 +184,7 @@ def message_post(*, room: Room, author: Any, client_id: uuid.UUID, content: str)
     )
     events: list[RoomEvent] = [MessageEvent(seq=NEXT_SEQ, message=message_wire(draft))]
     if wants_turn:
-        turn_row, turn_event = queue.queued_row(room=room, now=now)
+        turn_row, turn_event = queue.queued_row(room=room, now=now, client_tools=client_tools or [])
         rows += (turn_row,)
         events.append(turn_event)
     try:

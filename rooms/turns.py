@@ -9,6 +9,7 @@ it (`agents.hook.RoomTurnQueue`), and data flows one way. A test checks that no 
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from django.conf import settings
@@ -17,7 +18,17 @@ from django.utils.module_loading import import_string
 if TYPE_CHECKING:
     from rooms.events import Row
     from rooms.models import Room
-    from rooms.protocol import RoomEvent
+    from rooms.protocol import RoomEvent, ToolCallData
+
+
+@dataclass(frozen=True)
+class ToolInfo:
+    """A server tool as the room settings page shows it."""
+
+    name: str
+    description: str
+    side_effects: bool
+    ask_first: bool  # its default
 
 
 class TurnRefused(Exception):
@@ -37,9 +48,11 @@ class TurnQueue(Protocol):
     def queue_full(self, *, room: Room) -> bool:
         """Whether the room has as many turns waiting as it may (the post is then refused)."""
 
-    def queued_row(self, *, room: Room, now: Any) -> tuple[Row, RoomEvent]:
+    def queued_row(
+        self, *, room: Room, now: Any, client_tools: list[dict[str, Any]]
+    ) -> tuple[Row, RoomEvent]:
         """The turn a post queues, as a row of the post's statement (it reads the message row
-        `m`) and its event (the post's second)."""
+        `m`) and its event (the post's second); `client_tools` are the sender's, kept with it."""
 
     def posted_on_commit(self, *, room_id: int) -> None:
         """A turn was queued: ring the queue once the transaction commits."""
@@ -47,6 +60,18 @@ class TurnQueue(Protocol):
     def transcript_turns(self, *, message_ids: list[int]) -> tuple[dict[int, int], dict[int, str]]:
         """For these messages: the turn each assistant message answers, and the status of the
         turn each user message triggered."""
+
+    def transcript_calls(self, *, message_ids: list[int]) -> dict[int, list[ToolCallData]]:
+        """The tool calls of these (assistant) messages, in order, by message."""
+
+    def tool_result(self, *, room: Room, user: Any, call_id: str, output: Any, error: str | None) -> str:
+        """A client tool's answer; the call's state after. Raises TurnRefused."""
+
+    def tool_decide(self, *, room: Room, user: Any, call_id: str, approved: bool, reason: str | None) -> str:
+        """Approve or deny a call that asks first; the call's state after. Raises TurnRefused."""
+
+    def tool_catalog(self) -> list[ToolInfo]:
+        """The server tools there are (the room settings page lists them)."""
 
     def cancel(self, *, room: Room, user: Any, turn_id: int) -> str:
         """Stop or withdraw a turn; its status after. Raises TurnRefused."""
