@@ -8,12 +8,11 @@
 // The page is fully rendered by the server first (it works without JavaScript); this module
 // only enhances it. Security: innerHTML is only ever given the server's sanitized `html` field;
 // names and any other text go in through textContent. A streaming answer is rendered by
-// markdown.js (text nodes and a fixed set of elements, never parsed HTML), at most once per
+// render.js (markdown-it, then DOMPurify with the server's allowlist), at most once per
 // animation frame and only its changed blocks; when it completes, the server's `html` replaces
 // it (the same DOM, so nothing moves).
 
-import { StreamView } from './markdown.js';
-import { highlightWithin } from './highlight.js';
+import { StreamView, highlightWithin } from './render.js';
 
 const PING_MS = 20_000;
 const STALE_MS = 50_000; // no frame at all for this long: the socket is dead, reconnect
