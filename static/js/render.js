@@ -45,6 +45,8 @@ const PURIFY = {
 const purify = DOMPurify(window);
 purify.addHook('uponSanitizeAttribute', (node, data) => {
   if (!ATTRIBUTES[node.nodeName]?.includes(data.attrName)) data.keepAttr = false;
+  // DOMPurify trims attribute values, nh3 does not: a link title keeps its spaces.
+  else if (data.attrName === 'title') data.attrValue = node.getAttribute('title');
 });
 purify.addHook('afterSanitizeAttributes', (node) => {
   if (node.nodeName === 'A') node.setAttribute('rel', LINK_REL);

@@ -50,6 +50,7 @@ CORPUS = [
     "Emoji 🎉 **bold🎉** _ünïcödé_ — dash “quotes” ...",
     "a ~~b~~ ~c~ ~~~d~~~ ~~~~e~~~~",
     "```unclosed\ncode that is still streaming",
+    '[title with spaces](https://example.com " Example ") [reference][ref] [ref]\n\n[ref]: https://e.com/ä "Ref"',
 ]
 
 
