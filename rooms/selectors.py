@@ -262,7 +262,7 @@ def _messages_page(*, room: Room, through: int, limit: int) -> tuple[list[dict[s
 
 
 def avatar_hue(user_id: int | None) -> int:
-    """A stable colour per person (room.js computes the same)."""
+    """A stable colour per person (static/js/room/view.js computes the same)."""
     return 265 if user_id is None else (user_id * 47) % 360
 
 

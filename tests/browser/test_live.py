@@ -80,7 +80,7 @@ def test_markdown_renders_while_streaming_and_ends_as_the_server_html(
     a.wait_for_selector(f"{streaming} h2 + p")
     a.evaluate(f"window.__h2 = document.querySelector('{streaming} h2')")
     # The code block is highlighted while it streams, the list is a list, the link is a link.
-    a.wait_for_selector(f"{streaming} pre code.language-python .hl-k >> text=def")
+    a.wait_for_selector(f"{streaming} pre code.language-python .hljs-keyword >> text=def")
     assert a.locator(f"{streaming} ol > li > ul > li em").inner_text() == "room"
     assert (
         a.locator(f"{streaming} a[href='https://docs.example.com/guide']").get_attribute("rel")
@@ -105,7 +105,10 @@ def test_markdown_renders_while_streaming_and_ends_as_the_server_html(
             message.content,
         )
         assert canon_body(page, message.id) == fresh
-        assert page.locator(f"#m-{message.id} .body pre code .hl-s").first.inner_text() == 'f"Hello {name}"'
+        assert (
+            page.locator(f"#m-{message.id} .body pre code .hljs-string").first.inner_text()
+            == 'f"Hello {name}"'
+        )
         assert page.locator(f"#m-{message.id}").get_attribute("aria-busy") is None
 
 

@@ -1,6 +1,6 @@
-"""The browser's markdown renderer (static/js/markdown.js) against the server's (rooms/rendering.py),
-in real Chromium: the same HTML for a corpus of answers, for every prefix while streaming, and
-nothing executable whatever the input."""
+"""The browser's markdown renderer (static/js/render.js: markdown-it, DOMPurify and highlight.js
+from static/vendor) against the server's (rooms/rendering.py), in real Chromium: the same HTML for
+a corpus of answers, for every prefix while streaming, and nothing executable whatever the input."""
 
 from __future__ import annotations
 
@@ -50,14 +50,15 @@ CORPUS = [
     "Emoji 🎉 **bold🎉** _ünïcödé_ — dash “quotes” ...",
     "a ~~b~~ ~c~ ~~~d~~~ ~~~~e~~~~",
     "```unclosed\ncode that is still streaming",
+    '[title with spaces](https://example.com " Example ") [reference][ref] [ref]\n\n[ref]: https://e.com/ä "Ref"',
 ]
 
 
 # Loads the renderers into a page as window.__md, with `canon`: a DOM in a canonical form
 # (sorted attributes, no whitespace between block elements) and `server`: server HTML in it.
 SETUP_JS = """async () => {
-        const md = await import('STATIC/js/markdown.js');
-        const hl = await import('STATIC/js/highlight.js');
+        const md = await import('STATIC/js/render.js');
+        const hl = md;
         // A canonical form: sorted attributes, no whitespace between block elements.
         const canon = (root) => {
           const out = [];
@@ -164,7 +165,14 @@ def test_code_blocks_are_highlighted(md_page):
         return [...f.querySelectorAll('span')].map((s) => [s.className, s.textContent]);
     }"""
     )
-    assert spans == [["hl-k", "def"], ["hl-f", "f"], ["hl-k", "return"], ["hl-s", '"s"'], ["hl-c", "# c"]]
+    assert spans == [
+        ["hljs-keyword", "def"],
+        ["hljs-title function_", "f"],
+        ["hljs-params", "x"],
+        ["hljs-keyword", "return"],
+        ["hljs-string", '"s"'],
+        ["hljs-comment", "# c"],
+    ]
 
 
 HOSTILE = [

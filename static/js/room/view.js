@@ -1,0 +1,467 @@
+// room/view.js: the DOM of one room page. It shows what room/state.js says (the changes of a
+// frame) and tells room.js what the person does (send, stop, retry, withdraw); it holds no
+// protocol state of its own beyond what is on screen.
+//
+// The page is fully rendered by the server first (it works without JavaScript); this module
+// only enhances it. Security: innerHTML is only ever given the server's sanitized `html` field
+// (and our own server-rendered rows for "Load earlier"); names and any other text go in
+// through textContent. A streaming answer is rendered by render.js (markdown-it, then
+// DOMPurify with the server's allowlist), at most once per animation frame and only its
+// changed blocks; when it completes, the server's `html` replaces it (the same DOM, so
+// nothing moves).
+
+import { StreamView, highlightWithin } from '../render.js';
+
+const TYPING_SHOW_MS = 3_000; // how long "<name> is typing…" stays without news
+const NEAR_BOTTOM_PX = 120;
+
+const STATE_TEXT = {
+  connecting: 'Connecting…',
+  live: 'Live',
+  reconnecting: 'Reconnecting…',
+  offline: 'Offline',
+};
+const STATUS_LABEL = {
+  streaming: 'answering…',
+  cancelled: 'stopped',
+  interrupted: 'interrupted',
+  failed: 'failed',
+};
+
+// `actions`: {send(frame), submit(content), stop()} from room.js.
+export function createRoomView(root, me, actions) {
+  const $ = (id) => document.getElementById(id);
+  const els = {
+    conn: $('conn'), notices: $('notices'), transcript: $('transcript'), typing: $('typing'),
+    composer: $('composer'), input: $('content'), send: $('send'), stop: $('stop'),
+    presence: $('presence'), hereNow: $('here-now'), members: $('members'),
+  };
+  const streams = new Map(); // message id -> {text, view}: answers still streaming
+  const dirty = new Set(); // ids of streams whose text changed since the last render
+  let frameRequested = false;
+  const typers = new Map(); // user id -> {name, timer}
+
+  // ---- small DOM helpers ------------------------------------------------------------------
+  const byId = (id) => document.getElementById(`m-${id}`);
+  const el = (tag, cls, text) => {
+    const node = document.createElement(tag);
+    if (cls) node.className = cls;
+    if (text != null) node.textContent = text;
+    return node;
+  };
+  const bodyOf = (li) => li.querySelector(':scope > .body');
+  const showHtml = (body, html) => {
+    body.innerHTML = html || ''; // sanitized by the server (rooms/rendering.py)
+    highlightWithin(body);
+  };
+  const setStatusLabel = (li, text, title) => {
+    const span = li.querySelector('.meta .status');
+    if (!span) return;
+    span.textContent = text || '';
+    if (title) span.title = title; else span.removeAttribute('title');
+  };
+
+  function localiseTime(time) {
+    const d = new Date(time.dateTime);
+    if (Number.isNaN(d.getTime())) return;
+    const sameDay = d.toDateString() === new Date().toDateString();
+    const hm = d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+    time.textContent = sameDay ? hm : `${d.toLocaleDateString()} ${hm}`;
+    time.title = d.toLocaleString();
+  }
+
+  function nearBottom() {
+    const doc = document.documentElement;
+    return window.innerHeight + window.scrollY >= doc.scrollHeight - NEAR_BOTTOM_PX;
+  }
+  function scrollToBottom() {
+    window.scrollTo(0, document.documentElement.scrollHeight);
+  }
+
+  function setConnection(next, detail) {
+    els.conn.dataset.state = next;
+    els.conn.textContent = detail ? `${STATE_TEXT[next]}: ${detail}` : STATE_TEXT[next];
+    document.body.dataset.wsState = next;
+  }
+
+  function notice(code, detail) {
+    const box = el('div', 'notice');
+    box.dataset.code = code;
+    box.append(el('strong', null, code), document.createTextNode(` ${detail || ''} `));
+    const close = el('button', 'dismiss', '×');
+    close.type = 'button';
+    close.setAttribute('aria-label', 'Dismiss');
+    close.addEventListener('click', () => box.remove());
+    box.append(close);
+    els.notices.append(box);
+    while (els.notices.children.length > 3) els.notices.firstElementChild.remove();
+  }
+
+  // ---- what the server rendered ------------------------------------------------------------
+  // The messages on the page, for RoomState.seed; the streaming ones start streaming here.
+  function readTranscript() {
+    const seen = [];
+    for (const li of els.transcript.querySelectorAll('li.msg[data-id]')) {
+      const id = Number(li.dataset.id);
+      const status = li.dataset.status;
+      const m = { id, seq: Number(li.dataset.seq), role: /role-([a-z_]+)/.exec(li.className)?.[1], status,
+        turnId: li.dataset.turnId ? Number(li.dataset.turnId) : null };
+      if (status === 'streaming') {
+        const body = bodyOf(li);
+        m.content = body.dataset.text || '';
+        m.nextIndex = parseInt(li.dataset.nextIndex, 10) || 0;
+        startStream(id, body, m.content);
+        delete body.dataset.text;
+      }
+      seen.push(m);
+    }
+    return seen;
+  }
+
+  // ---- building messages (same markup as templates/includes/message.html) -----------------
+  function authorName(m) {
+    if (m.author) return m.author.name;
+    return { system: 'System', tool: 'Tool' }[m.role] || 'Assistant';
+  }
+
+  function initials(name) {
+    const parts = name.replace('(', ' ').split(/\s+/).filter((p) => /^[\p{L}\p{N}]/u.test(p));
+    return (parts.slice(0, 2).map((p) => p[0]).join('') || '?').toUpperCase();
+  }
+
+  function buildMessage(m) {
+    const role = /^[a-z_]+$/.test(m.role) ? m.role : 'user';
+    const li = el('li', `msg role-${role}`);
+    if (m.author && m.author.id === me.id) li.classList.add('mine');
+    li.id = `m-${m.id}`;
+    li.dataset.id = m.id;
+    if (m.seq != null) li.dataset.seq = m.seq;
+    li.dataset.status = m.status;
+    if (m.status === 'streaming') li.setAttribute('aria-busy', 'true'); // read it once, when done
+    if (m.turn_id) li.dataset.turnId = m.turn_id;
+    if (m.client_id) li.dataset.clientId = m.client_id;
+    if (m.author) li.dataset.authorId = m.author.id;
+    const avatar = el('span', 'avatar', initials(m.author ? m.author.name : 'AI'));
+    avatar.setAttribute('aria-hidden', 'true');
+    avatar.style.setProperty('--hue', m.author ? (m.author.id * 47) % 360 : 265);
+    const meta = el('div', 'meta');
+    const time = el('time');
+    time.dateTime = m.created_at || new Date().toISOString();
+    localiseTime(time);
+    meta.append(el('span', 'author', authorName(m)), ' ', time, ' ',
+      el('span', 'status', STATUS_LABEL[m.status] || ''));
+    const body = el('div', 'body');
+    if (m.status === 'streaming') {
+      body.classList.add('streaming');
+      startStream(m.id, body, m.content || '');
+    } else {
+      showHtml(body, m.html);
+    }
+    li.append(avatar, meta, body);
+    return li;
+  }
+
+  // Insert in seq order; optimistic (pending) messages always stay at the bottom.
+  function insertMessage(li) {
+    const seq = Number(li.dataset.seq);
+    let after = els.transcript.lastElementChild;
+    while (after && (after.classList.contains('pending') ||
+      (after.dataset.seq && Number(after.dataset.seq) > seq))) {
+      after = after.previousElementSibling;
+    }
+    els.transcript.insertBefore(li, after ? after.nextElementSibling : els.transcript.firstChild);
+    $('empty-hint')?.remove();
+  }
+
+  // ---- streaming answers: text in, rendered markdown out, once per animation frame ----------
+  function startStream(id, body, text) {
+    const stream = { text, view: new StreamView(body) };
+    streams.set(id, stream);
+    stream.view.update(text);
+    dirty.delete(id);
+  }
+
+  function setStreamText(id, text) {
+    const stream = streams.get(id);
+    if (!stream) return;
+    stream.text = text;
+    dirty.add(id);
+    if (frameRequested) return;
+    frameRequested = true;
+    // Hidden tabs get no animation frames; catch up slowly there instead.
+    if (document.hidden) setTimeout(renderStreams, 250); else requestAnimationFrame(renderStreams);
+  }
+
+  function renderStreams() {
+    frameRequested = false;
+    const stick = nearBottom(); // decide before the DOM grows
+    for (const id of dirty) streams.get(id)?.view.update(streams.get(id).text);
+    dirty.clear();
+    if (stick) scrollToBottom();
+  }
+
+  function endStream(id) {
+    streams.delete(id);
+    dirty.delete(id);
+  }
+
+  // ---- the changes of room/state.js ------------------------------------------------------------
+  function showMessage({ message: m, mine, nextIndex }) {
+    // The element to replace: a duplicate, or our own optimistic copy (matched by client_id).
+    const old = byId(m.id) || (mine ? $(`pending-${m.client_id}`) : null);
+    if (m.status === 'hidden') { old?.remove(); return; }
+    if (old && old.dataset.status === 'streaming' && m.status !== 'streaming') endStream(m.id);
+    const li = buildMessage(m);
+    if (m.status === 'streaming') li.dataset.nextIndex = nextIndex ?? 0;
+    old?.remove();
+    insertMessage(li);
+    if (m.author) clearTyping(m.author.id);
+  }
+
+  function updateMessage({ message: m }) {
+    const li = byId(m.id);
+    if (!li) return; // outside the loaded window
+    if (m.status === 'hidden') { li.remove(); endStream(m.id); return; }
+    li.dataset.status = m.status;
+    setStatusLabel(li, STATUS_LABEL[m.status]);
+    li.querySelector('.retry')?.remove();
+    const body = bodyOf(li);
+    if (m.status === 'streaming') { // retried: the text so far, then deltas (a sync fills the rest)
+      body.className = 'body streaming';
+      li.setAttribute('aria-busy', 'true');
+      startStream(m.id, body, m.content);
+      return;
+    }
+    addRetry(li);
+    endStream(m.id);
+    body.className = 'body';
+    showHtml(body, m.html); // the same DOM as the streamed one, now final
+    li.removeAttribute('aria-busy');
+    delete li.dataset.nextIndex;
+  }
+
+  function showText({ id, text, nextIndex }) {
+    setStreamText(id, text);
+    const li = byId(id);
+    if (li) li.dataset.nextIndex = nextIndex;
+  }
+
+  // An interrupted or failed answer can be continued by any member.
+  function addRetry(li) {
+    const turnId = Number(li.dataset.turnId);
+    if (!turnId || !['interrupted', 'failed'].includes(li.dataset.status)) return;
+    if (li.querySelector('.retry')) return;
+    const btn = el('button', 'retry link small', 'retry');
+    btn.type = 'button';
+    btn.addEventListener('click', () => { btn.disabled = true; actions.send({ type: 'retry', turn_id: turnId }); });
+    li.querySelector('.meta').append(' ', btn);
+  }
+
+  // "queued #n": where each waiting question stands (the running answer is ahead of #1).
+  function updateQueuePositions() {
+    const waiting = els.transcript.querySelectorAll('li.msg[data-turn-status="queued"]');
+    waiting.forEach((li, i) => setStatusLabel(li, `queued #${i + 1}`));
+  }
+
+  function showTurn({ turn: t }) {
+    const answer = t.message_id ? byId(t.message_id) : null;
+    if (answer && t.recovering) setStatusLabel(answer, 'recovering…');
+    else if (answer && t.status === 'running') setStatusLabel(answer, STATUS_LABEL.streaming);
+    const trigger = t.trigger_message_id ? byId(t.trigger_message_id) : null;
+    if (!trigger) return;
+    const before = trigger.dataset.turnStatus;
+    trigger.dataset.turnStatus = t.status;
+    trigger.querySelector('.withdraw')?.remove();
+    if (t.status === 'queued') {
+      setStatusLabel(trigger, 'queued');
+      if (trigger.classList.contains('mine')) { // let the author withdraw a queued question
+        const btn = el('button', 'withdraw link small', 'withdraw');
+        btn.type = 'button';
+        btn.addEventListener('click', () => actions.send({ type: 'cancel', turn_id: t.id }));
+        trigger.querySelector('.meta').append(' ', btn);
+      }
+    } else if (t.status === 'cancelled' && before === 'queued') {
+      setStatusLabel(trigger, 'withdrawn');
+    } else if (t.status === 'failed' && !t.message_id) {
+      setStatusLabel(trigger, 'no answer', t.error || undefined);
+    } else {
+      setStatusLabel(trigger, '');
+    }
+    updateQueuePositions();
+  }
+
+  // Our send is durable: its pending copy becomes the message (or goes, if already shown).
+  function showAck({ clientId, messageId, seq, behind }) {
+    const pending = $(`pending-${clientId}`);
+    if (!pending) return; // the `message` event came first and already replaced it
+    const real = byId(messageId);
+    // Already shown (the event arrived), or stored before our transcript and outside it.
+    if ((real && real !== pending) || behind) { pending.remove(); return; }
+    pending.id = `m-${messageId}`; // the `message` event will replace it in place
+    pending.dataset.id = messageId;
+    pending.dataset.seq = seq;
+    pending.dataset.status = 'complete';
+    pending.classList.remove('pending');
+    setStatusLabel(pending, '');
+  }
+
+  function showError({ code, detail, failed }) {
+    if (failed) markFailed(failed, `${code}: ${detail}`);
+    notice(code, detail);
+  }
+
+  // ---- ephemeral: presence, typing ---------------------------------------------------------
+  function showPresence({ users }) {
+    els.presence.replaceChildren(...users.map((u) =>
+      el('li', u.id === me.id ? 'me' : '', u.id === me.id ? `${u.name} (you)` : u.name)));
+    els.hereNow.hidden = users.length === 0;
+    const here = new Set(users.map((u) => String(u.id)));
+    for (const li of els.members?.querySelectorAll('li[data-user-id]') || []) {
+      li.classList.toggle('online', here.has(li.dataset.userId));
+    }
+  }
+
+  function showTyping({ user }) {
+    clearTimeout(typers.get(user.id)?.timer);
+    typers.set(user.id, { name: user.name, timer: setTimeout(() => clearTyping(user.id), TYPING_SHOW_MS) });
+    renderTyping();
+  }
+  function clearTyping(userId) {
+    const t = typers.get(userId);
+    if (!t) return;
+    clearTimeout(t.timer);
+    typers.delete(userId);
+    renderTyping();
+  }
+  function renderTyping() {
+    const names = [...typers.values()].map((t) => t.name);
+    els.typing.textContent = names.length === 0 ? ''
+      : names.length === 1 ? `${names[0]} is typing…`
+      : names.length === 2 ? `${names[0]} and ${names[1]} are typing…`
+      : 'Several people are typing…';
+  }
+
+  const SHOW = {
+    message: showMessage, message_update: updateMessage, turn: showTurn, text: showText,
+    ack: showAck, error: showError, presence: showPresence, typing: showTyping,
+  };
+  // Show the changes of one frame.
+  function apply(changes) {
+    const stick = nearBottom(); // decide before the DOM grows
+    for (const change of changes) {
+      try {
+        SHOW[change.type]?.(change);
+      } catch (err) {
+        console.error('room view: could not show', change, err);
+      }
+    }
+    if (stick) scrollToBottom();
+  }
+
+  // ---- "Load earlier": older rows (server-rendered, same markup) put on top ------------------
+  // `onRows(rows)` lets room.js tell the state about them.
+  function setupLoadEarlier(onRows) {
+    const link = document.getElementById('load-earlier');
+    if (!link) return;
+    link.addEventListener('click', async (event) => {
+      event.preventDefault();
+      link.setAttribute('aria-busy', 'true');
+      try {
+        const response = await fetch(link.href, { credentials: 'same-origin' });
+        if (!response.ok) throw new Error(`HTTP ${response.status}`);
+        const tpl = document.createElement('template');
+        tpl.innerHTML = await response.text(); // our own server-rendered, sanitized rows
+        const more = tpl.content.querySelector('.earlier-marker');
+        if (more) more.remove();
+        const rows = [...tpl.content.querySelectorAll('li.msg')].filter((li) => !document.getElementById(li.id));
+        for (const li of rows) highlightWithin(li);
+        els.transcript.prepend(...rows);
+        for (const li of rows) addRetry(li);
+        onRows(rows.map((li) => ({ id: Number(li.dataset.id), seq: Number(li.dataset.seq),
+          role: /role-([a-z_]+)/.exec(li.className)?.[1], status: li.dataset.status })));
+        if (!more || !rows.length) link.parentElement.remove();
+        else link.href = link.href.replace(/before=\d+/, `before=${rows[0].dataset.seq}`);
+      } catch (err) {
+        notice('load_failed', `Could not load earlier messages (${err.message}).`);
+      } finally {
+        link.removeAttribute('aria-busy');
+      }
+    });
+  }
+
+  // ---- my sends not stored yet -----------------------------------------------------------------
+  const hasStored = (cid) => Boolean(els.transcript.querySelector(`[data-client-id="${cid}"]`));
+
+  function renderPending(cid, content) {
+    const li = el('li', 'msg role-user mine pending');
+    li.id = `pending-${cid}`;
+    li.dataset.clientId = cid;
+    li.dataset.status = 'pending';
+    li.dataset.authorId = me.id;
+    const time = el('time');
+    time.dateTime = new Date().toISOString();
+    localiseTime(time);
+    const meta = el('div', 'meta');
+    meta.append(el('span', 'author', me.name), ' ', time, ' ', el('span', 'status', 'sending…'));
+    li.append(meta, el('div', 'body plain', content));
+    els.transcript.append(li);
+    $('empty-hint')?.remove();
+    return li;
+  }
+
+  function markFailed(cid, why) {
+    const li = $(`pending-${cid}`);
+    if (!li) return;
+    li.classList.remove('pending');
+    li.classList.add('failed');
+    li.dataset.status = 'failed';
+    setStatusLabel(li, 'not sent', why);
+  }
+
+  // ---- the composer -----------------------------------------------------------------------------
+  let stopped = false;
+  function setStopped() { // permanently refused: no more sending
+    stopped = true;
+    els.input.disabled = true;
+    els.send.disabled = true;
+  }
+  function showStop(anyRunning) {
+    els.stop.hidden = !anyRunning || stopped;
+  }
+  function takeInput() { // the composer's text, cleared; null if there is nothing to send
+    const content = els.input.value.replace(/\s+$/, ''); // keep leading indentation
+    if (stopped || !content.trim()) return null;
+    return content;
+  }
+
+  els.composer.addEventListener('submit', (event) => {
+    event.preventDefault(); // with JavaScript on, the socket replaces the form POST
+    actions.submit();
+  });
+  els.input.addEventListener('keydown', (event) => {
+    if (event.key === 'Enter' && !event.shiftKey && !event.isComposing &&
+        !event.altKey && !event.metaKey && !event.ctrlKey) {
+      event.preventDefault();
+      actions.submit();
+    }
+  });
+  els.input.addEventListener('input', () => { if (els.input.value) actions.typing(); });
+  els.stop.addEventListener('click', () => actions.stop());
+  document.addEventListener('keydown', (event) => {
+    if (event.key === 'Escape' && !els.stop.hidden) els.stop.click();
+  });
+
+  // ---- go ------------------------------------------------------------------------------------------
+  const initial = readTranscript(); // first: its streaming answers render from their text
+  for (const time of els.transcript.querySelectorAll('time[datetime]')) localiseTime(time);
+  highlightWithin(els.transcript);
+  for (const li of els.transcript.querySelectorAll('li.msg[data-status="interrupted"], li.msg[data-status="failed"]')) addRetry(li);
+  updateQueuePositions();
+
+  return {
+    initial, apply, setConnection, notice, setupLoadEarlier, hasStored, renderPending,
+    markFailed, setStopped, showStop, takeInput, scrollToBottom,
+    clearInput() { els.input.value = ''; },
+    streamText: (id) => streams.get(id)?.text,
+  };
+}
