@@ -6,10 +6,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import connection, transaction
 from django.db.models import Q, QuerySet
 
-from rooms.models import Membership, Message, Room
+from rooms.models import Membership, Message, Room, RoomNote
 from rooms.protocol import MessageData, UserRef
 from rooms.rendering import render_markdown
 from rooms.turns import turn_queue
@@ -284,3 +285,24 @@ def user_can_moderate(*, room: Room, user: Any) -> bool:
     return Membership.objects.filter(
         Q(role=Membership.Role.OWNER) | Q(role=Membership.Role.MODERATOR), room=room, user=user
     ).exists()
+
+
+def calls_named(*, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The transcript's messages with `initiator_name` on each tool call (one query for the
+    names), for the cards' "waiting for <name>" (the wire only carries the person's id)."""
+    ids = {c["initiator_id"] for m in messages for c in m.get("tool_calls", ()) if c["initiator_id"]}
+    if ids:
+        users = get_user_model().objects.filter(pk__in=ids).only("pk", "first_name", "username")
+        names = {u.pk: display_name(u) for u in users}
+    else:
+        names = {}
+    for m in messages:
+        for call in m.get("tool_calls", ()):
+            call["initiator_name"] = names.get(call["initiator_id"], "")
+    return messages
+
+
+def room_notes(*, room: Room, limit: int = 50) -> list[RoomNote]:
+    """The room's newest `limit` notes, newest last (the room page's notes panel)."""
+    newest = RoomNote.objects.filter(room=room).order_by("-created_at", "-id")[:limit]
+    return list(reversed(newest))

@@ -21,6 +21,7 @@ from rooms.forms import (
     ProfileForm,
     RoomCreateForm,
     RoomSettingsForm,
+    RoomToolsForm,
     SignupForm,
     TokenForm,
 )
@@ -65,6 +66,7 @@ def room(request: HttpRequest, slug: str) -> HttpResponse:
     if isinstance(found, HttpResponse):
         return found
     transcript = selectors.transcript(room=found)
+    selectors.calls_named(messages=transcript.messages)
     invite_url = None
     if found.visibility == Room.Visibility.PRIVATE:
         invite_url = request.build_absolute_uri(reverse("room_invite", args=[found.slug, found.invite_token]))
@@ -80,6 +82,9 @@ def room(request: HttpRequest, slug: str) -> HttpResponse:
             "post_url": reverse("room_post", args=[found.slug]),
             "client_id": uuid.uuid4(),
             "me": selectors.user_data(request.user),
+            # who sees Approve / Deny on every card (a call's asker sees them on their own)
+            "can_moderate": selectors.user_can_moderate(room=found, user=request.user),
+            "notes": selectors.room_notes(room=found),
         },
     )
 
@@ -91,11 +96,14 @@ def room_settings(request: HttpRequest, slug: str) -> HttpResponse:
     if found.owner_id != request.user.pk:
         return render(request, "forbidden.html", {"room_title": found.title}, status=403)
     form = RoomSettingsForm(request.POST or None, instance=found)
-    if request.method == "POST" and form.is_valid():
-        services.room_update(room=found, **{f: form.cleaned_data[f] for f in form.changed_data})
+    tools = RoomToolsForm(request.POST or None, room=found)
+    if request.method == "POST" and form.is_valid() and tools.is_valid():
+        changes = {f: form.cleaned_data[f] for f in form.changed_data} | tools.changes()
+        if changes:
+            services.room_update(room=found, **changes)
         messages.success(request, "Room settings saved.")
         return redirect("room", slug=slug)
-    return render(request, "room_settings.html", {"room": found, "form": form})
+    return render(request, "room_settings.html", {"room": found, "form": form, "tools": tools})
 
 
 @login_required
@@ -111,7 +119,12 @@ def room_earlier(request: HttpRequest, slug: str) -> HttpResponse:
     return render(
         request,
         "includes/messages.html",
-        {"messages": page.messages, "has_earlier": page.has_earlier, "me": selectors.user_data(request.user)},
+        {
+            "messages": selectors.calls_named(messages=page.messages),
+            "has_earlier": page.has_earlier,
+            "me": selectors.user_data(request.user),
+            "can_moderate": selectors.user_can_moderate(room=found, user=request.user),
+        },
     )
 
 
