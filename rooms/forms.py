@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django import forms
 from django.conf import settings
 from django.contrib.auth.forms import UserCreationForm
 
 from rooms.models import Room
+from rooms.turns import ToolInfo, turn_queue
 
 
 class RoomCreateForm(forms.ModelForm):
@@ -45,6 +48,46 @@ class RoomSettingsForm(forms.ModelForm):
         widgets = {"system_prompt": forms.Textarea(attrs={"rows": 4})}
 
     clean_title = RoomCreateForm.clean_title
+
+
+class RoomToolsForm(forms.Form):
+    """The owner's tool settings of a room: which server tools are on, which ask a person first.
+
+    The choices are the catalog's names, so nothing else can be saved. A room whose fields are
+    null follows the site's defaults (settings.AGENT_TOOLS_ON, or every tool; each tool's own
+    ask_first); `changes()` saves a list only when the owner changed what the room has now.
+    """
+
+    tools_on = forms.MultipleChoiceField(required=False, widget=forms.CheckboxSelectMultiple)
+    tools_ask_first = forms.MultipleChoiceField(required=False, widget=forms.CheckboxSelectMultiple)
+
+    def __init__(self, data: Any = None, *, room: Room, catalog: list[ToolInfo] | None = None) -> None:
+        self.catalog = turn_queue().tool_catalog() if catalog is None else catalog
+        names = [t.name for t in self.catalog]
+        default_on = [n for n in (settings.AGENT_TOOLS_ON or names) if n in names]
+        on = room.tools_on if room.tools_on is not None else default_on
+        ask = room.tools_ask_first if room.tools_ask_first is not None else [
+            t.name for t in self.catalog if t.ask_first
+        ]
+        initial = {"tools_on": [n for n in names if n in on], "tools_ask_first": [n for n in names if n in ask]}
+        super().__init__(data, initial=initial)
+        for field in ("tools_on", "tools_ask_first"):
+            self.fields[field].choices = [(n, n) for n in names]  # type: ignore[attr-defined]
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per tool for the settings table, with the boxes as the form holds them."""
+        on, ask = (set(self[f].value() or ()) for f in ("tools_on", "tools_ask_first"))
+        return [
+            {"tool": t, "on": t.name in on, "ask_first": t.name in ask, "id": f"tool-{t.name}"}
+            for t in self.catalog
+        ]
+
+    def changes(self) -> dict[str, list[str]]:
+        """The fields to save (services.room_update), in the catalog's order."""
+        order = [t.name for t in self.catalog]
+        return {
+            f: [n for n in order if n in self.cleaned_data[f]] for f in self.changed_data
+        }
 
 
 class ProfileForm(forms.Form):
