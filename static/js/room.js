@@ -5,9 +5,12 @@
 //   - reconnect with backoff (0.5 s doubling to 10 s, with jitter) and ?since=lastSeq;
 //   - ping every 20 s, and `sync` when the state asks for it (a gap, or a pong ahead of us);
 //   - re-send unacked sends after `ready` with the same client_id (the server is idempotent),
-//     keeping them across reloads in sessionStorage.
+//     keeping them across reloads in sessionStorage;
+//   - offer the client tools of room/tools.js with every send, and answer this user's calls of
+//     them (at once, or after the person's click), again after a reconnect if still waiting.
 
 import { RoomState } from './room/state.js';
+import { CLIENT_TOOLS, answerNow, chosen, isMine } from './room/tools.js';
 import { createRoomView } from './room/view.js';
 
 const PING_MS = 20_000;
@@ -30,8 +33,10 @@ if (root) start(root);
 function start(root) {
   const slug = root.dataset.slug;
   const wsPath = root.dataset.wsPath;
-  const me = { id: Number(root.dataset.me), name: root.dataset.meName || 'You' };
+  const me = { id: Number(root.dataset.me), name: root.dataset.meName || 'You',
+    canModerate: root.dataset.canModerate === '1' };
   const outboxKey = `roomchat:outbox:${slug}`;
+  const turnsKey = `roomchat:turns:${slug}`; // turns this tab's sends started (kept for reloads)
 
   let state = 'connecting';
   let ws = null;
@@ -55,9 +60,22 @@ function start(root) {
       const turnId = [...room.running].pop();
       if (turnId != null) send({ type: 'cancel', turn_id: turnId });
     },
+    callsOf: (messageId) => room.callsOf(messageId),
+    decide(callId, approved, reason) {
+      const frame = { type: 'tool_approval', call_id: callId, approved };
+      if (reason) frame.reason = reason;
+      return send(frame);
+    },
+    choose(callId, option) {
+      return answer(callId, chosen(option));
+    },
   });
   for (const m of view.initial) room.seed(m);
-  view.setupLoadEarlier((rows) => { for (const m of rows) if (!room.messages.has(m.id)) room.seed(m); });
+  for (const call of view.initialCalls) room.seedCall(call);
+  view.setupLoadEarlier((rows, calls) => {
+    for (const m of rows) if (!room.messages.has(m.id)) room.seed(m);
+    for (const call of calls) if (!room.calls.has(call.id)) room.seedCall(call);
+  });
 
   function setState(next, detail) {
     state = next;
@@ -68,20 +86,66 @@ function start(root) {
   // ---- frames ---------------------------------------------------------------------------------
   function handle(frame) {
     const seqBefore = room.lastSeq;
-    const { sync, changes, outboxChanged } = room.apply(frame);
+    const { sync, changes: all, outboxChanged } = room.apply(frame);
     if (outboxChanged) saveOutbox();
     if (room.lastSeq !== seqBefore) root.dataset.seq = room.lastSeq;
+    // A second answer to a call (another tab of mine answered first) is refused: that is fine.
+    const changes = all.filter((c) => !(c.type === 'error' && c.code === 'conflict' && answeredIds.has(c.call)));
     view.apply(changes);
     for (const change of changes) {
-      if (change.type === 'turn') updateStop();
+      if (change.type === 'turn') { updateStop(); noteMyTurn(change.turn); }
+      if (change.type === 'ack' && mySends.has(change.clientId)) sentIds.add(change.messageId);
+      if (change.type === 'message' && mySends.has(change.message.client_id)) sentIds.add(change.message.id);
+      if (change.type === 'tool_call') toolCall(change.call);
       if (change.type === 'ready') { // caught up: live, and what we sent before goes out again
         syncing = false;
         attempt = 0;
         setState('live');
-        for (const again of change.resend) send(again);
+        for (const again of change.resend) send({ ...again, tools: CLIENT_TOOLS });
+        for (const call of room.calls.values()) toolCall(call, true);
       }
     }
     if (sync) requestSync();
+  }
+
+  // ---- client tools: this user's calls of the tools this page offers -------------------------
+  const answered = new Map(); // call id -> the answer sent ({output} or {error}), until it settles
+  const answeredIds = new Set(); // every call this page answered (their `conflict`s are ignored)
+  const mySends = new Set(); // client_ids of this tab's sends
+  const sentIds = new Set(); // ids of the messages they stored
+  const myTurns = new Set(loadList(turnsKey)); // turns those messages started
+
+  function noteMyTurn(turn) {
+    if (!sentIds.has(turn.trigger_message_id) || myTurns.has(turn.id)) return;
+    myTurns.add(turn.id);
+    saveList(turnsKey, [...myTurns].slice(-50));
+  }
+
+  // A call changed (or, after `ready`, every call we know): answer it if it waits on us. Once
+  // answered, the answer goes out again after a reconnect until the call settles (a second
+  // answer is refused with `conflict`, and ignored).
+  function toolCall(call, again = false) {
+    if (!isMine(call, me.id)) { answered.delete(call.id); return; }
+    if (answered.has(call.id)) {
+      if (again) sendResult(call.id, answered.get(call.id));
+      return;
+    }
+    const now = answerNow(call);
+    if (now === null) return; // `choose`: the view shows the options; the click answers
+    // A name we do not know may be another client's of this user (a script): only calls of a
+    // turn this tab started are refused here.
+    if (now.error && !myTurns.has(call.turn_id)) return;
+    answer(call.id, now);
+  }
+
+  function answer(callId, result) {
+    answered.set(callId, result);
+    answeredIds.add(callId);
+    return sendResult(callId, result);
+  }
+
+  function sendResult(callId, result) {
+    return send({ type: 'tool_result', call_id: callId, ...result });
   }
 
   function requestSync() {
@@ -176,6 +240,16 @@ function start(root) {
   document.addEventListener('visibilitychange', () => { if (!document.hidden) reconnectNow(); });
 
   // ---- the outbox: unacked sends, kept across reloads ------------------------------------------
+  function loadList(key) {
+    try {
+      const items = JSON.parse(sessionStorage.getItem(key) || '[]');
+      return Array.isArray(items) ? items.filter(Number.isInteger) : [];
+    } catch { return []; }
+  }
+  function saveList(key, items) {
+    try { sessionStorage.setItem(key, JSON.stringify(items)); } catch { /* storage off: this page only */ }
+  }
+
   function saveOutbox() {
     try {
       const items = [...room.outbox].map(([client_id, content]) => ({ client_id, content }));
@@ -192,6 +266,7 @@ function start(root) {
       if (typeof cid !== 'string' || !/^[0-9a-f-]{36}$/i.test(cid) || typeof item.content !== 'string') continue;
       if (view.hasStored(cid)) continue; // already stored
       room.queueSend(cid, item.content);
+      mySends.add(cid);
       view.renderPending(cid, item.content);
     }
     saveOutbox();
@@ -211,12 +286,13 @@ function start(root) {
     const content = view.takeInput();
     if (content == null) return;
     const client_id = uuid();
-    const frame = { type: 'send', client_id, content };
+    const frame = { type: 'send', client_id, content, tools: CLIENT_TOOLS };
     if (new TextEncoder().encode(JSON.stringify(frame)).length > MAX_FRAME_BYTES) {
       view.notice('too_large', 'This message is too large to send.');
       return;
     }
     room.queueSend(client_id, content);
+    mySends.add(client_id);
     saveOutbox();
     view.renderPending(client_id, content);
     view.clearInput();
@@ -239,5 +315,6 @@ function start(root) {
     streamText(id) { return room.streamText(id); },
     socket() { return ws; },
     room,
+    answered: () => [...answered.keys()],
   };
 }

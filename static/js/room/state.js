@@ -5,7 +5,8 @@
 //      and `sync` on a gap;
 //   2. keep nextIndex per streaming message; append a delta only when index === nextIndex;
 //   3. `sync` when a pong says the room is ahead;
-//   4. keep unacked sends (the outbox) to re-send with the same client_id after `ready`.
+//   4. keep unacked sends (the outbox) to re-send with the same client_id after `ready`;
+//   5. keep tool calls by id (tool_call, tool_update) and the room's notes, like other events.
 //
 // apply(frame) returns {sync, changes, outboxChanged}: whether the client must `sync`, what the
 // view has to show (a list of {type, ...}; see each handler), and whether the outbox changed
@@ -20,6 +21,8 @@ export class RoomState {
     this.turns = new Map(); // turn id -> the last `turn` object seen
     this.running = new Set(); // ids of running turns
     this.outbox = new Map(); // client_id -> content: sends not acked yet
+    this.calls = new Map(); // call id -> the last ToolCallData seen (tool_call, tool_update)
+    this.notes = new Map(); // note id -> note
     this.duplicateDeltas = 0;
   }
 
@@ -33,6 +36,16 @@ export class RoomState {
     }
   }
 
+  // A tool call the page already shows (server-rendered with its message).
+  seedCall(call) {
+    this.calls.set(call.id, call);
+  }
+
+  // The calls of one message, in the order they were made.
+  callsOf(messageId) {
+    return [...this.calls.values()].filter((c) => c.message_id === messageId);
+  }
+
   // A send of ours, kept until the server acks it (or stores it: the `message` event).
   queueSend(clientId, content) {
     this.outbox.set(clientId, content);
@@ -41,7 +54,9 @@ export class RoomState {
   apply(frame) {
     const out = { sync: false, changes: [], outboxChanged: false };
     switch (frame.type) {
-      case 'message': case 'message_update': case 'turn': this.roomEvent(frame, out); break;
+      case 'message': case 'message_update': case 'turn':
+      case 'tool_call': case 'tool_update': case 'note':
+        this.roomEvent(frame, out); break;
       case 'delta': this.delta(frame, out); break;
       case 'snapshot': this.snapshot(frame, out); break;
       case 'ready': this.ready(frame, out); break;
@@ -63,7 +78,9 @@ export class RoomState {
     this.lastSeq = f.seq;
     if (f.type === 'message') this.message(f.message, out);
     else if (f.type === 'message_update') this.messageUpdate(f.message, out);
-    else this.turn(f.turn, out);
+    else if (f.type === 'turn') this.turn(f.turn, out);
+    else if (f.type === 'note') this.note(f.note, out);
+    else this.call(f.call, out, f.type === 'tool_call');
   }
 
   // {type: 'message', message, mine}: show a new message (or replace its copy, or my pending one).
@@ -105,6 +122,18 @@ export class RoomState {
     this.turns.set(t.id, t);
     if (t.status === 'running') this.running.add(t.id); else this.running.delete(t.id);
     out.changes.push({ type: 'turn', turn: t });
+  }
+
+  // {type: 'tool_call', call, created}: a call was made or its state changed.
+  call(c, out, created) {
+    this.calls.set(c.id, c);
+    out.changes.push({ type: 'tool_call', call: c, created });
+  }
+
+  // {type: 'note', note}: a note for the room's notes panel.
+  note(n, out) {
+    this.notes.set(n.id, n);
+    out.changes.push({ type: 'note', note: n });
   }
 
   // {type: 'text', id, text, nextIndex}: a streaming message's whole text so far.
@@ -152,12 +181,14 @@ export class RoomState {
       behind: f.seq <= this.lastSeq });
   }
 
-  // {type: 'error', code, detail, failed}: failed = the client_id of a send it refused.
+  // {type: 'error', code, detail, failed, call}: failed = the client_id of a send it refused;
+  // call = the id of the tool call a tool_result or tool_approval was about.
   error(f, out) {
     const ref = f.ref != null ? String(f.ref) : null;
     const failed = ref !== null && this.outbox.delete(ref) ? ref : null;
     if (failed) out.outboxChanged = true;
-    out.changes.push({ type: 'error', code: f.code, detail: f.detail, failed });
+    const call = ref !== null && !failed && this.calls.has(ref) ? ref : null;
+    out.changes.push({ type: 'error', code: f.code, detail: f.detail, failed, call });
   }
 
   // {type: 'presence', users}: one entry per person.

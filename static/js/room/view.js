@@ -11,6 +11,7 @@
 // nothing moves).
 
 import { StreamView, highlightWithin } from '../render.js';
+import { chooseInput, isMine } from './tools.js';
 
 const TYPING_SHOW_MS = 3_000; // how long "<name> is typing…" stays without news
 const NEAR_BOTTOM_PX = 120;
@@ -28,13 +29,49 @@ const STATUS_LABEL = {
   failed: 'failed',
 };
 
-// `actions`: {send(frame), submit(content), stop()} from room.js.
+// A tool call's state badge (waiting_client has its own words: whose browser, or a choice).
+const CALL_STATE_LABEL = {
+  running: 'running…',
+  done: 'done',
+  error: 'error',
+  denied: 'denied',
+  interrupted: 'outcome unknown',
+  awaiting_approval: 'waiting for approval',
+};
+
+// 120 ms, 1.3 s, 2 min 5 s (rooms/templatetags/room_tools.py's duration_text).
+export function durationText(seconds) {
+  const s = Math.max(seconds, 0);
+  if (s < 1) return `${Math.round(s * 1000)} ms`;
+  if (s < 60) return `${s.toFixed(1)} s`;
+  const total = Math.round(s);
+  const min = Math.floor(total / 60);
+  const rest = total % 60;
+  return rest ? `${min} min ${rest} s` : `${min} min`;
+}
+
+// How long a finished call ran ('' while it runs, or if it never started).
+function callDuration(call) {
+  if (!call.started_at || !call.finished_at) return '';
+  const ms = Date.parse(call.finished_at) - Date.parse(call.started_at);
+  return Number.isNaN(ms) ? '' : durationText(ms / 1000);
+}
+
+// A tool's input or output as indented JSON text (shown with textContent: never HTML).
+function prettyJson(value) {
+  try { return JSON.stringify(value, null, 2) ?? String(value); } catch { return String(value); }
+}
+
+// `actions`: {send(frame), submit(content), stop(), typing(), callsOf(messageId),
+// decide(callId, approved, reason), choose(callId, option)} from room.js.
+// `me`: {id, name, canModerate}.
 export function createRoomView(root, me, actions) {
   const $ = (id) => document.getElementById(id);
   const els = {
     conn: $('conn'), notices: $('notices'), transcript: $('transcript'), typing: $('typing'),
     composer: $('composer'), input: $('content'), send: $('send'), stop: $('stop'),
     presence: $('presence'), hereNow: $('here-now'), members: $('members'),
+    notes: $('notes'), notesCount: $('notes-count'), notesEmpty: $('notes-empty'), notesPanel: $('room-notes'),
   };
   const streams = new Map(); // message id -> {text, view}: answers still streaming
   const dirty = new Set(); // ids of streams whose text changed since the last render
@@ -157,7 +194,11 @@ export function createRoomView(root, me, actions) {
     } else {
       showHtml(body, m.html);
     }
-    li.append(avatar, meta, body);
+    li.append(avatar, meta);
+    const calls = actions.callsOf ? actions.callsOf(m.id) : [];
+    if (calls.length) li.append(el('div', 'tool-calls'));
+    li.append(body);
+    for (const call of calls) placeCall(li, call);
     return li;
   }
 
@@ -203,6 +244,177 @@ export function createRoomView(root, me, actions) {
   function endStream(id) {
     streams.delete(id);
     dirty.delete(id);
+  }
+
+  // ---- tool calls: a card per call inside its assistant message ----------------------------------
+  // The same markup as templates/includes/tool_call.html. Collapsed by default (a <details>);
+  // the input, output and error are the model's or a tool's: text only, never HTML.
+  const names = new Map(); // user id -> name, for "waiting for <name>"
+  function personName(id, fallback) {
+    if (id === me.id) return me.name;
+    if (names.has(id)) return names.get(id);
+    const author = els.transcript.querySelector(`li.msg[data-author-id="${Number(id)}"] .meta .author`);
+    const member = els.members?.querySelector(`li[data-user-id="${Number(id)}"]`);
+    const name = author?.textContent || member?.firstChild?.textContent?.trim() || fallback || '';
+    if (name) names.set(id, name);
+    return name || 'the asker';
+  }
+
+  function callStateLabel(call) {
+    if (call.state !== 'waiting_client') return CALL_STATE_LABEL[call.state] || call.state;
+    const mine = call.initiator_id === me.id;
+    const who = personName(call.initiator_id, call.initiator_name);
+    if (call.name === 'choose') return mine ? 'waiting for your choice' : `waiting for ${who} to choose`;
+    return mine ? 'waiting for your browser' : `waiting for ${who}'s browser`;
+  }
+
+  function buildToolCard(call, open) {
+    const card = el('div', 'tool-call');
+    card.id = `call-${call.id}`;
+    card.dataset.callId = call.id;
+    card.dataset.state = call.state;
+    card.dataset.kind = call.kind;
+    const details = el('details', 'tool-details');
+    details.open = Boolean(open);
+    const summary = el('summary');
+    summary.append(el('span', 'tool-name', call.name), ' ', el('span', 'tool-state', callStateLabel(call)));
+    const took = callDuration(call);
+    if (took) summary.append(' ', el('span', 'tool-duration', took));
+    const io = el('div', 'tool-io');
+    io.append(el('div', 'tool-label', 'Input'), el('pre', 'tool-input', prettyJson(call.input)));
+    if (call.output != null) io.append(el('div', 'tool-label', 'Output'), el('pre', 'tool-output', prettyJson(call.output)));
+    if (call.error) io.append(el('p', 'tool-error', call.error));
+    if (call.decided_by) {
+      io.append(el('p', 'tool-decided', `${call.state === 'denied' ? 'Denied' : 'Approved'} by ${call.decided_by.name}`));
+    }
+    details.append(summary, io);
+    card.append(details);
+    const acts = callActions(call);
+    if (acts) card.append(acts);
+    return card;
+  }
+
+  // What a person can do about a call now: approve or deny it, pick an option, or just wait.
+  function callActions(call) {
+    const box = el('div', 'tool-actions');
+    if (call.state === 'awaiting_approval') {
+      const mayDecide = call.initiator_id === me.id || me.canModerate;
+      if (!mayDecide) {
+        const who = personName(call.initiator_id, call.initiator_name);
+        box.append(el('p', 'tool-wait', `Waiting for approval by ${who} or a moderator`));
+        return box;
+      }
+      const approve = el('button', 'approve small', 'Approve');
+      const reason = el('input', 'deny-reason');
+      reason.type = 'text';
+      reason.maxLength = 500;
+      reason.placeholder = 'Reason (optional)';
+      reason.setAttribute('aria-label', 'Reason for denying (optional)');
+      const deny = el('button', 'deny small danger', 'Deny');
+      const buttons = [approve, deny];
+      const decide = (approved) => {
+        for (const b of buttons) b.disabled = true;
+        const why = approved ? null : reason.value.trim() || null;
+        if (!actions.decide(call.id, approved, why)) for (const b of buttons) b.disabled = false;
+      };
+      for (const b of buttons) b.type = 'button';
+      approve.addEventListener('click', () => decide(true));
+      deny.addEventListener('click', () => decide(false));
+      reason.addEventListener('keydown', (event) => {
+        if (event.key === 'Enter') { event.preventDefault(); decide(false); }
+      });
+      box.append(el('p', 'tool-wait', 'The assistant wants to run this tool. Allow it?'));
+      const row = el('div', 'tool-buttons');
+      row.append(approve, reason, deny);
+      box.append(row);
+      return box;
+    }
+    if (call.state === 'waiting_client' && call.name === 'choose') {
+      const input = chooseInput(call.input);
+      if (!input) return null;
+      box.append(el('p', 'tool-question', input.question));
+      if (!isMine(call, me.id)) return box;
+      const row = el('div', 'tool-buttons choices');
+      const buttons = input.options.map((option) => {
+        const b = el('button', 'choice small secondary', option);
+        b.type = 'button';
+        b.addEventListener('click', () => {
+          for (const other of buttons) other.disabled = true;
+          b.classList.add('picked');
+          if (!actions.choose(call.id, option)) for (const other of buttons) other.disabled = false;
+        });
+        return b;
+      });
+      row.append(...buttons);
+      box.append(row);
+      return box;
+    }
+    return null;
+  }
+
+  // Put a call's card in its message (replacing its old card, keeping it open if it was).
+  function placeCall(li, call) {
+    let list = li.querySelector(':scope > .tool-calls');
+    if (!list) {
+      list = el('div', 'tool-calls');
+      li.insertBefore(list, bodyOf(li));
+    }
+    const old = list.querySelector(`:scope > [data-call-id="${CSS.escape(call.id)}"]`);
+    const card = buildToolCard(call, old?.querySelector('details')?.open);
+    if (old) old.replaceWith(card); else list.append(card);
+  }
+
+  function showCall({ call }) {
+    const li = byId(call.message_id);
+    if (li) placeCall(li, call); // else: outside the loaded window
+  }
+
+  // A short notice on a card (a refused approval or answer); it goes with the next change.
+  function callNotice(callId, text) {
+    const card = document.getElementById(`call-${callId}`);
+    if (!card) return false;
+    card.querySelector('.tool-notice')?.remove();
+    const p = el('p', 'tool-notice', text);
+    p.setAttribute('role', 'alert');
+    card.append(p);
+    for (const b of card.querySelectorAll('.tool-actions button')) b.disabled = false;
+    return true;
+  }
+
+  // The calls the server rendered (with their data as JSON), for RoomState.seedCall; each card
+  // is built again here so it has its buttons.
+  function readCalls(scope) {
+    const calls = [];
+    for (const card of scope.querySelectorAll('.tool-call[data-call-id]')) {
+      let call;
+      try {
+        call = JSON.parse(card.querySelector('script[type="application/json"]')?.textContent || 'null');
+      } catch { call = null; }
+      if (!call || typeof call !== 'object') continue;
+      if (call.initiator_name && call.initiator_id != null) names.set(call.initiator_id, call.initiator_name);
+      calls.push(call);
+      card.replaceWith(buildToolCard(call, false));
+    }
+    return calls;
+  }
+
+  // ---- the room's notes panel ---------------------------------------------------------------------
+  function showNote({ note }) {
+    if (!els.notes || document.getElementById(`note-${note.id}`)) return;
+    const li = el('li', 'note');
+    li.id = `note-${note.id}`;
+    li.dataset.noteId = note.id;
+    const time = el('time');
+    time.dateTime = note.created_at || new Date().toISOString();
+    localiseTime(time);
+    li.append(time, ' ', el('span', 'note-text', note.text));
+    els.notes.append(li);
+    els.notesCount.textContent = els.notes.children.length;
+    els.notesEmpty.hidden = true;
+    els.notesPanel.open = true;
+    li.classList.add('fresh');
+    setTimeout(() => li.classList.remove('fresh'), 2_000);
+    els.notes.scrollTop = els.notes.scrollHeight;
   }
 
   // ---- the changes of room/state.js ------------------------------------------------------------
@@ -305,8 +517,9 @@ export function createRoomView(root, me, actions) {
     setStatusLabel(pending, '');
   }
 
-  function showError({ code, detail, failed }) {
+  function showError({ code, detail, failed, call }) {
     if (failed) markFailed(failed, `${code}: ${detail}`);
+    if (call && callNotice(call, `${code}: ${detail}`)) return;
     notice(code, detail);
   }
 
@@ -344,6 +557,7 @@ export function createRoomView(root, me, actions) {
   const SHOW = {
     message: showMessage, message_update: updateMessage, turn: showTurn, text: showText,
     ack: showAck, error: showError, presence: showPresence, typing: showTyping,
+    tool_call: showCall, note: showNote,
   };
   // Show the changes of one frame.
   function apply(changes) {
@@ -375,10 +589,12 @@ export function createRoomView(root, me, actions) {
         if (more) more.remove();
         const rows = [...tpl.content.querySelectorAll('li.msg')].filter((li) => !document.getElementById(li.id));
         for (const li of rows) highlightWithin(li);
+        const calls = [];
+        for (const li of rows) calls.push(...readCalls(li));
         els.transcript.prepend(...rows);
         for (const li of rows) addRetry(li);
         onRows(rows.map((li) => ({ id: Number(li.dataset.id), seq: Number(li.dataset.seq),
-          role: /role-([a-z_]+)/.exec(li.className)?.[1], status: li.dataset.status })));
+          role: /role-([a-z_]+)/.exec(li.className)?.[1], status: li.dataset.status })), calls);
         if (!more || !rows.length) link.parentElement.remove();
         else link.href = link.href.replace(/before=\d+/, `before=${rows[0].dataset.seq}`);
       } catch (err) {
@@ -453,13 +669,15 @@ export function createRoomView(root, me, actions) {
 
   // ---- go ------------------------------------------------------------------------------------------
   const initial = readTranscript(); // first: its streaming answers render from their text
+  const initialCalls = readCalls(els.transcript);
+  for (const time of els.notes?.querySelectorAll('time[datetime]') || []) localiseTime(time);
   for (const time of els.transcript.querySelectorAll('time[datetime]')) localiseTime(time);
   highlightWithin(els.transcript);
   for (const li of els.transcript.querySelectorAll('li.msg[data-status="interrupted"], li.msg[data-status="failed"]')) addRetry(li);
   updateQueuePositions();
 
   return {
-    initial, apply, setConnection, notice, setupLoadEarlier, hasStored, renderPending,
+    initial, initialCalls, apply, setConnection, notice, setupLoadEarlier, hasStored, renderPending,
     markFailed, setStopped, showStop, takeInput, scrollToBottom,
     clearInput() { els.input.value = ''; },
     streamText: (id) => streams.get(id)?.text,
