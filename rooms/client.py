@@ -19,7 +19,7 @@ from typing import Any
 import websockets
 from pydantic import ValidationError
 
-from rooms.protocol import parse_server_frame
+from rooms.protocol import ROOM_EVENT_TYPES, parse_server_frame
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class RoomState:
     def apply(self, frame: dict[str, Any]) -> bool:
         """Apply one frame; True if the client must `sync` (it saw a gap)."""
         kind = frame.get("type")
-        if kind in ("message", "message_update", "turn"):
+        if kind in ROOM_EVENT_TYPES:  # every room event takes the next seq, known to us or not
             seq = frame["seq"]
             if seq <= self.last_seq:
                 return False
@@ -60,7 +60,7 @@ class RoomState:
             self.applied_seqs.append(seq)
             if kind == "turn":
                 self.turns[frame["turn"]["id"]] = frame["turn"]
-            else:
+            elif kind in ("message", "message_update"):
                 m = frame["message"]
                 self.messages[m["id"]] = MessageView(
                     m["id"], m["seq"], m["role"], m["status"], m["content"], m["author"], m["turn_id"]

@@ -5,8 +5,15 @@ from __future__ import annotations
 import secrets
 
 from django.conf import settings
+from django.contrib.postgres.indexes import GinIndex
+from django.contrib.postgres.search import SearchVector
 from django.db import models
 from django.db.models import Q
+
+# The text search configuration of the transcript's full-text index and of every query using
+# it (rooms.selectors.messages_search): English stemming ("flights" finds "flight"); words of
+# other languages are still matched as they are written.
+SEARCH_CONFIG = "english"
 
 
 def _invite_token() -> str:
@@ -113,6 +120,9 @@ class Message(models.Model):
         ]
         indexes = [
             models.Index(fields=["room"], condition=Q(status="streaming"), name="message_streaming_idx"),
+            # the transcript's full-text search: selectors.messages_search builds the same
+            # expression (config included), else Postgres could not use the index
+            GinIndex(SearchVector("content", config=SEARCH_CONFIG), name="message_content_search_idx"),
         ]
 
     def __str__(self) -> str:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.postgres.search import SearchHeadline, SearchQuery, SearchVector
 from django.db import connection, transaction
 from django.db.models import Q, QuerySet
 
-from rooms.models import Membership, Message, Room, RoomNote
+from rooms.models import SEARCH_CONFIG, Membership, Message, Room, RoomNote
 from rooms.protocol import MessageData, UserRef
 from rooms.rendering import render_markdown
 from rooms.turns import turn_queue
@@ -285,6 +287,88 @@ def user_can_moderate(*, room: Room, user: Any) -> bool:
     return Membership.objects.filter(
         Q(role=Membership.Role.OWNER) | Q(role=Membership.Role.MODERATOR), room=room, user=user
     ).exists()
+
+
+# --- search -----------------------------------------------------------------------------------
+
+SEARCH_EXCERPT_CHARS = 300
+
+
+def messages_search(
+    *,
+    room_id: int,
+    query: str,
+    author: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int = 10,
+) -> list[dict[str, Any]]:
+    """The room's visible messages matching `query` (full text, websearch syntax: words, "a
+    phrase", -not, or), newest first: [{seq, author, role, created_at, excerpt}].
+
+    `author` is a person's display name or username (case-insensitive; a first name matches
+    "Bob Smith" too) or "Assistant"; `since` is inclusive, `until` exclusive. A blank `query`
+    lists the newest messages passing the other filters. Only people's and the assistant's
+    finished text is searched: not hidden or streaming messages, nor tool or system rows.
+    """
+    rows = (
+        Message.objects.filter(room_id=room_id, role__in=[Message.Role.USER, Message.Role.ASSISTANT])
+        .exclude(status__in=[Message.Status.HIDDEN, Message.Status.STREAMING])
+        .exclude(content="")
+        .select_related("author")
+        .order_by("-seq")
+    )
+    if author is not None and author.strip():
+        rows = rows.filter(_author_matches(author.strip()))
+    if since is not None:
+        rows = rows.filter(created_at__gte=since)
+    if until is not None:
+        rows = rows.filter(created_at__lt=until)
+    words = query.strip()
+    if words:
+        tsquery = SearchQuery(words, search_type="websearch", config=SEARCH_CONFIG)
+        # the same expression as the index message_content_search_idx, so the index serves it
+        rows = rows.alias(document=SearchVector("content", config=SEARCH_CONFIG)).filter(document=tsquery)
+        rows = rows.annotate(
+            excerpt=SearchHeadline(
+                "content", tsquery, config=SEARCH_CONFIG, start_sel="**", stop_sel="**",
+                max_words=35, min_words=12, max_fragments=2, fragment_delimiter=" … ",
+            )
+        )  # fmt: skip
+    found = []
+    for m in rows[: max(1, limit)]:
+        excerpt = getattr(m, "excerpt", None) or m.content
+        found.append(
+            {
+                "seq": m.seq,
+                "author": _author_name(m),
+                "role": m.role,
+                "created_at": m.created_at.isoformat(),
+                "excerpt": _trimmed(excerpt, SEARCH_EXCERPT_CHARS),
+            }
+        )
+    return found
+
+
+def _author_matches(author: str) -> Q:
+    if author.lower() in ("assistant", "ai", "the assistant"):
+        return Q(role=Message.Role.ASSISTANT)
+    return (
+        Q(author__first_name__iexact=author)
+        | Q(author__username__iexact=author)
+        | Q(author__first_name__istartswith=author + " ")  # "Bob" finds "Bob Smith"
+    )
+
+
+def _author_name(message: Message) -> str:
+    if message.author_id:
+        return display_name(message.author)
+    return "Assistant" if message.role == Message.Role.ASSISTANT else "(deleted user)"
+
+
+def _trimmed(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
 def calls_named(*, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -12,6 +12,7 @@ Directives in the LAST user message (anywhere in the text):
   !hang          send the role chunk, then nothing until the client disconnects
   !streamerror   stream the reply, then an OpenAI-style error event instead of the end
   !tool=NAME:{JSON}  if the request has `tools`, stream that tool call (repeatable)
+  !badargs=NAME  like !tool, but the call's arguments are malformed JSON: {"expression": "1+
 Stats: ``requests`` (bodies), ``disconnects``, ``completed``; also GET /_stats, POST /_reset.
 """
 
@@ -31,8 +32,10 @@ from typing import Any
 
 _DIRECTIVE = re.compile(
     r"!(?:(?P<key>tokens|delay|fail)=(?P<num>\d+)|say=(?P<say>[^\n]*)"
-    r"|tool=(?P<tool>[\w.-]+):|(?P<hang>hang)\b|(?P<streamerror>streamerror)\b)"
+    r"|tool=(?P<tool>[\w.-]+):|badargs=(?P<badargs>[\w.-]+)"
+    r"|(?P<hang>hang)\b|(?P<streamerror>streamerror)\b)"
 )
+BAD_ARGUMENTS = '{"expression": "1+'  # what !badargs streams as a call's arguments: not JSON
 _WORDS = re.compile(r"\s+|\S+\s*")  # tokens keep their trailing spaces: "".join(...) == text
 _DISCONNECT_ERRORS = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
 
@@ -58,6 +61,8 @@ def parse_directives(text: str) -> tuple[dict[str, Any], str]:
             opts["hang"] = True
         elif m["streamerror"]:
             opts["streamerror"] = True
+        elif m["badargs"]:
+            opts["tools"].append((m["badargs"], BAD_ARGUMENTS))
         else:  # !tool=name:{json} - the JSON may contain spaces, so decode it rather than regex it
             try:
                 args, pos = json.JSONDecoder().raw_decode(text, pos)

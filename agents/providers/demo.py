@@ -1,12 +1,22 @@
-"""The offline demo model: used when no real LLM is configured, and says so."""
+"""The offline demo model: used when no real LLM is configured, and says so.
+
+Offered the built-in tools, it calls them when the last user message asks for one (see
+demo_tools: "what is 17% of 2340", "what time is it in Asia/Tokyo", "what did Bob say about
+Porto yesterday", "note: ..."), and answers the results by rule; otherwise it streams its
+canned answer.
+"""
 
 from __future__ import annotations
 
+import json
 import re
 import threading
+import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
-from .base import ModelRequest, ModelStream, Provider, StepEnd, StreamEvent, TextDelta
+from .base import ModelRequest, ModelStream, Provider, StepEnd, StreamEvent, TextDelta, ToolCallRequest
+from .demo_tools import calls_planned, offered_tools, results_answer, user_text
 
 _WORDS = re.compile(r"\s+|\S+\s*")  # words keep their trailing whitespace: join == original
 
@@ -61,15 +71,38 @@ class DemoProvider(Provider):
         """The full text the demo model streams for `request`."""
         return _ANSWER.format(echo=_echo(request))
 
+    def tool_calls(self, request: ModelRequest) -> list[ToolCallRequest]:
+        """The tool calls the demo model makes for `request`: none unless it offers tools and
+        its last message is a person's asking for one."""
+        text = user_text(request)
+        offered = offered_tools(request)
+        if text is None or not offered:
+            return []
+        planned = calls_planned(text, offered, today=datetime.now(UTC).date())
+        # a provider's call ids are unique in a room (ToolCall rows are keyed on them)
+        return [
+            ToolCallRequest(
+                call_id=f"call_demo_{uuid.uuid4().hex[:16]}", name=c.name, arguments=json.dumps(c.arguments)
+            )
+            for c in planned
+        ]
+
     def stream(self, request: ModelRequest) -> ModelStream:
-        """Start streaming the canned answer."""
+        """Start a step: tool calls when asked for, the results' answer after them, or the
+        canned answer, streamed word by word."""
+        if request.messages and request.messages[-1].role == "tool":
+            return _DemoStream(_WORDS.findall(results_answer(request)), self.delay)
+        calls = self.tool_calls(request)
+        if calls:
+            return _DemoStream([], self.delay, calls)
         return _DemoStream(_WORDS.findall(self.answer(request)), self.delay)
 
 
 class _DemoStream(ModelStream):
-    def __init__(self, tokens: list[str], delay: float) -> None:
+    def __init__(self, tokens: list[str], delay: float, calls: list[ToolCallRequest] | None = None) -> None:
         self._tokens = tokens
         self._delay = delay
+        self._calls = calls or []
         # An Event instead of sleep(): close() from another thread wakes the wait at once.
         self._stop = threading.Event()
 
@@ -78,8 +111,12 @@ class _DemoStream(ModelStream):
             if (i and self._stop.wait(self._delay)) or self._stop.is_set():
                 return
             yield TextDelta(token)
+        for call in self._calls:
+            if self._stop.is_set():
+                return
+            yield call
         if not self._stop.is_set():
-            yield StepEnd(finish_reason="stop")
+            yield StepEnd(finish_reason="tool_calls" if self._calls else "stop")
 
     def close(self) -> None:
         """Stop the stream; safe from any thread, idempotent."""

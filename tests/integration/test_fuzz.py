@@ -89,15 +89,16 @@ ALLOWED_CODES = DOCUMENTED_CODES | {"rate_limited"}
 OK = "ok"  # in an expected set: "no error frame" is a correct answer
 
 # `retry` is in rooms/protocol.py but not (yet) in docs/protocol.md.
-CLIENT_TYPES = ("send", "cancel", "retry", "sync", "typing", "ping", "tool_result")
+CLIENT_TYPES = ("send", "cancel", "retry", "sync", "typing", "ping", "tool_result", "tool_approval")
 FIELDS = {
-    "send": ({"client_id", "content"}, set()),
+    "send": ({"client_id", "content"}, {"tools"}),
     "cancel": ({"turn_id"}, set()),
     "retry": ({"turn_id"}, set()),
     "sync": ({"since"}, set()),
     "typing": (set(), set()),
     "ping": (set(), set()),
     "tool_result": ({"call_id"}, {"output", "error"}),
+    "tool_approval": ({"call_id", "approved"}, {"reason"}),
 }  # type -> (required fields, optional fields)
 
 CASES: Counter[str] = Counter()  # what ran, for the summary line
@@ -224,8 +225,8 @@ def expected_codes(obj: Any, ctx: RoomContext) -> set[str]:
         if status is None:
             return {"not_found"}
         return {OK, "forbidden"} if status in ("failed", "interrupted") else {"conflict"}
-    if kind == "tool_result":
-        expected = {"unsupported"}
+    if kind in ("tool_result", "tool_approval"):
+        expected = {"not_found"}  # the fuzzed rooms have no tool calls
         if _depth(obj.get("output")) > 64 or surrogates:
             expected.add("invalid")  # pydantic's recursion guard / unencodable text
         return expected
@@ -362,6 +363,9 @@ def _good_values(ctx_turns: list[int]) -> dict[str, st.SearchStrategy[Any]]:
         "call_id": GOOD_CALL_ID,
         "output": JSON,
         "error": st.none() | st.text(max_size=40),
+        "approved": st.booleans(),
+        "reason": st.none() | st.text(max_size=40),
+        "tools": st.just([]),
     }
 
 
@@ -373,6 +377,9 @@ BAD_VALUES = {
     "call_id": BAD_CALL_ID,
     "output": st.nothing(),
     "error": BAD_ERROR,
+    "approved": st.sampled_from([0, 1, "yes", None, [], {}]),
+    "reason": st.sampled_from([0, [], {}, "r" * 501]),
+    "tools": st.sampled_from([{}, "t", [1], [{"name": "bad name!", "parameters": {}}], [{"name": "x"}]]),
 }
 
 
@@ -401,7 +408,9 @@ def typed_frames(draw: Any, turn_ids: list[int]) -> dict[str, Any]:
         key = draw(st.text(max_size=12).filter(lambda k: k not in required | optional | {"type"}))
         frame[key] = draw(JSON)
     elif mutation == "surrogate":
-        texty = [n for n in ("content", "client_id", "call_id", "error") if n in required | optional]
+        texty = [
+            n for n in ("content", "client_id", "call_id", "error", "reason") if n in required | optional
+        ]
         if texty:
             frame[draw(st.sampled_from(texty))] = draw(SURROGATE_TEXT)
     return frame
