@@ -66,10 +66,14 @@ class RoomToolsForm(forms.Form):
         names = [t.name for t in self.catalog]
         default_on = [n for n in (settings.AGENT_TOOLS_ON or names) if n in names]
         on = room.tools_on if room.tools_on is not None else default_on
-        ask = room.tools_ask_first if room.tools_ask_first is not None else [
-            t.name for t in self.catalog if t.ask_first
-        ]
-        initial = {"tools_on": [n for n in names if n in on], "tools_ask_first": [n for n in names if n in ask]}
+        if room.tools_ask_first is not None:
+            ask = room.tools_ask_first
+        else:
+            ask = [t.name for t in self.catalog if t.ask_first]
+        initial = {
+            "tools_on": [n for n in names if n in on],
+            "tools_ask_first": [n for n in names if n in ask],
+        }
         super().__init__(data, initial=initial)
         for field in ("tools_on", "tools_ask_first"):
             self.fields[field].choices = [(n, n) for n in names]  # type: ignore[attr-defined]
@@ -85,9 +89,7 @@ class RoomToolsForm(forms.Form):
     def changes(self) -> dict[str, list[str]]:
         """The fields to save (services.room_update), in the catalog's order."""
         order = [t.name for t in self.catalog]
-        return {
-            f: [n for n in order if n in self.cleaned_data[f]] for f in self.changed_data
-        }
+        return {f: [n for n in order if n in self.cleaned_data[f]] for f in self.changed_data}
 
 
 class ProfileForm(forms.Form):

@@ -60,8 +60,8 @@ def tool_state_label(call: dict[str, Any], me_id: int | None = None) -> str:
     state = call.get("state", "")
     if state == "waiting_client":
         mine = me_id is not None and call.get("initiator_id") == me_id
-        who = "your" if mine else f"{call.get('initiator_name') or 'the asker'}'s"
+        who = call.get("initiator_name") or "the asker"
         if call.get("name") == "choose":
-            return "waiting for your choice" if mine else f"waiting for {call.get('initiator_name') or 'the asker'} to choose"
-        return f"waiting for {who} browser"
+            return "waiting for your choice" if mine else f"waiting for {who} to choose"
+        return "waiting for your browser" if mine else f"waiting for {who}'s browser"
     return STATE_LABELS.get(state, state)

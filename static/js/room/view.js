@@ -362,8 +362,19 @@ export function createRoomView(root, me, actions) {
     const old = list.querySelector(`:scope > [data-call-id="${CSS.escape(call.id)}"]`);
     const card = buildToolCard(call, old?.querySelector('details')?.open);
     if (old) old.replaceWith(card); else list.append(card);
+    showWaiting(li);
   }
 
+  // A streaming answer whose turn waits on a person says so instead of "answering…".
+  function showWaiting(li) {
+    if (li.dataset.status !== 'streaming') return;
+    const waiting = li.querySelector(WAITING_CARDS);
+    const label = li.querySelector('.meta .status')?.textContent;
+    if (waiting) setStatusLabel(li, 'waiting…');
+    else if (label === 'waiting…') setStatusLabel(li, STATUS_LABEL.streaming);
+  }
+
+  const WAITING_CARDS = '.tool-call:is([data-state="awaiting_approval"], [data-state="waiting_client"])';
   function showCall({ call }) {
     const li = byId(call.message_id);
     if (li) placeCall(li, call); // else: outside the loaded window
@@ -395,6 +406,7 @@ export function createRoomView(root, me, actions) {
       calls.push(call);
       card.replaceWith(buildToolCard(call, false));
     }
+    for (const li of scope.querySelectorAll('li.msg[data-status="streaming"]')) showWaiting(li);
     return calls;
   }
 
@@ -478,7 +490,7 @@ export function createRoomView(root, me, actions) {
   function showTurn({ turn: t }) {
     const answer = t.message_id ? byId(t.message_id) : null;
     if (answer && t.recovering) setStatusLabel(answer, 'recovering…');
-    else if (answer && t.status === 'running') setStatusLabel(answer, STATUS_LABEL.streaming);
+    else if (answer && t.status === 'running') { setStatusLabel(answer, STATUS_LABEL.streaming); showWaiting(answer); }
     const trigger = t.trigger_message_id ? byId(t.trigger_message_id) : null;
     if (!trigger) return;
     const before = trigger.dataset.turnStatus;
