@@ -114,3 +114,46 @@ def test_the_browser_state_keeps_unacked_sends_and_resends_them_after_ready(stat
     }"""
     )
     assert changes == [True, [{"type": "send", "client_id": "b", "content": "second"}], "b", 0]
+
+
+def tool_event(kind: str, seq: int, call_id: str, state: str, **extra: Any) -> dict[str, Any]:
+    call = {"id": call_id, "turn_id": 7, "message_id": 11, "step": 0, "name": "calculator",
+            "kind": "server", "input": {"expression": "1+1"}, "state": state, "output": None,
+            "error": None, "requires_approval": False, "decided_by": None, "initiator_id": 1,
+            "created_at": "2026-12-03T09:00:00+00:00", "started_at": None, "finished_at": None}  # fmt: skip
+    return {"type": kind, "seq": seq, "call": call | extra}
+
+
+# A call made and settled, a note, a gap (the call's update after a missing seq: sync), the
+# update replayed again in order, and an old one.
+TOOL_FRAMES: list[dict[str, Any]] = [
+    message(1, 11, "streaming"),
+    tool_event("tool_call", 2, "40", "running"),
+    {"type": "note", "seq": 3, "note": {"id": 5, "text": "remember", "call_id": None, "created_at": "x"}},
+    tool_event("tool_update", 5, "40", "error"),
+    tool_event("tool_update", 4, "40", "done", output={"result": 2}),
+    tool_event("tool_update", 2, "40", "running"),
+]
+
+
+def test_the_browser_state_keeps_calls_and_notes_like_the_python_client(state_page):
+    py = RoomState()
+    py_syncs = [py.apply(frame) for frame in TOOL_FRAMES]
+    js = state_page.evaluate(
+        """(frames) => {
+        const room = new __state.RoomState();
+        const out = frames.map((f) => room.apply(f));
+        const refused = room.apply({ type: 'error', code: 'conflict', detail: 'settled', ref: '40' });
+        return { syncs: out.map((o) => o.sync), lastSeq: room.lastSeq,
+                 calls: Object.fromEntries(room.calls), notes: Object.fromEntries(room.notes),
+                 changes: out.map((o) => o.changes.map((c) => c.type)), refusedCall: refused.changes[0].call,
+                 of11: room.callsOf(11).map((c) => c.id) };
+    }""",
+        TOOL_FRAMES,
+    )
+    assert js["syncs"] == py_syncs == [False, False, False, True, False, False]
+    assert js["lastSeq"] == py.last_seq == 4
+    assert js["calls"] == py.calls and py.calls["40"]["state"] == "done"
+    assert {int(k): v for k, v in js["notes"].items()} == py.notes and py.notes[5]["text"] == "remember"
+    assert js["changes"] == [["message"], ["tool_call"], ["note"], [], ["tool_call"], []]
+    assert js["refusedCall"] == "40" and js["of11"] == ["40"]

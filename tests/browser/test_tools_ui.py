@@ -21,6 +21,7 @@ from tests.conftest import make_user
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 DOCS_SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+SHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
 
 
 def shot(page, name: str) -> None:
@@ -92,6 +93,7 @@ def test_an_approval_shows_buttons_to_the_asker_and_moderators_and_text_to_the_o
         assert decider.locator(f"{card(decider, 'note')} button.deny").is_visible()
     bystander = c.locator(card(c, "note"))
     assert bystander.locator("button").count() == 0
+    assert "Trip: May 3" in bystander.locator(".tool-input").inner_text()  # open: what it would do
     assert bystander.locator(".tool-wait").inner_text() == "Waiting for approval by Bob or a moderator"
     c.reload()  # still waiting after a reload, still read-only
     c.wait_for_selector(f"{card(c, 'note')} .tool-wait >> text=Waiting for approval by Bob")
@@ -123,6 +125,8 @@ def test_an_approval_shows_buttons_to_the_asker_and_moderators_and_text_to_the_o
     assert c.locator("#notes li .note-text").all_inner_texts() == ["Trip: May 3"]
     assert c.locator("#notes").is_visible()
     assert c.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    c.screenshot(path=str(SHOTS / "tool-notes-phone.png"))
 
 
 def test_a_deny_with_a_reason_reaches_the_model_and_every_page(stack, fake, room, alice, page_for):

@@ -268,6 +268,9 @@ export function createRoomView(root, me, actions) {
     return mine ? 'waiting for your browser' : `waiting for ${who}'s browser`;
   }
 
+  // Collapsed, except a call that asks first: whoever decides should see what it would do.
+  const openAtFirst = (call) => call.state === 'awaiting_approval';
+
   function buildToolCard(call, open) {
     const card = el('div', 'tool-call');
     card.id = `call-${call.id}`;
@@ -323,7 +326,7 @@ export function createRoomView(root, me, actions) {
       reason.addEventListener('keydown', (event) => {
         if (event.key === 'Enter') { event.preventDefault(); decide(false); }
       });
-      box.append(el('p', 'tool-wait', 'The assistant wants to run this tool. Allow it?'));
+      box.append(el('p', 'tool-wait', `Allow the assistant to run ${call.name} with this input?`));
       const row = el('div', 'tool-buttons');
       row.append(approve, reason, deny);
       box.append(row);
@@ -360,7 +363,7 @@ export function createRoomView(root, me, actions) {
       li.insertBefore(list, bodyOf(li));
     }
     const old = list.querySelector(`:scope > [data-call-id="${CSS.escape(call.id)}"]`);
-    const card = buildToolCard(call, old?.querySelector('details')?.open);
+    const card = buildToolCard(call, old ? old.querySelector('details')?.open : openAtFirst(call));
     if (old) old.replaceWith(card); else list.append(card);
     showWaiting(li);
   }
@@ -404,7 +407,7 @@ export function createRoomView(root, me, actions) {
       if (!call || typeof call !== 'object') continue;
       if (call.initiator_name && call.initiator_id != null) names.set(call.initiator_id, call.initiator_name);
       calls.push(call);
-      card.replaceWith(buildToolCard(call, false));
+      card.replaceWith(buildToolCard(call, openAtFirst(call)));
     }
     for (const li of scope.querySelectorAll('li.msg[data-status="streaming"]')) showWaiting(li);
     return calls;
