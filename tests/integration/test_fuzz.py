@@ -191,9 +191,15 @@ def field_ok(kind: str, name: str, value: Any) -> bool:
     if name == "call_id":
         return isinstance(value, str) and 1 <= len(value) <= 100
     if name == "error":
-        return value is None or isinstance(value, str)
+        return value is None or (isinstance(value, str) and len(value) <= 2000)
     if name == "output":
         return True
+    if name == "approved":
+        return isinstance(value, bool)
+    if name == "reason":
+        return value is None or (isinstance(value, str) and len(value) <= 500)
+    if name == "tools":
+        return value == []  # the fuzzer offers no tool, or malformed ones
     raise AssertionError(f"no rule for {kind}.{name}")
 
 

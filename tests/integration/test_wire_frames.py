@@ -38,6 +38,11 @@ def test_every_server_frame_kind_arrives_and_matches_its_model(stack, fake, room
         await a.cancel(turn_id)  # message_update with the partial answer
         for c in (a, late):
             await c.wait_for(lambda c: c.state.turns[turn_id]["status"] == "cancelled", timeout=20)
+        await a.send('note it !tool=note:{"text": "seen"} !say=Noted.')  # tool_call, tool_update, note
+        await a.wait_for(lambda c: any(f["type"] == "tool_call" for f in c.frames), timeout=20)
+        call = next(f["call"] for f in a.frames if f["type"] == "tool_call")
+        await a.send_raw(json.dumps({"type": "tool_approval", "call_id": call["id"], "approved": True}))
+        await a.wait_for(lambda c: any(f["type"] == "note" for f in c.frames), timeout=20)
         await asyncio.sleep(0.2)
         for c in (a, b, late):
             await c.close()
