@@ -71,7 +71,7 @@ export function createRoomView(root, me, actions) {
     conn: $('conn'), notices: $('notices'), transcript: $('transcript'), typing: $('typing'),
     composer: $('composer'), input: $('content'), send: $('send'), stop: $('stop'),
     presence: $('presence'), hereNow: $('here-now'), members: $('members'),
-    notes: $('notes'), notesCount: $('notes-count'), notesEmpty: $('notes-empty'), notesPanel: $('room-notes'),
+    notes: $('notes'), notesCount: $('notes-count'), notesPanel: $('room-notes'),
   };
   const streams = new Map(); // message id -> {text, view}: answers still streaming
   const dirty = new Set(); // ids of streams whose text changed since the last render
@@ -425,8 +425,7 @@ export function createRoomView(root, me, actions) {
     li.append(time, ' ', el('span', 'note-text', note.text));
     els.notes.append(li);
     els.notesCount.textContent = els.notes.children.length;
-    els.notesEmpty.hidden = true;
-    els.notesPanel.open = true;
+    if (els.notesPanel.hidden) { els.notesPanel.hidden = false; els.notesPanel.open = true; } // the first one
     li.classList.add('fresh');
     setTimeout(() => li.classList.remove('fresh'), 2_000);
     els.notes.scrollTop = els.notes.scrollHeight;
