@@ -21,17 +21,6 @@ def _server_types() -> set[str]:
     return {model.model_fields["type"].default for model in typing.get_args(union)}
 
 
-def _note_add(room_id: int) -> None:
-    from django.db import connection
-
-    from rooms.services import note_add
-
-    try:
-        note_add(room_id=room_id, text="a note for the panel")
-    finally:
-        connection.close()  # this thread's own connection: not left open on the test database
-
-
 def test_every_server_frame_kind_arrives_and_matches_its_model(stack, fake, room, alice, bob):
     async def scenario() -> list[RoomClient]:
         a = RoomClient(stack.base_url, room.slug, token=alice[1])
@@ -41,7 +30,6 @@ def test_every_server_frame_kind_arrives_and_matches_its_model(stack, fake, room
         await b.send_raw(json.dumps({"type": "typing"}))  # typing, to a
         await a.send_raw(json.dumps({"type": "cancel", "turn_id": 999_999}))  # error
         await a.ping()  # pong
-        await asyncio.to_thread(_note_add, room.pk)  # note
         await a.send("a long one !tokens=200 !delay=20")  # ack, message, turn, delta
         await a.wait_for(lambda c: any(f["type"] == "delta" for f in c.frames), timeout=20)
         late = RoomClient(stack.base_url, room.slug, token=bob[1])
