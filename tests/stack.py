@@ -157,4 +157,8 @@ def stack_start(**overrides: Any) -> Stack:
     # tests kill processes on purpose: restart them, but never give up on one
     supervisor = Supervisor(processes, env=env, logdir=logdir, port=port, give_up=False).start()
     wait_http(port)
-    return Stack(fake=fake, env=env, port=port, logdir=logdir, supervisor=supervisor)
+    stack = Stack(fake=fake, env=env, port=port, logdir=logdir, supervisor=supervisor)
+    for process in processes:  # the pids of every process, so a killed one can be named
+        if process.autostart:
+            stack.start(process.name)
+    return stack
