@@ -57,12 +57,19 @@ class Running:
     pid: int
 
     def wait(self, timeout: float | None = None) -> None:
-        """Until it has exited (and the supervisor has reaped it)."""
+        """Until it has exited (a zombie its supervisor has not reaped yet counts as exited: on
+        a busy machine the reaping can lag for long)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while psutil.pid_exists(self.pid):
+        while self._alive():
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"pid {self.pid} still runs")
             time.sleep(0.05)
+
+    def _alive(self) -> bool:
+        try:
+            return psutil.Process(self.pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
 
 
 @dataclass
