@@ -41,8 +41,8 @@ chromium: ## install Debian's chromium (browser tests) unless /usr/bin/chromium 
 		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
 	fi
 
-run: $(STAMP) ## run the chat: Postgres+Redis (embedded), Daphne, Celery worker, sweeper and beat (RUN_ARGS="--port 8001")
-	$(PY) -m chatproject.stack run $(RUN_ARGS)
+run: $(STAMP) ## run the chat: Postgres+Redis (embedded), Daphne, Celery worker, sweeper and beat under one supervisor (RUN_ARGS="--port 8001 --asgi 2")
+	$(PY) -m stack run $(RUN_ARGS)
 
 test: $(STAMP) chromium ## run the tests (PYTEST_ARGS="-x -k name" passes options to pytest)
 	@rc=0; $(PY) -m pytest $(PYTEST_ARGS) || rc=$$?; \
@@ -51,15 +51,15 @@ test: $(STAMP) chromium ## run the tests (PYTEST_ARGS="-x -k name" passes option
 	fi; exit $$rc
 
 services-start: $(STAMP) ## start the embedded PostgreSQL and Redis (data in .devdata)
-	$(PY) -m chatproject.embedded start
+	$(PY) -m stack services start
 
 services-stop: ## stop the embedded PostgreSQL and Redis
-	@if [ -x $(PY) ] && [ -d .devdata ]; then $(PY) -m chatproject.embedded stop; fi
+	@if [ -x $(PY) ] && [ -d .devdata ]; then $(PY) -m stack services stop; fi
 
 services-status: ## show whether the embedded PostgreSQL and Redis are running
-	@$(PY) -m chatproject.embedded status
+	@$(PY) -m stack services status
 
-lint: $(STAMP) ## ruff check, ruff format --check and mypy (rooms, agents, chatproject); CI runs it before the tests
+lint: $(STAMP) ## ruff check, ruff format --check and mypy (rooms, agents, chatproject, stack); CI runs it before the tests
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy

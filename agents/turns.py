@@ -499,7 +499,7 @@ def rooms_sweep() -> SweepReport:
     turns_expire_waits()
     idle = list(
         Turn.objects.filter(status=Turn.Status.QUEUED)
-        .exclude(room__turns__status=Turn.Status.RUNNING)
+        .exclude(room__turns__status__in=(Turn.Status.RUNNING, Turn.Status.PARKED))  # leased, or waiting
         .order_by()  # Turn.Meta.ordering would add a column to the DISTINCT
         .values_list("room_id", flat=True)
         .distinct()[:1000]

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from chatproject.embedded import pid_alive
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,9 +44,9 @@ def service_urls() -> dict[str, str]:
     the embedded servers'."""
     urls = {k: os.environ[k] for k in ("DATABASE_URL", "REDIS_URL") if os.environ.get(k)}
     if len(urls) < 2:
-        from chatproject.embedded import ensure_services
+        from stack import services
 
-        for key, value in ensure_services(ROOT / ".devdata").items():
+        for key, value in services.start_missing(ROOT / ".devdata").env.items():
             urls.setdefault(key, value)
     return urls
 
@@ -86,7 +86,7 @@ class FreshDatabase:
             ).fetchall()
             for (name,) in rows:
                 m = re.fullmatch(rf"{re.escape(self.PREFIX)}(\d+)", name)
-                if m and (name == self.name or not pid_alive(int(m.group(1)))):
+                if m and (name == self.name or not psutil.pid_exists(int(m.group(1)))):
                     conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
                     dropped.append(name)
             conn.execute(f'CREATE DATABASE "{self.name}"')

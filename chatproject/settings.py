@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +23,10 @@ if not SECRET_KEY:
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
-# Embedded Postgres and Redis (real servers from Python packages) when no URL is given.
-if not os.environ.get("DATABASE_URL") or not os.environ.get("REDIS_URL"):
-    from chatproject.embedded import ensure_services
-
-    for _key, _value in ensure_services(BASE_DIR / ".devdata").items():
-        os.environ.setdefault(_key, _value)
+# Without DATABASE_URL / REDIS_URL: the embedded servers' URLs. Settings start nothing: `make
+# run` and the test session start those servers (stack.services) before any process needs them.
+_EMBEDDED_DATABASE_URL = f"postgres://postgres@127.0.0.1:{env.int('EMBEDDED_PG_PORT', default=54329)}/chat"
+_EMBEDDED_REDIS_URL = f"redis://127.0.0.1:{env.int('EMBEDDED_REDIS_PORT', default=63799)}/0"
 
 INSTALLED_APPS = [
     "daphne",
@@ -75,7 +72,7 @@ TEMPLATES = [
     },
 ]
 
-DATABASES = {"default": env.db("DATABASE_URL")}
+DATABASES = {"default": env.db("DATABASE_URL", default=_EMBEDDED_DATABASE_URL)}
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=0)
 DATABASES["default"].setdefault("OPTIONS", {})
 # A psycopg connection pool per process (Django >= 5.1, the supported way under ASGI): without
@@ -108,7 +105,7 @@ if DB_IDLE_IN_TRANSACTION_TIMEOUT_MS > 0:
     )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-REDIS_URL = env.str("REDIS_URL")
+REDIS_URL = env.str("REDIS_URL", default=_EMBEDDED_REDIS_URL)
 CHANNEL_LAYERS: dict[str, dict[str, Any]] = {
     "default": {
         # The pub/sub layer: one PUBLISH per group send, one subscription per group per

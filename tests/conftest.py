@@ -15,6 +15,15 @@ import pytest
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Start the embedded PostgreSQL and Redis (unless DATABASE_URL / REDIS_URL are set) before
+    pytest-django creates the test database; settings default to their URLs."""
+    from stack import services
+
+    services.ensure_dotenv()
+    os.environ.update(services.start_missing().env)
+
+
 @pytest.fixture(scope="session")
 def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: None) -> None:
     """One test database per run (test_chat_<pid>), so two runs on one Postgres never collide;

@@ -1,12 +1,12 @@
-"""The real stack for integration and browser tests: Daphne (or uvicorn, ASGI_SERVER=uvicorn), a
-Celery worker, beat, fake LLM."""
+"""The real stack for integration and browser tests: the stack's processes (stack.processes) under
+the supervisor of `make run` (stack.supervisor), pointed at the test database, with the fake LLM.
+ASGI_SERVER=uvicorn runs the tests against uvicorn instead of Daphne."""
 
 from __future__ import annotations
 
 import os
 import signal
 import socket
-import subprocess
 import tempfile
 import time
 import uuid
@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 from django.conf import settings
 
-from chatproject.stack import asgi_argv, celery_argv
+from stack.processes import Process, StackConfig, stack_processes
+from stack.supervisor import Supervisor, wait_http
 from tests.fakellm import FakeLLM
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,75 +51,78 @@ def database_url() -> str:
 
 
 @dataclass
+class Running:
+    """One process of the stack, by pid (the supervisor, not the test, is its parent)."""
+
+    pid: int
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Until it has exited (a zombie its supervisor has not reaped yet counts as exited: on
+        a busy machine the reaping can lag for long)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._alive():
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"pid {self.pid} still runs")
+            time.sleep(0.05)
+
+    def _alive(self) -> bool:
+        try:
+            return psutil.Process(self.pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+
+@dataclass
 class Stack:
-    """Processes of one test session, all pointed at the test database."""
+    """The processes of one test session (web, worker, sweeper, beat; worker2 on request)."""
 
     fake: FakeLLM
     env: dict[str, str]
     port: int
     logdir: Path
-    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    supervisor: Supervisor
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    last_pids: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def procs(self) -> dict[str, Running]:
+        """The processes of the stack by name (a snapshot): one being restarted by the supervisor
+        under the last pid it had, one stopped not at all."""
+        for name in self.supervisor.names():
+            pid = self.supervisor.pid(name)
+            if pid is not None:
+                self.last_pids[name] = pid
+        return {name: Running(pid) for name, pid in self.last_pids.items()}
+
     def start(self, name: str) -> None:
-        kind = "worker" if name.startswith("worker") else name
-        if kind == "web":  # ASGI_SERVER=uvicorn runs the tests against uvicorn instead
-            command = asgi_argv(server=self.env.get("ASGI_SERVER") or "daphne", port=self.port)
-        else:
-            command = celery_argv(
-                kind,
-                env=self.env,
-                node=f"test-{kind}-{uuid.uuid4().hex[:6]}@%h",
-                schedule=self.logdir / "beat-schedule",
-            )
-        log = open(self.logdir / f"{name}.log", "ab")
-        self.procs[name] = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        """Start `name` now (if it is not running) and, for the web, wait until it answers."""
+        self.last_pids[name] = self.supervisor.resume(name)[0]
         if name == "web":
-            wait_port(self.port)
+            wait_http(self.port)
 
     def stop(self, name: str, sig: int = signal.SIGTERM) -> None:
-        proc = self.procs.pop(name, None)
-        if proc is None:
-            return
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            pass
-        try:  # pool processes that outlived their parent
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
+        if sig != signal.SIGTERM:
+            self.supervisor.kill(name, sig)
+        self.supervisor.stop(name)
+        self.last_pids.pop(name, None)
 
     def restart(self, name: str) -> None:
         self.stop(name)
         self.start(name)
 
     def stop_all(self) -> None:
-        for name in list(self.procs):
-            self.stop(name)
+        self.supervisor.close()
 
     def log_tail(self, name: str, lines: int = 40) -> str:
-        path = self.logdir / f"{name}.log"
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+        return self.supervisor.log_tail(name, lines)
 
 
 def stack_start(**overrides: Any) -> Stack:
-    """Start the fake LLM server, Daphne, a worker and beat against the test database."""
+    """Start the fake LLM server, Daphne, a worker, the sweeper and beat against the test database."""
     fake = FakeLLM().start()
     run_id = uuid.uuid4().hex[:8]
     env = dict(os.environ)
@@ -143,7 +148,24 @@ def stack_start(**overrides: Any) -> Stack:
     )
     env.update({k: str(v) for k, v in overrides.items()})
     logdir = Path(tempfile.mkdtemp(prefix=f"stack-{run_id}-"))
-    stack = Stack(fake=fake, env=env, port=free_port(), logdir=logdir)
-    for name in ("web", "worker", "sweeper", "beat"):
-        stack.start(name)
+    port = free_port()
+    config = StackConfig(
+        port=port,
+        server=env.get("ASGI_SERVER") or "daphne",
+        queue=env["CELERY_QUEUE"],
+        node=f"test-{run_id}-",
+        schedule=logdir / "beat-schedule",
+    )
+    processes = stack_processes(config)
+    worker = next(p for p in processes if p.name == "worker")
+    # a second worker that tests start when they need one (it takes the same queue)
+    worker2 = Process("worker2", [a.replace("worker@", "worker2@") for a in worker.argv], autostart=False)
+    processes.append(worker2)
+    # tests kill processes on purpose: restart them, but never give up on one
+    supervisor = Supervisor(processes, env=env, logdir=logdir, port=port, give_up=False).start()
+    wait_http(port)
+    stack = Stack(fake=fake, env=env, port=port, logdir=logdir, supervisor=supervisor)
+    for process in processes:  # the pids of every process, so a killed one can be named
+        if process.autostart:
+            stack.start(process.name)
     return stack

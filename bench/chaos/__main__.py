@@ -407,8 +407,8 @@ class ChaosRun:
         for name in AppProcesses.WORKERS:
             path = self.apps.logdir / f"{name}.log"
             text = path.read_text(errors="replace") if path.exists() else ""
-            last_start = text.rfind("===== chaos: start")
-            found = re.search(r"Unrecoverable error: .*", text[last_start:])
+            # the log of every start of it (so a note, not a verdict)
+            found = re.search(r"Unrecoverable error: .*", text)
             if found and self.apps.running(name):
                 notes.append(f"{name} is alive but its consumer died: {found.group(0)[:160]} ({path})")
         return notes

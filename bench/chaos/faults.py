@@ -178,7 +178,7 @@ class FaultInjector:
         if found is not None:
             self.watch_recovery("kill_worker", found[0], found[1], found[2])
         await asyncio.sleep(self.rng.uniform(0.2, 2.0))
-        self.apps.start(name)  # from the loop (main) thread: see stack.py on pdeathsig
+        self.apps.start(name)
         return {"worker": name, "pid": pid, "turn": found[0] if found else None}
 
     async def stop_worker_child(self, max_pause: float = 30.0) -> dict[str, Any] | None:
@@ -283,7 +283,7 @@ class FaultInjector:
 
         pg_port = urlsplit(self.db.server_url).port or 5432
         owner: dict[int, str] = {}
-        for name in list(self.apps.procs):
+        for name in self.apps.names():
             root = self.apps.pid(name)
             if root is None:
                 continue

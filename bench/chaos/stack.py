@@ -1,8 +1,8 @@
 """The chaos run's private stack: a fresh database, its own Redis, Daphne x2, workers x2, sweeper, beat.
 
-Everything here is synchronous and starts processes from the calling (main) thread only: the
-children are started through `setpriv --pdeathsig KILL` when it exists, and the parent-death
-signal is tied to the thread that forked, so they die with the chaos run even if it is killed.
+The application processes run under the stack's supervisor (stack.supervisor), which ends them
+when the chaos run dies. Our Redis is started from the calling (main) thread through `setpriv
+--pdeathsig KILL` when it exists (the parent-death signal is tied to the thread that forked).
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import IO
 
 from bench.common import FreshDatabase, free_port, wait_port
-from chatproject.stack import celery_argv
+from stack.processes import Process, asgi_argv, celery_argv
+from stack.supervisor import Supervisor
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 _SETPRIV = shutil.which("setpriv")
@@ -120,9 +121,9 @@ def base_database_url(data_dir: Path) -> tuple[str, str]:
     """(server URL, where it came from): DATABASE_URL, else the embedded Postgres of `data_dir`."""
     if os.environ.get("DATABASE_URL"):
         return os.environ["DATABASE_URL"], "DATABASE_URL"
-    from chatproject.embedded import start_services
+    from stack import services
 
-    env = start_services(data_dir, postgres=True, redis=False).env
+    env = services.start(data_dir, postgres=True, redis=False).env
     return env["DATABASE_URL"], f"embedded ({data_dir})"
 
 
@@ -143,7 +144,7 @@ class ChaosRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        from chatproject.embedded import redis_server_bin
+        from stack.services import redis_server_bin
 
         self.workdir.mkdir(parents=True, exist_ok=True)
         argv = [
@@ -198,13 +199,13 @@ class ChaosRedis:
 
 @dataclass
 class AppProcesses:
-    """Daphne x2, Celery workers x2 (prefork x2 and threads x4), the sweeper, beat; restartable by name."""
+    """Daphne x2 (a port each), Celery workers x2 (prefork x2 and threads x4), the sweeper, beat,
+    under the stack's supervisor (stack.supervisor), each stopped, started or killed by name."""
 
     env: dict[str, str]
     logdir: Path
     web_ports: dict[str, int] = field(default_factory=dict)
-    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-    starts: dict[str, int] = field(default_factory=dict)
+    supervisor: Supervisor | None = None
 
     WEBS = ("web-a", "web-b")
     WORKERS = ("worker-1", "worker-2")
@@ -213,61 +214,52 @@ class AppProcesses:
         for name in self.WEBS:
             self.web_ports[name] = free_port()
 
-    def command(self, name: str) -> list[str]:
-        py = sys.executable
-        if name in self.WEBS:
-            return [
-                py,
-                "-m",
-                "daphne",
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(self.web_ports[name]),
-                "chatproject.asgi:application",
-            ]
-        if name in self.WORKERS:
+    def processes(self) -> list[Process]:
+        queue, run = self.env["CELERY_QUEUE"], uuid.uuid4().hex[:6]
+        procs = [Process(name, asgi_argv(port=self.web_ports[name])) for name in self.WEBS]
+        for name in self.WORKERS:
             # one worker of each pool: worker-1 prefork (its pool processes are what the
             # kill/stop faults target), worker-2 threads (the default of `make run`)
             pool, concurrency = ("prefork", 2) if name == "worker-1" else ("threads", 4)
-            return celery_argv(
-                "worker", env=self.env, pool=pool, concurrency=concurrency,
-                node=f"chaos-{name}-{uuid.uuid4().hex[:6]}@%h",
-            )  # fmt: skip
-        if name == "sweeper":
-            return celery_argv("sweeper", env=self.env, node=f"chaos-sweeper-{uuid.uuid4().hex[:6]}@%h")
-        if name == "beat":
-            return celery_argv("beat", env=self.env, schedule=self.logdir / "beat-schedule")
-        raise KeyError(name)
+            argv = celery_argv("worker", queue=queue, pool=pool, concurrency=concurrency,
+                               node=f"chaos-{name}-{run}@%h")  # fmt: skip
+            procs.append(Process(name, argv))
+        procs.append(Process("sweeper", celery_argv("sweeper", queue=queue, node=f"chaos-sweeper-{run}@%h")))
+        procs.append(Process("beat", celery_argv("beat", schedule=self.logdir / "beat-schedule")))
+        return procs
+
+    @property
+    def sup(self) -> Supervisor:
+        assert self.supervisor is not None, "start_all() first"
+        return self.supervisor
+
+    def start_all(self) -> None:
+        # faults restart what they stop themselves: the supervisor restarts, but never gives up
+        self.supervisor = Supervisor(self.processes(), env=self.env, logdir=self.logdir).start()
+        for name in self.WEBS:
+            wait_port(self.web_ports[name])
 
     def start(self, name: str, wait: bool = True) -> None:
         """Start `name` (again); for a web process, wait until its port listens."""
-        self.starts[name] = self.starts.get(name, 0) + 1
-        with open(self.logdir / f"{name}.log", "ab") as log:  # the child keeps its own copy
-            log.write(f"\n===== chaos: start #{self.starts[name]} of {name} at {time.time():.3f}\n".encode())
-            log.flush()
-            self.procs[name] = _spawn(self.command(name), env=self.env, log=log)
+        self.sup.resume(name)
         if wait and name in self.WEBS:
-            wait_port(self.web_ports[name], proc=self.procs[name])
-
-    def start_all(self) -> None:
-        for name in (*self.WORKERS, "sweeper", "beat", *self.WEBS):
-            self.start(name, wait=False)
-        for name in self.WEBS:
-            wait_port(self.web_ports[name], proc=self.procs[name])
+            wait_port(self.web_ports[name])
 
     def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
-        proc = self.procs.pop(name, None)
-        if proc is not None:
-            _stop_group(proc, sig, timeout)
+        """Stop `name` and keep it stopped: SIGTERM (SIGKILL after the grace period), or `sig`
+        to its whole session (master and pool processes) first."""
+        if sig != signal.SIGTERM:
+            self.sup.kill(name, sig)
+        self.sup.stop(name)
+
+    def names(self) -> list[str]:
+        return self.sup.names()
 
     def running(self, name: str) -> bool:
-        proc = self.procs.get(name)
-        return proc is not None and proc.poll() is None
+        return self.pid(name) is not None
 
     def pid(self, name: str) -> int | None:
-        proc = self.procs.get(name)
-        return proc.pid if proc is not None and proc.poll() is None else None
+        return self.sup.pid(name)
 
     def worker_of_child(self, pid: int) -> str | None:
         """The worker name whose pool process `pid` is (safety: never signal anything else)."""
@@ -278,16 +270,8 @@ class AppProcesses:
         return None
 
     def stop_all(self) -> None:
-        for name in list(self.procs):
-            proc = self.procs[name]
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGCONT)
-                    os.killpg(proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-        for name in list(self.procs):
-            self.stop(name, timeout=20)
+        if self.supervisor is not None:
+            self.supervisor.close()
 
     def not_running(self) -> list[str]:
         """The names of processes that are not running now."""

@@ -410,17 +410,15 @@ class Bench:
             concurrency=a.concurrency,
         )  # fmt: skip
         self.result["logdir"] = str(self.procs.logdir)
-        web = self.procs.start("web")
-        worker = self.procs.start("worker")
-        self.procs.start("sweeper")
-        self.procs.start("beat")
+        started = self.procs.start_all()
+        web, worker = started["web"], started["worker"]
         self.web = psutil.Process(web.pid)
         self.worker = psutil.Process(worker.pid)
         self.base_url = f"http://127.0.0.1:{self.procs.port}"
         self.result["daphne"] = {
             "pid": web.pid,
             "nofile": list(self.web.rlimit(psutil.RLIMIT_NOFILE)),
-            "listen_backlog": 50,  # Twisted's default for `daphne -b/-p`
+            "listen_backlog": 1024,  # the supervisor's listening socket (stack.supervisor)
         }
 
         from tests.fakellm import FakeLLM
@@ -435,7 +433,7 @@ class Bench:
         if self.procs is not None:
             for name in ("web", "worker", "beat"):
                 self.result.setdefault("logs", {})[name] = log_summary(self.procs.log_path(name))
-            self.result["exit_codes"] = self.procs.stop_all()
+            self.result["supervisor_exit_code"] = self.procs.stop_all()
             with contextlib.suppress(OSError):
                 for p in self.procs.logdir.glob("beat-schedule*"):
                     p.unlink()

@@ -1,27 +1,25 @@
 """The stack under measurement, standalone (the way tests/stack.py builds it, without pytest).
 
 Embedded Postgres/Redis (unless DATABASE_URL / REDIS_URL are set), a fresh database
-``load_<pid>`` (created, migrated, dropped at exit), ONE Daphne process (the one measured),
-one Celery worker (threads, as `make run`), the sweeper, beat, and the fake OpenAI server.
+``load_<pid>`` (created, migrated, dropped at exit), and the processes of `make run` under its
+supervisor: ONE Daphne (the one measured), one Celery worker (threads), the sweeper and beat.
 Nothing here imports Django: the driver sets the environment first, then calls django.setup().
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import resource
-import signal
-import subprocess
-import sys
 import tempfile
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+
+import psutil
 
 from bench import common
 from bench.common import free_port, service_urls, wait_port  # noqa: F401 - this module's API
-from chatproject.stack import celery_argv
+from stack.processes import StackConfig, stack_processes
+from stack.supervisor import Supervisor, wait_http
 
 ROOT = Path(__file__).resolve().parents[2]
 NOFILE = 65536
@@ -40,11 +38,6 @@ def raise_nofile(target: int = NOFILE) -> int:
     if soft == resource.RLIM_INFINITY or soft < target:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
-def _child_preexec() -> None:
-    """preexec_fn of the children: a high fd limit (only async-signal-safe-ish work here)."""
-    raise_nofile(NOFILE)
 
 
 class FreshDatabase(common.FreshDatabase):
@@ -74,50 +67,42 @@ class FreshDatabase(common.FreshDatabase):
 
 
 @dataclass
+class Running:
+    """A process of the stack, by pid (its parent is the supervisor)."""
+
+    pid: int
+
+    def poll(self) -> int | None:
+        """None while it runs (its exit code is the supervisor's to know)."""
+        return None if psutil.pid_exists(self.pid) else -1
+
+
+@dataclass
 class Processes:
-    """Daphne (measured), a Celery worker, beat; each in its own session, logs in `logdir`."""
+    """The stack of `make run` (stack.processes) with ONE Daphne (the one measured), under the
+    stack's supervisor; logs in `logdir`. The children inherit this process's fd limit."""
 
     env: dict[str, str]
     port: int
     logdir: Path
     concurrency: int = 16
-    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    supervisor: Supervisor | None = None
 
-    def start(self, name: str) -> subprocess.Popen[bytes]:
-        if name == "web":  # exactly how `make run` starts a single ASGI process
-            command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
-                       "chatproject.asgi:application"]  # fmt: skip
-        else:
-            command = celery_argv(name, env=self.env, concurrency=self.concurrency,
-                                  node=f"load-{name}-{uuid.uuid4().hex[:6]}@%h",
-                                  schedule=self.logdir / "beat-schedule")  # fmt: skip
-        log = open(self.logdir / f"{name}.log", "ab")
-        proc = subprocess.Popen(
-            command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_child_preexec,
+    def start_all(self) -> dict[str, Running]:
+        config = StackConfig(
+            port=self.port, concurrency=self.concurrency, queue=self.env.get("CELERY_QUEUE") or "celery",
+            node=f"load-{uuid.uuid4().hex[:6]}-", schedule=self.logdir / "beat-schedule",
         )  # fmt: skip
-        log.close()
-        self.procs[name] = proc
-        if name == "web":
-            wait_port(self.port, proc)
-        return proc
+        self.supervisor = Supervisor(
+            stack_processes(config), env=self.env, logdir=self.logdir, port=self.port
+        )
+        self.supervisor.start()
+        wait_http(self.port)
+        return {name: Running(self.supervisor.pids(name)[0]) for name in self.supervisor.names()}
 
-    def stop(self, name: str, timeout: float = 15.0) -> int | None:
-        proc = self.procs.pop(name, None)
-        if proc is None:
-            return None
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            return proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            return proc.wait()
-
-    def stop_all(self) -> dict[str, int | None]:
-        # the web first (its sockets close), then beat, then the worker (it may be streaming)
-        return {name: self.stop(name) for name in ("web", "beat", "worker") if name in self.procs}
+    def stop_all(self) -> int | None:
+        """Stop everything; the supervisor's exit code."""
+        return self.supervisor.close() if self.supervisor is not None else None
 
     def log_path(self, name: str) -> Path:
         return self.logdir / f"{name}.log"

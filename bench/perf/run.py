@@ -30,7 +30,7 @@ from bench.perf import stack
 from bench.perf.report import Row, markdown_table, pct, text_table
 from bench.perf.stack import PY, ROOT, FreshDatabase, Procs, cpu_seconds, free_port, rss
 from bench.perf.wsclient import WSClient, connect, connect_many
-from chatproject.stack import ASGI_SERVERS, asgi_argv
+from stack.processes import ASGI_SERVERS, asgi_argv
 
 RESULTS = ROOT / "bench" / "results"
 DOC = ROOT / "docs" / "performance.md"

@@ -1,6 +1,6 @@
 """What the benchmark starts itself: services, a fresh database, and its own processes.
 
-Embedded Postgres/Redis (chatproject.embedded.ensure_services) unless DATABASE_URL/REDIS_URL are
+Embedded Postgres/Redis (stack.services.start_missing) unless DATABASE_URL/REDIS_URL are
 set; a fresh database ``bench_<pid>`` (created, migrated, dropped at exit); and child processes
 (the relay, the minimal Channels app, the project's Daphne, a Celery worker, the fake OpenAI
 server, the injector and producer), each in its own session so that stopping one ends exactly

@@ -29,7 +29,7 @@ def _isolated_run() -> None:
 def _chaos_env() -> dict[str, str]:
     """Our environment, minus the URLs of the embedded servers that settings filled in: with
     them the chaos run would share the embedded Redis and could not restart it."""
-    from chatproject import embedded
+    from stack import services as embedded
 
     env = dict(os.environ)
     if env.get("REDIS_URL") == embedded.redis_url():

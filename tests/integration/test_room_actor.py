@@ -200,7 +200,7 @@ def test_a_worker_killed_mid_stream_is_recovered_and_the_next_turn_runs(stack, f
         pid = int(running.lease_owner.rsplit(":", 1)[1])
         os.kill(pid, signal.SIGKILL)
         if pid == stack.procs["worker"].pid:  # a threads pool: the worker itself died
-            stack.procs["worker"].wait()
+            stack.procs["worker"].wait(timeout=30)
             stack.start("worker")  # as its supervisor would
         await asyncio.sleep(0.5)
         persisted = "".join(

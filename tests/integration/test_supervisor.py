@@ -1,4 +1,4 @@
-"""`make run`'s own supervisor (chatproject.stack): a crashed process is restarted, not fatal."""
+"""`make run`'s own supervisor (python -m stack run): a crashed process is restarted, not fatal."""
 
 from __future__ import annotations
 
@@ -17,9 +17,11 @@ import pytest
 from django.conf import settings
 
 from rooms.client import RoomClient
+from stack.processes import Process
+from stack.supervisor import Supervisor, wait_http
 from tests.conftest import run_async
 from tests.fakellm import FakeLLM
-from tests.stack import ROOT, database_url, free_port, wait_port
+from tests.stack import ROOT, database_url, free_port
 
 pytestmark = [pytest.mark.integration]
 
@@ -41,15 +43,23 @@ def page_status(port: int) -> int:
         return int(response.status)
 
 
-def pids(log: Path) -> dict[str, int]:
-    started = wait_log(log, r"started (web \(pid \d+\).*)\n")
-    return {name: int(pid) for name, pid in re.findall(r"(\w+) \(pid (\d+)\)", started.group(1))}
+def pids(control: Path, name: str) -> list[int]:
+    """The pids of `name` under the runner, asked on its control socket."""
+    from circus.client import CircusClient
+
+    client = CircusClient(endpoint=f"ipc://{control}/control", timeout=10)
+    try:
+        return [int(p) for p in client.send_message("list", name=name)["pids"]]
+    finally:
+        client.stop()
 
 
-def kill_and_wait_restart(log: Path, name: str, pid: int) -> int:
+def kill_and_wait_restart(log: Path, control: Path, name: str, pid: int) -> int:
     os.kill(pid, signal.SIGKILL)
     wait_log(log, rf"{name} exited unexpectedly with code -9; restarting in")
-    return int(wait_log(log, rf"{name} restarted \(pid (\d+)\)").group(1))
+    new = int(wait_log(log, rf"{name} restarted \(pid (\d+)\)").group(1))
+    assert pids(control, name) == [new]
+    return new
 
 
 def manage_py(env: dict[str, str], code: str) -> str:
@@ -94,16 +104,16 @@ def test_run_restarts_each_killed_process_and_the_killed_workers_turn_ends(tmp_p
         LLM_MODEL="fake-model", LEASE_TIMEOUT="3", SWEEP_INTERVAL="1", PYTHONUNBUFFERED="1",
     )  # fmt: skip
     log = tmp_path / "run.log"
+    control = tmp_path / "ctl"
     with open(log, "wb") as out:
         runner = subprocess.Popen(
-            [sys.executable, "-m", "chatproject.stack", "run", "--port", str(port)],
+            [sys.executable, "-m", "stack", "run", "--port", str(port), "--control", str(control)],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     children: dict[str, int] = {}
     try:
-        wait_port(port, timeout=120)
-        children = pids(log)
-        assert set(children) == {"web", "worker", "sweeper", "beat"}
+        wait_log(log, r"Chat is running at", timeout=120)
+        children = {name: pids(control, name)[0] for name in ("web", "worker", "sweeper", "beat")}
         assert page_status(port) == 200
         wait_log(log, r"\[worker\] worker@\S+ ready")
         token, slug = manage_py(env, (
@@ -122,7 +132,7 @@ def test_run_restarts_each_killed_process_and_the_killed_workers_turn_ends(tmp_p
                 lambda c: any(m.role == "assistant" and m.content for m in c.state.messages.values()),
                 timeout=60,
             )
-            children["worker"] = kill_and_wait_restart(log, "worker", children["worker"])
+            children["worker"] = kill_and_wait_restart(log, control, "worker", children["worker"])
             await client.wait_for(
                 lambda c: (
                     bool(c.state.turns) and all(t["status"] in TERMINAL for t in c.state.turns.values())
@@ -140,8 +150,8 @@ def test_run_restarts_each_killed_process_and_the_killed_workers_turn_ends(tmp_p
         assert stored[0] in TERMINAL and stored[1] == "0", stored
 
         for name in ("web", "sweeper", "beat"):
-            children[name] = kill_and_wait_restart(log, name, children[name])
-        wait_port(port, timeout=60)
+            children[name] = kill_and_wait_restart(log, control, name, children[name])
+        wait_http(port)
         assert page_status(port) == 200
         assert runner.poll() is None, "the runner stopped instead of restarting its children"
     finally:
@@ -153,3 +163,15 @@ def test_run_restarts_each_killed_process_and_the_killed_workers_turn_ends(tmp_p
     for pid in children.values():  # nothing is left running
         status = Path(f"/proc/{pid}/status")
         assert not status.exists() or "zombie" in status.read_text().lower()
+
+
+def test_a_process_that_fails_right_after_every_start_makes_the_supervisor_give_up(tmp_path):
+    failing = Process("web", [sys.executable, "-c", "import sys; print('bad setting'); sys.exit(3)"])
+    supervisor = Supervisor([failing], env=dict(os.environ), logdir=tmp_path, give_up=True)
+    supervisor.start()
+    assert supervisor.proc is not None
+    code = supervisor.proc.wait(timeout=60)  # back-off 0.5 + 1 + 2 + 4 s, then it gives up
+    supervisor.close()
+    assert code == 1
+    assert "bad setting" in supervisor.log_tail("web")
+    assert "giving up" in supervisor.log_tail()
