@@ -192,6 +192,19 @@ def test_choose_shows_the_options_to_the_asker_only_and_survives_a_reload(
     assert call.output == {"choice": "B"}
 
 
+def test_a_turn_waiting_on_a_person_can_be_stopped(stack, fake, room, alice, page_for):
+    a = page_for(alice[0])
+    a.goto(room_url(stack, room))
+    wait_live(a)
+    send(a, 'Which? !tool=choose:{"question": "Pick", "options": ["A", "B"]}')
+    a.wait_for_selector(f"{card(a, 'choose')} button.choice")
+    a.click("#stop")
+    a.wait_for_selector("li.msg.role-assistant[data-status=cancelled]")
+    a.wait_for_selector(f"{card(a, 'choose')}:not([data-state=waiting_client])")
+    assert a.locator(f"{card(a, 'choose')} button").count() == 0
+    a.wait_for_selector("#stop[hidden]", state="attached")
+
+
 def test_two_tabs_of_the_asker_answer_a_client_call_once_and_show_no_error(
     stack, fake, room, alice, page_for
 ):

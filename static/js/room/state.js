@@ -19,7 +19,7 @@ export class RoomState {
     this.messages = new Map(); // id -> {id, seq, role, status, content, turnId}; content may be null
     this.nextIndex = new Map(); // message id -> next expected delta index, while it streams
     this.turns = new Map(); // turn id -> the last `turn` object seen
-    this.running = new Set(); // ids of running turns
+    this.running = new Set(); // ids of running turns (and parked ones: waiting on a person, still stoppable)
     this.outbox = new Map(); // client_id -> content: sends not acked yet
     this.calls = new Map(); // call id -> the last ToolCallData seen (tool_call, tool_update)
     this.notes = new Map(); // note id -> note
@@ -120,7 +120,7 @@ export class RoomState {
   // {type: 'turn', turn}
   turn(t, out) {
     this.turns.set(t.id, t);
-    if (t.status === 'running') this.running.add(t.id); else this.running.delete(t.id);
+    if (t.status === 'running' || t.status === 'parked') this.running.add(t.id); else this.running.delete(t.id);
     out.changes.push({ type: 'turn', turn: t });
   }
 
