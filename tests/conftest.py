@@ -117,6 +117,16 @@ def stack_quiesce(timeout: float = 15.0) -> None:
     time.sleep(0.1)  # the last broadcast after commit
 
 
+def on_own_connection(fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+    """Call `fn` (from a helper thread) and give the thread's pooled connection back after."""
+    from django.db import connections
+
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        connections.close_all()
+
+
 def run_async(coro: Any) -> Any:
     """asyncio.run in a fresh thread: the test thread may already run Playwright's loop."""
     import threading
@@ -125,9 +135,17 @@ def run_async(coro: Any) -> Any:
 
     result: dict[str, Any] = {}
 
+    async def closing() -> Any:
+        # Django keeps connections per asyncio context: the ones the scenario opened live in its
+        # task's context and must be given back from there, or each leaks a pooled connection
+        try:
+            return await coro
+        finally:
+            connections.close_all()
+
     def target() -> None:
         try:
-            result["value"] = asyncio.run(coro)
+            result["value"] = asyncio.run(closing())
         except BaseException as exc:  # re-raised in the test thread
             result["error"] = exc
         finally:

@@ -14,7 +14,7 @@ from agents.models import Turn
 from rooms.client import RoomClient
 from rooms.models import Message, StreamChunk
 from rooms.services import member_ban, membership_join, token_revoke
-from tests.conftest import run_async
+from tests.conftest import on_own_connection, run_async
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -139,7 +139,7 @@ def test_a_banned_member_is_disconnected_and_cannot_come_back(stack, room, alice
     async def scenario() -> tuple[int | None, int | None]:
         b = RoomClient(stack.base_url, room.slug, token=bob[1])
         await b.connect()
-        await asyncio.to_thread(member_ban, room=room, user=bob[0])
+        await asyncio.to_thread(on_own_connection, member_ban, room=room, user=bob[0])
         await b.wait_for(lambda c: c._reader.done(), timeout=10)
         first = b.close_code
         again = RoomClient(stack.base_url, room.slug, token=bob[1])
@@ -158,7 +158,7 @@ def test_revoking_a_token_closes_the_sockets_it_opened(stack, room, alice):
     async def scenario() -> int | None:
         a = RoomClient(stack.base_url, room.slug, token=alice[1])
         await a.connect()
-        await asyncio.to_thread(token_revoke, user=alice[0], token_id=token.pk)
+        await asyncio.to_thread(on_own_connection, token_revoke, user=alice[0], token_id=token.pk)
         await a.wait_for(lambda c: c._reader.done(), timeout=10)
         return a.close_code
 
