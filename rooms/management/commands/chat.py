@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 from typing import Any
@@ -67,8 +68,14 @@ class Command(BaseCommand):
                 write_rest(m["id"], m["content"])
                 if m["status"] != "complete":
                     out.write(f"  [{m['status']}]")
-            elif kind == "turn" and frame["turn"]["status"] == "done" and live:
-                out.write(f"\n[{frame['seq']}] (turn {frame['turn']['id']} done)")
+            elif kind == "turn" and frame["turn"]["status"] in ("done", "parked") and live:
+                out.write(f"\n[{frame['seq']}] (turn {frame['turn']['id']} {frame['turn']['status']})")
+            elif kind in ("tool_call", "tool_update") and live:
+                call = frame["call"]
+                result = call["output"] if call["state"] == "done" else call["error"]
+                out.write(f"\n[{frame['seq']}] tool {call['name']} #{call['id']} {call['state']}")
+                out.write(f": {json.dumps(call['input'])}" if kind == "tool_call" else "")
+                out.write(f" -> {json.dumps(result)}" if result is not None else "")
             elif kind == "error":
                 out.write(f"\n! error {frame['code']}: {frame['detail']}")
             elif kind == "ready":
