@@ -43,6 +43,8 @@ class RoomState:
     messages: dict[int, MessageView] = field(default_factory=dict)
     next_index: dict[int, int] = field(default_factory=dict)
     turns: dict[int, dict[str, Any]] = field(default_factory=dict)
+    calls: dict[str, dict[str, Any]] = field(default_factory=dict)  # tool calls by id, as last told
+    notes: dict[int, dict[str, Any]] = field(default_factory=dict)
     applied_seqs: list[int] = field(default_factory=list)
     pending_snapshots: dict[int, dict[str, Any]] = field(default_factory=dict)
     duplicate_deltas: int = 0
@@ -60,6 +62,10 @@ class RoomState:
             self.applied_seqs.append(seq)
             if kind == "turn":
                 self.turns[frame["turn"]["id"]] = frame["turn"]
+            elif kind in ("tool_call", "tool_update"):
+                self.calls[frame["call"]["id"]] = frame["call"]
+            elif kind == "note":
+                self.notes[frame["note"]["id"]] = frame["note"]
             elif kind in ("message", "message_update"):
                 m = frame["message"]
                 self.messages[m["id"]] = MessageView(
@@ -133,6 +139,7 @@ class RoomClient:
         self.errors: list[dict[str, Any]] = []
         self.malformed: list[str] = []  # frames that are not one of the server frames as typed
         self.unacked: dict[str, str] = {}
+        self.unacked_tools: dict[str, list[dict[str, Any]]] = {}  # the client tools of a send
         self.ws: Any = None
         self.ready = asyncio.Event()
         self.close_code: int | None = None
@@ -149,7 +156,7 @@ class RoomClient:
         self._reader = asyncio.create_task(self._read())
         await asyncio.wait_for(self._wait_ready_or_close(), timeout)
         for client_id, content in list(self.unacked.items()):
-            await self._send({"type": "send", "client_id": client_id, "content": content})
+            await self._send(self._send_frame(client_id, content))
 
     async def _wait_ready_or_close(self) -> None:
         assert self._reader is not None
@@ -173,6 +180,7 @@ class RoomClient:
                 if kind == "ack":
                     self.acks[frame["client_id"]] = frame
                     self.unacked.pop(frame["client_id"], None)
+                    self.unacked_tools.pop(frame["client_id"], None)
                 elif kind == "error":
                     self.errors.append(frame)
                 if self.state.apply(frame):
@@ -198,12 +206,36 @@ class RoomClient:
     async def send_raw(self, text: str | bytes) -> None:
         await self.ws.send(text)
 
-    async def send(self, content: str, client_id: str | None = None) -> str:
-        """Post a message; returns its client_id (resent on reconnect until acked)."""
+    def _send_frame(self, client_id: str, content: str) -> dict[str, Any]:
+        frame: dict[str, Any] = {"type": "send", "client_id": client_id, "content": content}
+        if self.unacked_tools.get(client_id):
+            frame["tools"] = self.unacked_tools[client_id]
+        return frame
+
+    async def send(
+        self, content: str, client_id: str | None = None, tools: list[dict[str, Any]] | None = None
+    ) -> str:
+        """Post a message, offering `tools` (client tools) for its turn; returns its client_id
+        (resent on reconnect, with its tools, until acked)."""
         client_id = client_id or str(uuid.uuid4())
         self.unacked[client_id] = content
-        await self._send({"type": "send", "client_id": client_id, "content": content})
+        if tools:
+            self.unacked_tools[client_id] = tools
+        await self._send(self._send_frame(client_id, content))
         return client_id
+
+    async def tool_result(self, call_id: str, output: Any = None, error: str | None = None) -> None:
+        """Answer a client tool call (`output`, or `error`)."""
+        frame: dict[str, Any] = {"type": "tool_result", "call_id": call_id}
+        frame.update({"error": error} if error is not None else {"output": output})
+        await self._send(frame)
+
+    async def tool_approval(self, call_id: str, approved: bool, reason: str | None = None) -> None:
+        """Approve or deny a call that asks first."""
+        frame: dict[str, Any] = {"type": "tool_approval", "call_id": call_id, "approved": approved}
+        if reason:
+            frame["reason"] = reason
+        await self._send(frame)
 
     async def cancel(self, turn_id: int) -> None:
         await self._send({"type": "cancel", "turn_id": turn_id})
