@@ -218,14 +218,13 @@ class FaultInjector:
         self.apps.start(name)
         return {"worker": name, "pid": pid, "turn": found[0] if found else None}
 
-    async def kill_during_tool(self) -> dict[str, Any] | None:
-        """SIGKILL the worker running a slow tool call between its `started_at` and its result
-        (a launch rather than a read when both run): the pool process of a prefork worker, or
-        the whole threads worker (started again)."""
+    async def _running_tool_candidates(self) -> list[tuple[int, str, int, int, int, int, str, bool]]:
+        """Slow calls running now in a worker of ours: (call, tool, turn, room, generation, pid,
+        worker, whether the pid is a pool process)."""
         try:
             calls = await sync_to_async(_running_tool_calls, thread_sensitive=True)()
         except Exception:
-            return None
+            return []
         host = socket.gethostname()
         candidates = []
         for call_id, name, turn_id, room_id, owner, generation in calls:
@@ -239,6 +238,15 @@ class FaultInjector:
                 candidates.append(
                     (call_id, name, turn_id, room_id, generation, pid, worker, child_of is not None)
                 )
+        return candidates
+
+    async def kill_during_tool(self, wait: float = 6.0) -> dict[str, Any] | None:
+        """SIGKILL the worker running a slow tool call between its `started_at` and its result
+        (a launch rather than a read when both run): the pool process of a prefork worker, or
+        the whole threads worker (started again). Waits up to `wait` seconds for such a call."""
+        deadline = time.monotonic() + wait
+        while not (candidates := await self._running_tool_candidates()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
         if not candidates:
             return None
         launches = [c for c in candidates if c[1] == "launch"]
@@ -257,13 +265,18 @@ class FaultInjector:
         return {"call": call_id, "tool": name, "turn": turn_id, "room": room_id, "pid": pid,
                 "worker": worker, "whole_worker": not is_child}  # fmt: skip
 
-    async def kill_while_parked(self) -> dict[str, Any] | None:
+    async def kill_while_parked(self, wait: float = 6.0) -> dict[str, Any] | None:
         """While turns are parked (waiting on a person, no lease), SIGKILL a worker, the
-        sweeper, or both, and start them again: nothing may recover (fail) a parked turn."""
-        try:
-            parked = await sync_to_async(_parked_turns, thread_sensitive=True)()
-        except Exception:
-            return None
+        sweeper, or both, and start them again: nothing may recover (fail) a parked turn.
+        Waits up to `wait` seconds for a parked turn."""
+        deadline = time.monotonic() + wait
+        parked: list[int] = []
+        while True:
+            with contextlib.suppress(Exception):
+                parked = await sync_to_async(_parked_turns, thread_sensitive=True)()
+            if parked or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
         if not parked:
             return None
         worker = self.rng.choice(AppProcesses.WORKERS)
