@@ -37,8 +37,8 @@ SYSTEM_FAULTS: dict[str, int] = {  # kind -> weight
     "restart_redis": 1,
     "restart_asgi": 2,
     "pg_refuse": 1,
-    "kill_during_tool": 4,
-    "kill_while_parked": 2,
+    "kill_during_tool": 6,
+    "kill_while_parked": 3,
 }
 CLIENT_FAULTS: dict[str, int] = {"drop_client": 3, "pause_reads": 2}
 SLOW_TOOLS = ("launch", "slow_lookup")  # tests/tools.py: what kill_during_tool kills inside of
