@@ -125,9 +125,18 @@ def run_async(coro: Any) -> Any:
 
     result: dict[str, Any] = {}
 
+    async def closing() -> Any:
+        # Django's connections are context-local: one the scenario's ORM calls opened lives in
+        # the context of asyncio.run's task, where close_all() must run to give it back to the
+        # pool (from the thread's own context it is not seen, and each scenario leaked one)
+        try:
+            return await coro
+        finally:
+            connections.close_all()
+
     def target() -> None:
         try:
-            result["value"] = asyncio.run(coro)
+            result["value"] = asyncio.run(closing())
         except BaseException as exc:  # re-raised in the test thread
             result["error"] = exc
         finally:
