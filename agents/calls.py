@@ -286,12 +286,18 @@ def calls_end_open_locked(*, turn_id: int, error: str) -> list[RoomEvent]:
     """End every call of the turn that has not settled (a cancel, a timeout): their events."""
     events: list[RoomEvent] = []
     open_states = (*ToolCall.WAITING, ToolCall.State.RUNNING)
-    for call_id in ToolCall.objects.filter(turn_id=turn_id, state__in=open_states).values_list(
-        "pk", flat=True
-    ):
-        settled = _settle_locked(
-            call_id=call_id, from_states=open_states, state=ToolCall.State.ERROR, error=error
-        )
+    for call_id, started_at, side_effects, idempotent in ToolCall.objects.filter(
+        turn_id=turn_id, state__in=open_states
+    ).values_list("pk", "started_at", "side_effects", "idempotent"):
+        state, why = ToolCall.State.ERROR, error
+        if started_at is not None and side_effects and not idempotent:
+            # it started and nothing stops its thread (or its worker is gone): it may have
+            # taken effect, so it did not fail, its outcome is unknown
+            state, why = (
+                ToolCall.State.INTERRUPTED,
+                f"{error} while it ran: it may or may not have taken effect",
+            )
+        settled = _settle_locked(call_id=call_id, from_states=open_states, state=state, error=why)
         if settled is not None:
             events.append(call_event(settled))
     return events

@@ -183,8 +183,13 @@ def run_server_calls(taken: TakenTurn, calls: list[ToolCall], toolbox: Toolbox, 
             except FutureTimeout:
                 heartbeat()
                 if time.monotonic() - began > settings.TOOL_TIMEOUT:
-                    call_settle(taken=taken, call_id=call_id, state=ToolCall.State.ERROR,
-                                error=f"the tool took longer than {settings.TOOL_TIMEOUT:g} s")  # fmt: skip
+                    late = f"the tool took longer than {settings.TOOL_TIMEOUT:g} s"
+                    call = next(c for c in runnable if c.pk == call_id)
+                    if call.side_effects and not call.idempotent:  # its thread goes on: it may take effect
+                        call_settle(taken=taken, call_id=call_id, state=ToolCall.State.INTERRUPTED,
+                                    error=f"{late}: it may or may not have taken effect")  # fmt: skip
+                    else:
+                        call_settle(taken=taken, call_id=call_id, state=ToolCall.State.ERROR, error=late)
                     break
             except Exception:  # the start or the settle failed (the lease, the database)
                 log.warning("tool call %s failed outside the tool", call_id, exc_info=True)

@@ -167,6 +167,9 @@ AGENT_TOOLS = [
     "agents.tools.search.RoomSearch",
     "agents.tools.notes.Note",
 ]
+# more tool classes (dotted paths) appended from the environment: the test and chaos stacks load
+# their slow test tools (tests/tools.py) this way
+AGENT_TOOLS += env.list("AGENT_TOOLS_EXTRA", default=[])
 AGENT_TOOLS_ON = env.list("AGENT_TOOLS_ON", default=[])
 TOOL_HOOKS = env.list("TOOL_HOOKS", default=["agents.tools.hooks.LogCalls"])
 TOOL_CONCURRENCY = env.int("TOOL_CONCURRENCY", default=4)  # server calls of one step at once

@@ -231,6 +231,8 @@ class RoomClient:
             frame["reason"] = reason
         await self._send(frame)
 
+    tool_approval = approve
+
     async def tool_result(self, call_id: str, output: Any = None, error: str | None = None) -> None:
         """Answer a client tool's call: its `output`, or `error` if it could not run."""
         frame: dict[str, Any] = {"type": "tool_result", "call_id": call_id}

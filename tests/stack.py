@@ -145,6 +145,8 @@ def stack_start(**overrides: Any) -> Stack:
         RATE_MESSAGES_PER_MINUTE="600",
         RATE_QUEUED_TURNS_PER_ROOM="8",
         LOG_LEVEL="INFO",
+        # the slow tools a test kills a worker in the middle of (tests/tools.py)
+        AGENT_TOOLS_EXTRA="tests.tools.Launch,tests.tools.SlowLookup",
     )
     env.update({k: str(v) for k, v in overrides.items()})
     logdir = Path(tempfile.mkdtemp(prefix=f"stack-{run_id}-"))

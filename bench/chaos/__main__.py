@@ -92,6 +92,8 @@ class ChaosRun:
         self.queue_name = ""
         self.queue_samples: list[tuple[float, int]] = []
         self.probes: list[dict[str, Any]] = []
+        self.answers_done = asyncio.Event()
+        self.answerers: list[asyncio.Task[None]] = []
 
     # --- setup ------------------------------------------------------------------------------
 
@@ -207,6 +209,8 @@ class ChaosRun:
         stop, done = asyncio.Event(), asyncio.Event()
         sampler = asyncio.create_task(self._sample_queue(done))
         tasks = [asyncio.create_task(c.run(stop)) for c in self.clients]
+        # the clients' tool results and approvals go on through the settle phase
+        self.answerers = [asyncio.create_task(c.answer_loop(stop, self.answers_done)) for c in self.clients]
         if not self.args.no_faults:
             tasks += [
                 asyncio.create_task(self.injector.run_system(stop)),
@@ -250,6 +254,11 @@ class ChaosRun:
             self.probes = await self._probe()
             self.timings["probe_s"] = round(time.monotonic() - t3, 1)
             await self._wait_turns_terminal(30)
+        self.answers_done.set()
+        await asyncio.gather(*self.answerers)
+        pending = sum(c.answers_pending for c in self.clients)
+        if pending:
+            self.notes.append(f"{pending} tool answers still pending after the settle phase")
         await self.injector.wait_watchers(5)
         await asyncio.sleep(1.0)  # the last broadcasts after commit
         deadline = time.monotonic() + 60
@@ -327,7 +336,8 @@ class ChaosRun:
         def open_turns() -> int:
             from agents.models import Turn
 
-            return Turn.objects.filter(status__in=("queued", "running")).count()
+            # parked too: the clients answer every call that waits on them, even now
+            return Turn.objects.filter(status__in=("queued", "running", "parked")).count()
 
         deadline = time.monotonic() + timeout
         left = -1
@@ -362,6 +372,7 @@ class ChaosRun:
                 c.sent,
                 c.rejected,
                 c.unanswered,
+                c.answers_refused,
             )
             for c in self.clients
         ]
@@ -375,6 +386,8 @@ class ChaosRun:
             recoveries=self.injector.recoveries,
             recovery_bound=bound,
             db_outages=[(e["t"], e["hold_s"]) for e in self.injector.timeline if e["kind"] == "pg_refuse"],
+            tool_kills=self.injector.tool_kills,
+            parked_kills=self.injector.parked_kills,
         ).run()
         queue = [n for _, n in self.queue_samples]
         lease_lost = self._count_in_logs(r"lease lost")
@@ -390,6 +403,8 @@ class ChaosRun:
             "celery_queue_mean": round(sum(queue) / len(queue), 1) if queue else 0,
             "sweeps_kicked_max": self._max_kicked(),
             "recoveries": self.injector.recoveries,
+            "tool_kills": self.injector.tool_kills,
+            "parked_kills": self.injector.parked_kills,
             "probes": self.probes,
             **report.stats,
             "timings": self.timings,
@@ -493,7 +508,9 @@ def render_table(result: dict[str, Any]) -> str:
         "pings",
         "connects",
         "connect_failures",
+        "cancel_parked",
     ]
+    keys += sorted(k for k in actions if k.startswith(("tool_sends_", "answers_")))
     keys += sorted(k for k in actions if k.startswith("errors_"))
     for key in keys:
         rows.append((f"client: {key}", str(actions.get(key, 0))))
@@ -508,6 +525,35 @@ def render_table(result: dict[str, Any]) -> str:
     for role, n in result["messages"].items():
         rows.append((f"messages: {role}", str(n)))
     rows.append(("room events / chunks", f"{result['events']} / {result['chunks']}"))
+    tools = result["tools"]
+    for name, states in tools["calls"].items():
+        rows.append((f"calls: {name}", ", ".join(f"{k} {v}" for k, v in states.items())))
+    rows.append(("calls total", str(tools["calls_total"])))
+    rows.append(("notes written (launch / note)", f"{tools['notes_launch']} / {tools['notes_note']}"))
+    rows.append(
+        (
+            "kills during a tool (launch / slow_lookup)",
+            f"{tools['kills_launch']} / {tools['kills_slow_lookup']}",
+        )
+    )
+    rows.append(
+        (
+            "killed launches: interrupted / done just before / notes",
+            f"{tools['killed_launches_interrupted']} / {tools['killed_launches_done_first']} / "
+            f"{tools['killed_launches_noted']}",
+        )
+    )
+    rows.append(("killed reads run again (done)", str(tools["killed_reads_done"])))
+    rows.append(
+        ("kills while parked (turns parked then)", f"{tools['parked_kills']} ({tools['parked_at_kills']})")
+    )
+    rows.append(
+        (
+            "turns ever parked: how they ended",
+            ", ".join(f"{k} {v}" for k, v in tools["parked_endings"].items()),
+        )
+    )
+    rows.append(("calls compared client = db", str(tools["calls_compared"])))
     rows.append(("frames received / checked", f"{result['frames_received']} / {result['frames_checked']}"))
     for check, n in result["violations_by_check"].items():
         if n:

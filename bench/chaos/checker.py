@@ -23,6 +23,20 @@ them; every violation names its room, its client and the first event that differ
   k  a turn whose worker was killed or paused leaves that worker's lease (is recovered) within
      the lease timeout plus one sweep (plus a slack for a loaded machine, plus any time the
      database refused connections meanwhile)
+  l  a side effect ran at most once: RoomNote rows (each written with its call's id) <= 1 for
+     every call of `launch` and `note`, == 1 for a call `done`, == 0 for one `denied` or `error`
+     (or still waiting); a `launch` whose worker was killed mid-run ended `interrupted` (or had
+     finished `done` just before); a read killed mid-run was never `interrupted`; every note
+     belongs to a side-effecting call of its room
+  m  every call settled: done, error, denied or interrupted, or still waiting on a person with
+     its turn `parked`; none `running` at the end
+  n  a parked turn was never recovered: after `parked` a turn only goes back to `queued` (the
+     answer, with the attempt it had: waiting is not a failed attempt) or `cancelled`; a turn
+     that was ever parked ends done, cancelled or parked, or failed/interrupted only after it ran
+     again (never straight out of the wait)
+  o  the clients' view of every call (the last tool_call/tool_update each applied) equals the
+     database's row as the wire carries it (state, output, error, times, who decided), and no
+     answer a client was allowed to give was refused other than as `conflict` (someone first)
   z  the run exercised the system: every client received events, every room finished an answer
      and was probed after the faults (a run where nothing happened proves nothing)
 """
@@ -35,9 +49,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rooms.client import RoomState
+from rooms.protocol import ROOM_EVENT_TYPES
 
-ROOM_EVENTS = ("message", "message_update", "turn")
+ROOM_EVENTS = ROOM_EVENT_TYPES
 TERMINAL = frozenset({"done", "cancelled", "failed", "interrupted"})
+SETTLED_CALL = frozenset({"done", "error", "denied", "interrupted"})
+WAITING_CALL = frozenset({"awaiting_approval", "waiting_client"})
+SIDE_EFFECT_TOOLS = ("launch", "note")  # each run writes a RoomNote with its call id
 
 CHECKS = {
     "a": "gapless, exactly once",
@@ -51,6 +69,10 @@ CHECKS = {
     "i": "deltas == persisted chunks",
     "j": "live delivery recovered",
     "k": "recovered within lease + one sweep",
+    "l": "side effects at most once",
+    "m": "every call settled",
+    "n": "parked turns never recovered",
+    "o": "clients' calls == database",
     "z": "the run exercised every room and client",
 }
 
@@ -68,6 +90,7 @@ class ClientRecord:
     sent: dict[str, str]
     rejected: dict[str, dict[str, Any]]
     unanswered: dict[str, str]
+    answers_refused: list[dict[str, Any]] = field(default_factory=list)  # error frames to tool answers
 
 
 @dataclass
@@ -93,12 +116,15 @@ class RoomData:
     messages: dict[int, dict[str, Any]] = field(default_factory=dict)
     turns: dict[int, dict[str, Any]] = field(default_factory=dict)
     chunks: dict[int, list[tuple[int, str]]] = field(default_factory=lambda: defaultdict(list))
+    calls: dict[int, dict[str, Any]] = field(default_factory=dict)  # id -> the row, and as on the wire
+    notes: list[tuple[int, int | None]] = field(default_factory=list)  # (note id, call id)
 
 
 def load_rooms(room_ids: list[int]) -> dict[int, RoomData]:
-    """Read every room of the run, with its events, messages, turns and chunks."""
-    from agents.models import Turn
-    from rooms.models import Message, Room, RoomEvent, StreamChunk
+    """Read every room of the run, with its events, messages, turns, chunks, calls and notes."""
+    from agents.calls import call_wire
+    from agents.models import ToolCall, Turn
+    from rooms.models import Message, Room, RoomEvent, RoomNote, StreamChunk
 
     rooms = {
         pk: RoomData(pk, slug, last_seq)
@@ -132,6 +158,21 @@ def load_rooms(room_ids: list[int]) -> dict[int, RoomData]:
         .values_list("message_id", "index", "text")
     ):
         rooms[message_room[message_id]].chunks[message_id].append((index, text))
+    for call in ToolCall.objects.filter(room_id__in=room_ids).select_related("decided_by"):
+        rooms[call.room_id].calls[call.pk] = {
+            "id": call.pk,
+            "turn_id": call.turn_id,
+            "name": call.name,
+            "kind": call.kind,
+            "state": call.state,
+            "error": call.error,
+            "finished_at": call.finished_at,
+            "wire": json.loads(call_wire(call).model_dump_json()),
+        }
+    for note_id, room_id, call_id in RoomNote.objects.filter(room_id__in=room_ids).values_list(
+        "pk", "room_id", "call_id"
+    ):
+        rooms[room_id].notes.append((note_id, call_id))
     return rooms
 
 
@@ -146,10 +187,10 @@ def _brief(frame_text: str | dict[str, Any] | None) -> str:
     if frame_text is None:
         return "none"
     f = json.loads(frame_text) if isinstance(frame_text, str) else frame_text
-    inner = f.get("message") or f.get("turn") or {}
+    inner = f.get("message") or f.get("turn") or f.get("call") or f.get("note") or {}
     keep = {
         k: inner.get(k)
-        for k in ("id", "role", "status", "turn_id", "trigger_message_id", "message_id")
+        for k in ("id", "role", "status", "state", "name", "turn_id", "trigger_message_id", "message_id")
         if k in inner
     }
     return f"{f.get('type')} seq={f.get('seq')} {keep}"
@@ -174,6 +215,8 @@ class Checker:
         recoveries: list[dict[str, Any]] | None = None,
         recovery_bound: float = 8.0,
         db_outages: list[tuple[float, float]] | None = None,
+        tool_kills: list[dict[str, Any]] | None = None,
+        parked_kills: list[dict[str, Any]] | None = None,
     ) -> None:
         self.records = records
         self.rooms = rooms
@@ -181,7 +224,11 @@ class Checker:
         self.recoveries = recoveries or []
         self.recovery_bound = recovery_bound
         self.db_outages = db_outages or []  # (t, seconds) the database refused connections
+        self.tool_kills = tool_kills or []  # calls whose worker was killed mid-run
+        self.parked_kills = parked_kills or []  # kills while turns were parked
         self.report = CheckReport()
+        self.tool_stats: Counter[str] = Counter()
+        self.parked_endings: Counter[str] = Counter()
 
     def fail(self, check: str, room: RoomData, client: str, detail: str) -> None:
         self.report.violations.append(Violation(check, room.slug, client, detail))
@@ -193,6 +240,7 @@ class Checker:
             self.check_converged(rec, room)
             self.check_acks(rec, room)
             self.check_deltas(rec, room)
+            self.check_client_calls(rec, room)
         sent_by = {(rec.user_id, cid): content for rec in self.records for cid, content in rec.sent.items()}
         for room in self.rooms.values():
             self.check_user_messages(room, sent_by)
@@ -200,6 +248,10 @@ class Checker:
             self.check_terminal(room)
             self.check_order(room)
             self.check_chunks(room)
+            self.check_side_effects(room)
+            self.check_calls_settled(room)
+            self.check_parked(room)
+        self.check_tool_kills()
         self.check_probes()
         self.check_recoveries()
         self.check_exercised()
@@ -470,6 +522,8 @@ class Checker:
         for rec in self.records:
             if not rec.state.applied_seqs:
                 self.fail("z", self.rooms[rec.room_id], rec.name, "the client never received an event")
+        if self.rooms and not any(room.calls for room in self.rooms.values()):
+            self.fail("z", next(iter(self.rooms.values())), "-", "no tool was called in the whole run")
         probed = {probe["room"] for probe in self.probes}
         for room in self.rooms.values():
             if not any(t.get("status") == "done" for t in room.turns.values()):
@@ -499,6 +553,155 @@ class Checker:
                     f"{r['generation']}) until {took} (bound {bound:.1f}s); then {r['after']}",
                 )
 
+    # --- l, m, n, o: tools -------------------------------------------------------------------
+
+    def check_side_effects(self, room: RoomData) -> None:
+        runs: Counter[int | None] = Counter(call_id for _, call_id in room.notes)
+        for note_id, call_id in room.notes:
+            call = room.calls.get(call_id) if call_id is not None else None
+            if call is None or call["name"] not in SIDE_EFFECT_TOOLS:
+                self.fail(
+                    "l",
+                    room,
+                    "-",
+                    f"note {note_id} was written by no side-effecting call of the room ({call_id})",
+                )
+        for call in room.calls.values():
+            if call["name"] not in SIDE_EFFECT_TOOLS:
+                continue
+            n, state = runs[call["id"]], call["state"]
+            self.tool_stats[f"notes_{call['name']}"] += n
+            expected = {"done": (1,), "interrupted": (0, 1)}.get(state, (0,))
+            if n not in expected:
+                why = "ran more than once" if n > 1 else f"is {state} ({call['error'][:80]!r})"
+                self.fail("l", room, "-", f"{call['name']} call {call['id']} wrote {n} notes and {why}")
+
+    def check_tool_kills(self) -> None:
+        for kill in self.tool_kills:
+            room = self.rooms.get(kill["room"])
+            call = room.calls.get(kill["call"]) if room else None
+            if room is None or call is None:
+                continue
+            self.tool_stats[f"kills_{kill['tool']}"] += 1
+            turn = room.turns.get(call["turn_id"], {})
+            if kill["tool"] == "launch":
+                if call["state"] == "interrupted":
+                    self.tool_stats["killed_launches_interrupted"] += 1
+                elif call["state"] == "done":  # it finished just before the kill landed
+                    self.tool_stats["killed_launches_done_first"] += 1
+                else:
+                    self.fail("l", room, "-", f"launch call {call['id']} was killed mid-run and ended "
+                              f"{call['state']} ({call['error'][:80]!r}), not interrupted")  # fmt: skip
+            elif call["state"] == "interrupted":
+                self.fail(
+                    "l",
+                    room,
+                    "-",
+                    f"read call {call['id']} killed mid-run ended interrupted: reads run again",
+                )
+            elif call["state"] == "done":
+                self.tool_stats["killed_reads_done"] += 1
+            elif turn.get("status") == "done":
+                self.fail(
+                    "l",
+                    room,
+                    "-",
+                    f"read call {call['id']} killed mid-run ended {call['state']} in a turn done",
+                )
+        for kill in self.tool_kills:
+            room = self.rooms.get(kill["room"])
+            if room is not None and kill["tool"] == "launch":
+                self.tool_stats["killed_launches_noted"] += sum(1 for _, c in room.notes if c == kill["call"])
+
+    def check_calls_settled(self, room: RoomData) -> None:
+        for call in room.calls.values():
+            state = call["state"]
+            turn = room.turns.get(call["turn_id"], {})
+            if state in SETTLED_CALL:
+                continue
+            if state in WAITING_CALL and turn.get("status") == "parked":
+                continue
+            history = self.turn_history(room, call["turn_id"])
+            self.fail("m", room, "-", f"{call['name']} call {call['id']} is {state}; its turn "
+                      f"{call['turn_id']} is {turn.get('status')}: {history}")  # fmt: skip
+
+    def check_parked(self, room: RoomData) -> None:
+        histories: dict[int, list[tuple[int, str, int]]] = defaultdict(list)
+        for seq in sorted(room.events):
+            type_, text = room.events[seq]
+            if type_ == "turn":
+                t = json.loads(text)["turn"]
+                histories[t["id"]].append((seq, t["status"], t["attempt"]))
+        for turn_id, history in histories.items():
+            statuses = [status for _, status, _ in history]
+            if "parked" not in statuses:
+                continue
+            for i, (seq, status, attempt) in enumerate(history[:-1]):
+                if status != "parked":
+                    continue
+                _, after, after_attempt = history[i + 1]
+                if after not in ("queued", "cancelled"):
+                    self.fail("n", room, "-", f"turn {turn_id} went from parked (seq {seq}) to {after}: "
+                              f"{self.turn_history(room, turn_id)}")  # fmt: skip
+                elif after == "queued" and after_attempt != attempt:
+                    self.fail("n", room, "-", f"turn {turn_id}: the wait changed its attempt "
+                              f"{attempt} -> {after_attempt} (seq {seq})")  # fmt: skip
+            final = room.turns.get(turn_id, {}).get("status", "?")
+            self.parked_endings[final] += 1
+            if final in ("failed", "interrupted"):
+                last_park = len(statuses) - 1 - statuses[::-1].index("parked")
+                if "running" in statuses[last_park:]:
+                    self.tool_stats[f"parked_then_{final}_after_running_again"] += 1
+                else:
+                    self.fail("n", room, "-", f"turn {turn_id} ended {final} out of its wait: "
+                              f"{self.turn_history(room, turn_id)}")  # fmt: skip
+
+    def check_client_calls(self, rec: ClientRecord, room: RoomData) -> None:
+        for call_id, call in room.calls.items():
+            seen = rec.state.calls.get(str(call_id))
+            self.tool_stats["calls_compared"] += 1
+            if seen is None:
+                self.fail("o", room, rec.name, f"{call['name']} call {call_id} ({call['state']}) never seen")
+                continue
+            if seen != call["wire"]:
+                keys = sorted(k for k in {*seen, *call["wire"]} if seen.get(k) != call["wire"].get(k))
+                diff = {k: (seen.get(k), call["wire"].get(k)) for k in keys}
+                self.fail(
+                    "o", room, rec.name, f"{call['name']} call {call_id}: client vs db {str(diff)[:300]}"
+                )
+        for call_id in set(rec.state.calls) - {str(c) for c in room.calls}:
+            self.fail("o", room, rec.name, f"client has call {call_id} the database does not")
+        for frame in rec.answers_refused:
+            if frame.get("code") != "conflict":
+                self.fail(
+                    "o", room, rec.name, f"an allowed answer to call {frame.get('ref')} was refused: {frame}"
+                )
+
+    def tool_summary(self) -> dict[str, Any]:
+        calls: dict[str, Counter[str]] = defaultdict(Counter)
+        for room in self.rooms.values():
+            for call in room.calls.values():
+                calls[call["name"]][call["state"]] += 1
+        s = self.tool_stats
+        return {
+            "calls": {name: dict(sorted(states.items())) for name, states in sorted(calls.items())},
+            "calls_total": sum(sum(c.values()) for c in calls.values()),
+            "notes_launch": s["notes_launch"],
+            "notes_note": s["notes_note"],
+            "kills_launch": s["kills_launch"],
+            "kills_slow_lookup": s["kills_slow_lookup"],
+            "killed_launches_interrupted": s["killed_launches_interrupted"],
+            "killed_launches_done_first": s["killed_launches_done_first"],
+            "killed_launches_noted": s["killed_launches_noted"],
+            "killed_reads_done": s["killed_reads_done"],
+            "parked_kills": len(self.parked_kills),
+            "parked_at_kills": sum(len(k["parked"]) for k in self.parked_kills),
+            "parked_endings": dict(self.parked_endings.most_common()),
+            "parked_then_failed_after_running_again": s["parked_then_failed_after_running_again"],
+            "parked_then_interrupted_after_running_again": s["parked_then_interrupted_after_running_again"],
+            "calls_compared": s["calls_compared"],
+        }
+
     # --- numbers ----------------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
@@ -527,6 +730,7 @@ class Checker:
             "chunks": sum(len(c) for r in self.rooms.values() for c in r.chunks.values()),
             "frames_received": sum(len(r.frames) for r in self.records),
             "frames_checked": self.report.frames_checked,
+            "tools": self.tool_summary(),
             "violations": len(self.report.violations),
             "violations_by_check": {k: by_check.get(k, 0) for k in CHECKS},
         }

@@ -5,11 +5,19 @@ Each client connects to a random one of the ASGI ports, sends messages at random
 turns now and then, pings every ~2 s (a pong ahead of it makes `RoomClient` sync), and
 reconnects with backoff whenever its socket goes away. Its `RoomClient` keeps the whole frame
 record (`client.frames`) and its `RoomState` (with `last_seq`) across reconnects.
+
+A share of the messages make the fake model call a tool: `calculator` (a server read),
+`slow_lookup` (a slow server read), `launch` (a slow server side effect), `chaos_echo` (a client
+tool this client offers in its `send` and answers with `tool_result`) and `note` (asks first:
+the asker or the room's owner answers with `tool_approval`, approve or deny; now and then both
+do and the second is refused). Answers come after a random delay, sometimes after the client
+dropped its socket and reconnected, and keep coming through the settle phase.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import time
@@ -23,6 +31,16 @@ from rooms.client import RoomClient
 log = logging.getLogger("bench.chaos.driver")
 
 TERMINAL = frozenset({"done", "cancelled", "failed", "interrupted"})
+WAITING = frozenset({"awaiting_approval", "waiting_client"})
+
+CLIENT_TOOL = {
+    "name": "chaos_echo",
+    "description": "Echo a text back (run by the chaos client that offered it).",
+    "parameters": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]},
+}
+# what the fake model is told to call, by weight (server read, slow read, slow side effect,
+# client tool, ask-first side effect)
+TOOL_KINDS: dict[str, int] = {"calculator": 2, "slow_lookup": 1, "launch": 3, "client": 2, "note": 2}
 
 
 @dataclass(frozen=True)
@@ -48,6 +66,27 @@ class Tuning:
     ping_every: float = 2.0
     tokens: tuple[int, int] = (5, 150)
     delay_ms: tuple[int, int] = (5, 60)
+    tool_share: float = 0.4  # of the messages make the model call a tool
+    tool_seconds: tuple[float, float] = (1.0, 4.0)  # how long launch and slow_lookup take
+    answer_delay: tuple[float, float] = (0.2, 4.0)  # before a client tool result or an approval
+    answer_after_reconnect: float = 0.2  # chance to drop the socket first and answer after reconnecting
+    deny: float = 0.3  # chance an approval is a denial
+    client_error: float = 0.1  # chance a client tool answers with an error
+    resend_after: float = 5.0  # an answer not taken effect by then is sent again
+
+
+@dataclass
+class Answer:
+    """A `tool_result` or `tool_approval` a client will send for one call."""
+
+    kind: str
+    payload: dict[str, Any]
+    due: float = 0.0
+    reconnect_first: bool = False
+    twice: bool = False  # sent a second time once it took effect (then refused: conflict)
+    force: bool = False  # sent once even if someone else's answer took effect first (refused)
+    sent_at: float | None = None
+    sends: int = 0
 
 
 @dataclass
@@ -65,7 +104,11 @@ class ChaosClient:
     connects: int = 0
     connect_failures: int = 0
     not_before: float = 0.0  # no reconnect before this (monotonic), after a simulated drop
+    answers_refused: list[dict[str, Any]] = field(default_factory=list)  # error frames to our answers
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    _answers: dict[str, Answer] = field(default_factory=dict)  # call id -> what we will answer
+    _scheduled: set[str] = field(default_factory=set)  # calls we decided to answer (once each)
+    _connecting: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def __post_init__(self) -> None:
         port = self.rng.choice(self.ports())
@@ -95,6 +138,10 @@ class ChaosClient:
 
     async def ensure_connected(self, stop: asyncio.Event | None, deadline: float | None = None) -> bool:
         """Connect (to a random ASGI port) with backoff until `ready`; False if told to stop."""
+        async with self._connecting:  # the run loop and the answers may both want to
+            return await self._connect(stop, deadline)
+
+    async def _connect(self, stop: asyncio.Event | None, deadline: float | None) -> bool:
         backoff = 0.5
         while not self.connected:
             if stop is not None and stop.is_set():
@@ -133,8 +180,16 @@ class ChaosClient:
                 self.counts["sends_rejected"] += 1
                 self.counts[f"sends_rejected_{frame.get('code')}"] += 1
                 self.counts[f"rejected: {str(frame.get('detail'))[:60]}"] += 1
+            elif isinstance(ref, str) and ref in self._answers:
+                # an answer refused: `conflict` when someone answered first (expected when two
+                # decide), anything else is a finding the checker reports
+                self.answers_refused.append(frame)
+                self.counts[f"answers_refused_{frame.get('code')}"] += 1
+                self._answers.pop(ref, None)
             else:
                 self.counts[f"errors_{frame.get('code')}"] += 1
+        elif kind in ("tool_call", "tool_update"):
+            self._on_call(frame["call"])
         elif kind == "turn":
             turn = frame["turn"]
             if turn.get("recovering") and turn["status"] == "queued":
@@ -153,12 +208,117 @@ class ChaosClient:
             await self.rc.cancel(turn_id)
             self.counts[kind] += 1
 
+    # --- tools --------------------------------------------------------------------------------
+
+    def _tool_directive(self) -> tuple[str, list[dict[str, Any]] | None]:
+        """A `!tool=` directive for the fake model (and the client tools to offer), or none."""
+        if self.rng.random() >= self.tuning.tool_share:
+            return "", None
+        kind = self.rng.choices(list(TOOL_KINDS), list(TOOL_KINDS.values()))[0]
+        self.counts[f"tool_sends_{kind}"] += 1
+        label = f"{self.spec.name}-{self._n}"
+        seconds = round(self.rng.uniform(*self.tuning.tool_seconds), 1)
+        if kind == "calculator":
+            args: dict[str, Any] = {"expression": f"{self.rng.randint(2, 999)} * {self.rng.randint(2, 99)}"}
+        elif kind == "slow_lookup":
+            args = {"key": label, "seconds": seconds}
+        elif kind == "launch":
+            args = {"label": label, "seconds": seconds}
+        elif kind == "note":
+            args = {"text": f"note {label}"}
+        else:
+            return f" !tool={CLIENT_TOOL['name']}:{json.dumps({'text': label})}", [CLIENT_TOOL]
+        return f" !tool={kind}:{json.dumps(args)}", None
+
+    def _on_call(self, call: dict[str, Any]) -> None:
+        """A call we are to answer: schedule the answer (once per call)."""
+        call_id, state = call["id"], call["state"]
+        if call_id in self._scheduled or state not in WAITING:
+            return
+        mine = call["initiator_id"] == self.spec.user_id
+        if state == "waiting_client":
+            if call["kind"] != "client" or not mine:
+                return
+            if self.rng.random() < self.tuning.client_error:
+                answer = Answer("tool_result", {"error": "the chaos client could not run it"})
+            else:
+                answer = Answer("tool_result", {"output": {"echo": (call["input"] or {}).get("text")}})
+            answer.twice = self.rng.random() < 0.1  # a second tab answering too: refused
+        else:
+            # who decides, the same for every client: the asker, the owner, or (1 in 10) both
+            who = int(call_id) % 10
+            if not ((mine and (who < 6 or who == 9)) or (self.spec.is_owner and who >= 6)):
+                return
+            approved = self.rng.random() >= self.tuning.deny
+            payload = {"approved": approved} | ({} if approved else {"reason": "chaos"})
+            answer = Answer("tool_approval", payload)
+            answer.force = who == 9  # both decide: the later is refused (unless one client is both)
+        self._scheduled.add(call_id)
+        answer.due = time.monotonic() + self.rng.uniform(*self.tuning.answer_delay)
+        answer.reconnect_first = self.rng.random() < self.tuning.answer_after_reconnect
+        self._answers[call_id] = answer
+        self.counts[f"answers_scheduled_{answer.kind}"] += 1
+
+    async def answer_due(self) -> None:
+        """Send the answers that are due (again if one has not taken effect after a while)."""
+        now = time.monotonic()
+        for call_id, answer in list(self._answers.items()):
+            current = self.rc.state.calls.get(call_id)
+            settled = current is not None and current["state"] not in WAITING
+            if now < answer.due or not self.connected:
+                if settled and not answer.force:
+                    self._answers.pop(call_id, None)  # someone else's answer took effect
+                continue
+            if settled:
+                if answer.twice and answer.sends == 1:  # a second tab answering too: refused
+                    answer.twice = False
+                    self.counts["answers_twice"] += 1
+                    await self._answer(call_id, answer)
+                elif answer.force and answer.sends == 0:  # the other decider was first: refused
+                    self.counts["answers_both_decide"] += 1
+                    await self._answer(call_id, answer)
+                else:
+                    self._answers.pop(call_id, None)  # it took effect
+                continue
+            if answer.reconnect_first:
+                answer.reconnect_first = False
+                self.counts["answers_after_reconnect"] += 1
+                await self.drop(self.rng.uniform(0.2, 1.5))
+                return
+            if answer.sent_at is not None and now - answer.sent_at < self.tuning.resend_after:
+                continue
+            if answer.sends:
+                self.counts["answers_resent"] += 1
+            await self._answer(call_id, answer)
+
+    async def _answer(self, call_id: str, answer: Answer) -> None:
+        if answer.kind == "tool_result":
+            await self.rc.tool_result(call_id, **answer.payload)
+        else:
+            await self.rc.tool_approval(call_id, **answer.payload)
+        answer.sent_at, answer.sends = time.monotonic(), answer.sends + 1
+        self.counts[f"answers_sent_{answer.kind}"] += 1
+
+    async def answer_loop(self, stop: asyncio.Event, done: asyncio.Event) -> None:
+        """Answer until `done` (after the settle phase); once the run loop has stopped, connect
+        by itself when an answer is pending."""
+        while not done.is_set():
+            if not self.connected and stop.is_set() and self._answers:
+                await self.ensure_connected(None, time.monotonic() + 10)
+            await self.answer_due()
+            await asyncio.sleep(0.1)
+
+    @property
+    def answers_pending(self) -> int:
+        return len(self._answers)
+
     async def send_one(self) -> None:
         self._n += 1
         tokens = self.rng.randint(*self.tuning.tokens)
         delay = self.rng.randint(*self.tuning.delay_ms)
-        content = f"{self.spec.name} #{self._n}: tell me more !tokens={tokens} !delay={delay}"
-        client_id = await self.rc.send(content)
+        directive, tools = self._tool_directive()
+        content = f"{self.spec.name} #{self._n}: tell me more{directive} !tokens={tokens} !delay={delay}"
+        client_id = await self.rc.send(content, tools=tools)
         self.sent[client_id] = content
         self.counts["sends"] += 1
         if self.turns("running"):
@@ -166,6 +326,10 @@ class ChaosClient:
 
     async def cancel_one(self) -> None:
         """Stop a running turn, or withdraw a queued one this client may withdraw."""
+        parked = self.turns("parked")
+        if parked and self.rng.random() < 0.25:  # a turn waiting on a person: stopped by anyone
+            await self._cancel(self.rng.choice(parked)["id"], "cancel_parked")
+            return
         running = self.turns("running")
         mine = [
             t

@@ -37,8 +37,11 @@ SYSTEM_FAULTS: dict[str, int] = {  # kind -> weight
     "restart_redis": 1,
     "restart_asgi": 2,
     "pg_refuse": 1,
+    "kill_during_tool": 6,
+    "kill_while_parked": 3,
 }
 CLIENT_FAULTS: dict[str, int] = {"drop_client": 3, "pause_reads": 2}
+SLOW_TOOLS = ("launch", "slow_lookup")  # tests/tools.py: what kill_during_tool kills inside of
 
 
 def _running_turns() -> list[tuple[int, int, str, int]]:
@@ -55,6 +58,38 @@ def _running_turns() -> list[tuple[int, int, str, int]]:
         )
     except Exception:
         connection.close()  # the database may be refusing us (pg_refuse): reconnect next time
+        raise
+
+
+def _running_tool_calls() -> list[tuple[int, str, int, int, str, int]]:
+    """(call id, tool, turn id, room id, lease owner, generation) of every slow server call
+    that is running now with its `started_at` committed (between its start and its result)."""
+    from django.db import connection
+
+    from agents.models import ToolCall
+
+    try:
+        return list(
+            ToolCall.objects.filter(
+                name__in=SLOW_TOOLS, state="running", started_at__isnull=False, turn__status="running"
+            )
+            .exclude(turn__lease_owner="")
+            .values_list("pk", "name", "turn_id", "room_id", "turn__lease_owner", "turn__lease_generation")
+        )
+    except Exception:
+        connection.close()
+        raise
+
+
+def _parked_turns() -> list[int]:
+    from django.db import connection
+
+    from agents.models import Turn
+
+    try:
+        return list(Turn.objects.filter(status="parked").values_list("pk", flat=True))
+    except Exception:
+        connection.close()
         raise
 
 
@@ -88,6 +123,8 @@ class FaultInjector:
     timeline: list[dict[str, Any]] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
     recoveries: list[dict[str, Any]] = field(default_factory=list)  # one per worker fault
+    tool_kills: list[dict[str, Any]] = field(default_factory=list)  # calls whose worker was killed
+    parked_kills: list[dict[str, Any]] = field(default_factory=list)  # kills while turns were parked
     _stopped_pids: set[int] = field(default_factory=set)
     _refusing: bool = False
     _watchers: set[asyncio.Task[None]] = field(default_factory=set)
@@ -129,9 +166,9 @@ class FaultInjector:
                 continue
             if detail is None:
                 self.skipped[kind] += 1
-                if kind in not_yet:  # not possible now (e.g. no turn running): others first
+                if kind in not_yet:  # not possible now (e.g. no tool running): one other first
                     not_yet.remove(kind)
-                    not_yet.insert(0, kind)
+                    not_yet.insert(max(0, len(not_yet) - 1), kind)
                 continue
             self.counts[kind] += 1
             if kind in not_yet:
@@ -180,6 +217,78 @@ class FaultInjector:
         await asyncio.sleep(self.rng.uniform(0.2, 2.0))
         self.apps.start(name)
         return {"worker": name, "pid": pid, "turn": found[0] if found else None}
+
+    async def _running_tool_candidates(self) -> list[tuple[int, str, int, int, int, int, str, bool]]:
+        """Slow calls running now in a worker of ours: (call, tool, turn, room, generation, pid,
+        worker, whether the pid is a pool process)."""
+        try:
+            calls = await sync_to_async(_running_tool_calls, thread_sensitive=True)()
+        except Exception:
+            return []
+        host = socket.gethostname()
+        candidates = []
+        for call_id, name, turn_id, room_id, owner, generation in calls:
+            owner_host, _, pid_text = owner.rpartition(":")
+            if owner_host != host or not pid_text.isdigit() or int(pid_text) in self._stopped_pids:
+                continue
+            pid = int(pid_text)
+            child_of = self.apps.worker_of_child(pid)
+            worker = child_of or next((w for w in AppProcesses.WORKERS if self.apps.pid(w) == pid), None)
+            if worker is not None:
+                candidates.append(
+                    (call_id, name, turn_id, room_id, generation, pid, worker, child_of is not None)
+                )
+        return candidates
+
+    async def kill_during_tool(self, wait: float = 6.0) -> dict[str, Any] | None:
+        """SIGKILL the worker running a slow tool call between its `started_at` and its result
+        (a launch rather than a read when both run): the pool process of a prefork worker, or
+        the whole threads worker (started again). Waits up to `wait` seconds for such a call."""
+        deadline = time.monotonic() + wait
+        while not (candidates := await self._running_tool_candidates()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        if not candidates:
+            return None
+        launches = [c for c in candidates if c[1] == "launch"]
+        pool = launches if launches and self.rng.random() < 0.75 else candidates
+        call_id, name, turn_id, room_id, generation, pid, worker, is_child = self.rng.choice(pool)
+        at = time.time()
+        if is_child:
+            os.kill(pid, signal.SIGKILL)
+        else:
+            await asyncio.to_thread(self.apps.stop, worker, signal.SIGKILL)
+        self.watch_recovery("kill_during_tool", turn_id, room_id, generation)
+        self.tool_kills.append({"call": call_id, "tool": name, "turn": turn_id, "room": room_id, "wall": at})
+        if not is_child:
+            await asyncio.sleep(self.rng.uniform(0.2, 1.5))
+            self.apps.start(worker)
+        return {"call": call_id, "tool": name, "turn": turn_id, "room": room_id, "pid": pid,
+                "worker": worker, "whole_worker": not is_child}  # fmt: skip
+
+    async def kill_while_parked(self, wait: float = 6.0) -> dict[str, Any] | None:
+        """While turns are parked (waiting on a person, no lease), SIGKILL a worker, the
+        sweeper, or both, and start them again: nothing may recover (fail) a parked turn.
+        Waits up to `wait` seconds for a parked turn."""
+        deadline = time.monotonic() + wait
+        parked: list[int] = []
+        while True:
+            with contextlib.suppress(Exception):
+                parked = await sync_to_async(_parked_turns, thread_sensitive=True)()
+            if parked or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        if not parked:
+            return None
+        worker = self.rng.choice(AppProcesses.WORKERS)
+        targets = self.rng.choice([[worker], ["sweeper"], [worker, "sweeper"]])
+        for name in targets:
+            await asyncio.to_thread(self.apps.stop, name, signal.SIGKILL)
+        self.parked_kills.append({"t": round(time.monotonic() - self.started, 2), "parked": parked,
+                                  "killed": targets})  # fmt: skip
+        await asyncio.sleep(self.rng.uniform(0.2, 2.0))
+        for name in targets:
+            self.apps.start(name)
+        return {"parked": parked[:20], "parked_n": len(parked), "killed": targets}
 
     async def stop_worker_child(self, max_pause: float = 30.0) -> dict[str, Any] | None:
         """SIGSTOP a leased pool process past its lease, then SIGCONT it: a zombie that wakes up

@@ -303,6 +303,8 @@ def app_env(
         RATE_MESSAGES_PER_MINUTE="600",
         RATE_QUEUED_TURNS_PER_ROOM="8",
         LOG_LEVEL="INFO",
+        # the slow side-effecting tool the tool faults kill a worker in the middle of
+        AGENT_TOOLS_EXTRA="tests.tools.Launch,tests.tools.SlowLookup",
     )
     return env
 
