@@ -32,7 +32,7 @@ from django.utils import timezone
 from agents import calls
 from agents.kicks import kick_room_on_commit
 from agents.lease import LeaseLost, LeaseState, TakenTurn, room_turns_lock
-from agents.models import Turn
+from agents.models import ToolCall, Turn
 from rooms.events import NEXT_SEQ, Fill, Row, events_append_last, sentinel
 from rooms.models import Message, Room, StreamChunk
 from rooms.protocol import MessageEvent, RoomEvent, TurnData, TurnEvent
@@ -332,32 +332,35 @@ def _unpark_events_locked(turn: Turn) -> list[RoomEvent]:
     return [turn_event(turn)]
 
 
-def turn_tool_result(*, room: Room, user: Any, call_id: str, output: Any, error: str | None) -> str:
-    """A client tool's answer (from the person whose message started the turn); the call's
-    state after. Unparks the turn once nothing else waits."""
+def _person_answers(room: Room, answer: Callable[[], tuple[ToolCall, list[RoomEvent]]]) -> str:
+    """A person's answer to a call, serialised with the turn's park by the room's turn lock;
+    unparks the turn once nothing else waits. The call's state after."""
     with transaction.atomic():
         _lock_room(room.pk)
-        call, events = calls.call_answer_locked(
-            room=room, user=user, call_id=call_id, output=output, error=error
-        )
+        call, events = answer()
         turn = Turn.objects.select_for_update().get(pk=call.turn_id)
         events += _unpark_events_locked(turn)
         events_append_last(room_id=room.pk, events=events)
     return call.state
+
+
+def turn_tool_result(*, room: Room, user: Any, call_id: str, output: Any, error: str | None) -> str:
+    """A client tool's answer (from the person whose message started the turn)."""
+    return _person_answers(
+        room,
+        lambda: calls.call_answer_locked(room=room, user=user, call_id=call_id, output=output, error=error),
+    )
 
 
 def turn_tool_decision(*, room: Room, user: Any, call_id: str, approved: bool, reason: str | None) -> str:
-    """Approve or deny a call that asks first; the call's state after. Unparks the turn once
-    nothing else waits (an approved call then runs on the worker that takes it)."""
-    with transaction.atomic():
-        _lock_room(room.pk)
-        call, events = calls.call_decide_locked(
+    """Approve or deny a call that asks first (an approved call runs on the worker that takes
+    the turn next)."""
+    return _person_answers(
+        room,
+        lambda: calls.call_decide_locked(
             room=room, user=user, call_id=call_id, approved=approved, reason=reason
-        )
-        turn = Turn.objects.select_for_update().get(pk=call.turn_id)
-        events += _unpark_events_locked(turn)
-        events_append_last(room_id=room.pk, events=events)
-    return call.state
+        ),
+    )
 
 
 def turns_expire_waits() -> int:
