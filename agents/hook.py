@@ -51,7 +51,11 @@ class RoomTurnQueue:
 
     def transcript_calls(self, *, message_ids: list[int]) -> dict[int, list[ToolCallData]]:
         by_message: dict[int, list[ToolCallData]] = {}
-        for call in ToolCall.objects.filter(message_id__in=message_ids).select_related("decided_by"):
+        for call in (
+            ToolCall.objects.filter(message_id__in=message_ids)
+            .select_related("decided_by")
+            .order_by("step", "index")
+        ):
             by_message.setdefault(call.message_id, []).append(calls.call_wire(call))
         return by_message
 

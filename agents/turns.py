@@ -9,7 +9,7 @@ makes is fenced by the turn's `lease_generation`: a worker that lost its lease c
       |                 \\--recover (policy interrupt, side effects, attempts used)--> interrupted
       +---- retry (interrupted | failed, no side effects) ----+
 
-Transitions of one room serialise on an advisory lock (`_lock_room`), and each ends with the
+Transitions of one room serialise on an advisory lock (`agents.lease.room_turns_lock`), and each ends with the
 change's events (`rooms.events.events_append_last`), so every member sees each step in order.
 Public surface: TakenTurn, LeaseLost, LeaseState, turn_take_next, lease_renew, turn_finish,
 turn_release, turn_cancel, turn_retry, turn_recover_if_expired, rooms_sweep, message_text_from_chunks.
@@ -62,9 +62,6 @@ def turn_wire(turn: Turn) -> TurnData:
 
 def turn_event(turn: Turn) -> TurnEvent:
     return TurnEvent(seq=NEXT_SEQ, turn=turn_wire(turn))
-
-
-_lock_room = room_turns_lock
 
 
 # --- a post queues a turn (in the post's own statement) --------------------------------------
@@ -124,7 +121,7 @@ def _answer_start_last(*, turn: Turn, now: Any) -> int:
 def turn_take_next(*, room_id: int, owner: str) -> TakenTurn | None:
     """Lease the room: start its oldest queued turn unless a turn is already running."""
     with transaction.atomic():
-        _lock_room(room_id)  # kicks of one room serialise here
+        room_turns_lock(room_id)  # kicks of one room serialise here
         running = Turn.objects.filter(room_id=room_id, status=Turn.Status.RUNNING).first()
         if running is not None:
             if running.lease_until is not None and running.lease_until > timezone.now():
@@ -268,7 +265,7 @@ def _requeue_locked(*, turn: Turn, reason: str) -> None:
 
 
 def _locked_own_turn(taken: TakenTurn) -> Turn | None:
-    _lock_room(taken.room_id)
+    room_turns_lock(taken.room_id)
     return (
         Turn.objects.select_for_update()
         .filter(pk=taken.turn_id, status=Turn.Status.RUNNING, lease_generation=taken.generation)
@@ -336,7 +333,7 @@ def _person_answers(room: Room, answer: Callable[[], tuple[ToolCall, list[RoomEv
     """A person's answer to a call, serialised with the turn's park by the room's turn lock;
     unparks the turn once nothing else waits. The call's state after."""
     with transaction.atomic():
-        _lock_room(room.pk)
+        room_turns_lock(room.pk)
         call, events = answer()
         turn = Turn.objects.select_for_update().get(pk=call.turn_id)
         events += _unpark_events_locked(turn)
@@ -372,7 +369,7 @@ def turns_expire_waits() -> int:
             turn = Turn.objects.filter(pk=turn_id).first()
             if turn is None:
                 continue
-            _lock_room(turn.room_id)
+            room_turns_lock(turn.room_id)
             turn = Turn.objects.select_for_update().get(pk=turn_id)
             events = calls.calls_expire_locked(turn_id=turn_id)
             events += _unpark_events_locked(turn)
@@ -388,7 +385,7 @@ def turns_expire_waits() -> int:
 def turn_cancel(*, room: Room, user: Any, turn_id: int) -> str:
     """Stop a running turn or withdraw a queued one; returns the turn's status after."""
     with transaction.atomic():
-        _lock_room(room.pk)
+        room_turns_lock(room.pk)
         turn = (
             Turn.objects.select_for_update()
             .select_related("trigger_message")
@@ -415,7 +412,7 @@ def turn_cancel(*, room: Room, user: Any, turn_id: int) -> str:
 def turn_retry(*, room: Room, user: Any, turn_id: int) -> str:
     """Continue an interrupted or failed answer (any member may ask; never after side effects)."""
     with transaction.atomic():
-        _lock_room(room.pk)
+        room_turns_lock(room.pk)
         turn = Turn.objects.select_for_update().filter(pk=turn_id, room=room).first()
         if turn is None:
             raise TurnRefused("not_found", f"no turn {turn_id} in this room")
@@ -473,7 +470,7 @@ def turn_recover_if_expired(*, turn_id: int) -> bool:
         room_id = Turn.objects.filter(pk=turn_id).values_list("room_id", flat=True).first()
         if room_id is None:
             return False
-        _lock_room(room_id)
+        room_turns_lock(room_id)
         turn = (
             Turn.objects.select_for_update()
             .filter(pk=turn_id, status=Turn.Status.RUNNING, lease_until__lt=timezone.now())

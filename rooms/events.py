@@ -67,10 +67,6 @@ class Appended:
     frames: list[tuple[int, str]]
     values: tuple[Any, ...]
 
-    @property
-    def first_seq(self) -> int:
-        return self.frames[0][0]
-
 
 def _seq_fill() -> Fill:
     return Fill("seq", NEXT_SEQ, "s.first + f.i - 1")
