@@ -120,7 +120,24 @@ def _exit_code(status: int | None) -> int | None:
     return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
 
 
+def _wait_status(pid: int, timeout: float = 2.0) -> int | None:
+    """The wait status of a child that is exiting (a killed process whose threads are still
+    being torn down shows as a zombie before waitpid returns it); None when it is not ours."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return None
+        if done:
+            return status
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.005)
+
+
 def _watcher_class() -> type:
+    from circus.process import DEAD_OR_ZOMBIE, UNEXISTING
     from circus.watcher import Watcher
     from tornado import gen
 
@@ -136,6 +153,8 @@ def _watcher_class() -> type:
         def reap_process(self, pid: int, status: int | None = None) -> None:
             process = self.processes.get(pid)
             crashed = process is not None and self._status == "active" and not process.stopping
+            if process is not None and status is None:
+                status = _wait_status(pid)
             super().reap_process(pid, status)
             with contextlib.suppress(OSError):
                 os.killpg(pid, signal.SIGKILL)  # what it left in its session (Celery pool processes)
@@ -156,6 +175,13 @@ def _watcher_class() -> type:
 
         @gen.coroutine
         def manage_processes(self) -> Any:
+            if not self.is_stopped():
+                # circus drops a process it sees dead here without reaping it, and starts
+                # another at once: a crash that lands between its waitpid and this check would
+                # skip the back-off and the log line (seen with SIGKILLed Celery workers)
+                for pid, process in list(self.processes.items()):
+                    if not process.stopping and process.status in (DEAD_OR_ZOMBIE, UNEXISTING):
+                        self.reap_process(pid)
             if self.restart_at is not None:
                 if len(self.processes) >= self.numprocesses:
                     self.restart_at = None  # started again by a command meanwhile
