@@ -29,3 +29,6 @@ class ToolCallAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj: ToolCall | None = None) -> bool:
         return False
+
+
+from agents import schedule_admin  # noqa: E402, F401  (schedules and their runs)

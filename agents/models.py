@@ -134,3 +134,7 @@ class ToolCall(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.state})"
+
+
+# Schedules live in a module of their own; imported here so Django registers them.
+from agents.schedule_models import Schedule, ScheduleRun  # noqa: E402, F401

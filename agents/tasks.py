@@ -13,6 +13,7 @@ from celery.signals import worker_init, worker_process_init
 from agents.kicks import kick_taken
 from agents.providers import get_provider
 from agents.runner import turn_run
+from agents.schedules import schedules_fire
 from agents.turns import rooms_sweep, turn_take_next
 
 log = logging.getLogger(__name__)
@@ -44,3 +45,10 @@ def sweep_rooms() -> dict[str, int]:
     """Beat: recover expired leases and re-kick rooms whose kick was lost."""
     report = rooms_sweep()
     return {"recovered": report.recovered, "kicked": report.kicked}
+
+
+@shared_task(name="agents.tasks.fire_schedules", ignore_result=True)
+def fire_schedules() -> dict[str, int]:
+    """Beat: post the due occurrences of schedules (each once, whoever else fires them)."""
+    report = schedules_fire(owner=f"{socket.gethostname()}:{os.getpid()}")
+    return vars(report)

@@ -166,6 +166,7 @@ AGENT_TOOLS = [
     "agents.tools.clock.Clock",
     "agents.tools.search.RoomSearch",
     "agents.tools.notes.Note",
+    "agents.tools.schedule.ScheduleTurn",
 ]
 # more tool classes (dotted paths) appended from the environment: the test and chaos stacks load
 # their slow test tools (tests/tools.py) this way
@@ -184,6 +185,12 @@ MAX_TURN_ATTEMPTS = env.int("MAX_TURN_ATTEMPTS", default=3)  # runs of one turn,
 RATE_FRAMES_PER_SECOND = env.float("RATE_FRAMES_PER_SECOND", default=20.0)
 RATE_MESSAGES_PER_MINUTE = env.int("RATE_MESSAGES_PER_MINUTE", default=30)
 RATE_QUEUED_TURNS_PER_ROOM = env.int("RATE_QUEUED_TURNS_PER_ROOM", default=20)
+# Scheduled turns (agents/schedules.py): the shortest interval, schedules per room, and the
+# back-off (seconds, doubling) after an error that may pass before the slot is tried again.
+SCHEDULE_MIN_INTERVAL = env.float("SCHEDULE_MIN_INTERVAL", default=60.0)
+SCHEDULES_PER_ROOM_MAX = env.int("SCHEDULES_PER_ROOM_MAX", default=20)
+SCHEDULE_RETRY_BASE = env.float("SCHEDULE_RETRY_BASE", default=30.0)
+SCHEDULE_RETRY_MAX = env.float("SCHEDULE_RETRY_MAX", default=3600.0)
 
 # --- LLM -------------------------------------------------------------------------------------
 LLM_BASE_URL = env.str("LLM_BASE_URL", default="")
@@ -200,7 +207,10 @@ CELERY_TASK_DEFAULT_QUEUE = env.str("CELERY_QUEUE", default="celery")
 # behind a backlog of kicks while every pool process streams a long answer, and recovery of a
 # lost worker's turn would wait with it.
 CELERY_CONTROL_QUEUE = f"{CELERY_TASK_DEFAULT_QUEUE}.control"
-CELERY_TASK_ROUTES = {"agents.tasks.sweep_rooms": {"queue": CELERY_CONTROL_QUEUE}}
+CELERY_TASK_ROUTES = {
+    "agents.tasks.sweep_rooms": {"queue": CELERY_CONTROL_QUEUE},
+    "agents.tasks.fire_schedules": {"queue": CELERY_CONTROL_QUEUE},
+}
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_ACKS_LATE = True
@@ -218,6 +228,12 @@ CELERY_BEAT_SCHEDULE = {
     # expires: a sweep that waited longer than two intervals is stale; the next one is due
     "sweep-rooms": {
         "task": "agents.tasks.sweep_rooms",
+        "schedule": SWEEP_INTERVAL,
+        "options": {"expires": SWEEP_INTERVAL * 2},
+    },
+    # due schedules fire on the sweeper too (two beats or sweepers still run an occurrence once)
+    "fire-schedules": {
+        "task": "agents.tasks.fire_schedules",
         "schedule": SWEEP_INTERVAL,
         "options": {"expires": SWEEP_INTERVAL * 2},
     },

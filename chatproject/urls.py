@@ -4,6 +4,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
+from agents import schedule_views
 from rooms import views
 
 urlpatterns = [
@@ -20,5 +21,11 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("tokens/", views.tokens, name="tokens"),
     path("tokens/<int:token_id>/revoke/", views.token_revoke, name="token_revoke"),
+    path("r/<slug:slug>/schedules/", schedule_views.room_schedules, name="room_schedules"),
+    path(
+        "r/<slug:slug>/schedules/<int:schedule_id>/",
+        schedule_views.room_schedule_change,
+        name="room_schedule_change",
+    ),
     path("admin/", admin.site.urls),
 ]
