@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,18 @@ if _env_file.exists():
     env.read_env(str(_env_file))
 
 DEBUG = env.bool("DEBUG", default=True)
+
+# /metrics (agents/observe.py): every process of the stack writes its samples under one
+# directory and the view adds them up (prometheus_client's multiprocess mode). Set before
+# anything imports prometheus_client; `stack run` and the test stack empty it when they start.
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(BASE_DIR / ".devdata" / "metrics"))
+Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")  # if set, /metrics wants it as a bearer token
+# OpenTelemetry spans per turn, step and tool call: off unless an OTLP endpoint is configured
+# (the standard OTEL_EXPORTER_OTLP_* variables) or OTEL_TRACES_CONSOLE is set.
+OTEL_ENABLED = bool(env.str("OTEL_EXPORTER_OTLP_ENDPOINT", default="")) or env.bool(
+    "OTEL_TRACES_CONSOLE", default=False
+)
 SECRET_KEY = env.str("SECRET_KEY", default="")
 if not SECRET_KEY:
     if not DEBUG:
@@ -191,6 +204,15 @@ SCHEDULE_MIN_INTERVAL = env.float("SCHEDULE_MIN_INTERVAL", default=60.0)
 SCHEDULES_PER_ROOM_MAX = env.int("SCHEDULES_PER_ROOM_MAX", default=20)
 SCHEDULE_RETRY_BASE = env.float("SCHEDULE_RETRY_BASE", default=30.0)
 SCHEDULE_RETRY_MAX = env.float("SCHEDULE_RETRY_MAX", default=3600.0)
+# Webhooks (rooms/webhooks/): seconds a delivery may take, attempts, the back-off (doubling
+# from the base, capped; below the broker's visibility timeout), and how stale the append
+# path's list of rooms with endpoints may be.
+WEBHOOK_TIMEOUT = env.float("WEBHOOK_TIMEOUT", default=5.0)
+WEBHOOK_MAX_ATTEMPTS = env.int("WEBHOOK_MAX_ATTEMPTS", default=8)
+WEBHOOK_RETRY_BASE = env.float("WEBHOOK_RETRY_BASE", default=10.0)
+WEBHOOK_RETRY_MAX = env.float("WEBHOOK_RETRY_MAX", default=300.0)
+WEBHOOK_ROOMS_TTL = env.float("WEBHOOK_ROOMS_TTL", default=2.0)
+WEBHOOK_INBOUND_MAX_BYTES = env.int("WEBHOOK_INBOUND_MAX_BYTES", default=64 * 1024)
 
 # --- LLM -------------------------------------------------------------------------------------
 LLM_BASE_URL = env.str("LLM_BASE_URL", default="")
@@ -207,10 +229,10 @@ CELERY_TASK_DEFAULT_QUEUE = env.str("CELERY_QUEUE", default="celery")
 # behind a backlog of kicks while every pool process streams a long answer, and recovery of a
 # lost worker's turn would wait with it.
 CELERY_CONTROL_QUEUE = f"{CELERY_TASK_DEFAULT_QUEUE}.control"
-CELERY_TASK_ROUTES = {
-    "agents.tasks.sweep_rooms": {"queue": CELERY_CONTROL_QUEUE},
-    "agents.tasks.fire_schedules": {"queue": CELERY_CONTROL_QUEUE},
-}
+# chatproject.celery.route_task: the sweeper's tasks (sweeps, schedules) to CELERY_CONTROL_QUEUE,
+# webhooks to `<CELERY_QUEUE>.webhooks`, from a worker of their own: a slow endpoint never takes
+# a turn's thread (read when a task is sent, so a test run's own queue names apply)
+CELERY_TASK_ROUTES = ("chatproject.celery.route_task",)
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_ACKS_LATE = True
@@ -232,6 +254,11 @@ CELERY_BEAT_SCHEDULE = {
         "options": {"expires": SWEEP_INTERVAL * 2},
     },
     # due schedules fire on the sweeper too (two beats or sweepers still run an occurrence once)
+    "sweep-webhooks": {
+        "task": "rooms.webhooks.sweep",
+        "schedule": max(SWEEP_INTERVAL, 5.0),
+        "options": {"expires": max(SWEEP_INTERVAL, 5.0) * 2},
+    },
     "fire-schedules": {
         "task": "agents.tasks.fire_schedules",
         "schedule": SWEEP_INTERVAL,

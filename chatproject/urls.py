@@ -6,6 +6,8 @@ from django.urls import path
 
 from agents import schedule_views
 from rooms import views
+from rooms.webhooks import inbound as webhooks_in
+from rooms.webhooks import views as webhooks_views
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -27,5 +29,7 @@ urlpatterns = [
         schedule_views.room_schedule_change,
         name="room_schedule_change",
     ),
+    path("r/<slug:slug>/webhooks/", webhooks_views.room_webhooks, name="room_webhooks"),
+    path("hooks/in/<str:key>/", webhooks_in.hook_receive, name="hook_receive"),
     path("admin/", admin.site.urls),
 ]

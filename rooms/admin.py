@@ -66,3 +66,6 @@ class RoomEventAdmin(admin.ModelAdmin):
 class ApiTokenAdmin(admin.ModelAdmin):
     list_display = ["name", "user", "prefix", "created_at", "last_used_at", "revoked_at"]
     readonly_fields = ["prefix", "key_hash"]
+
+
+from rooms.webhooks import admin as webhooks_admin  # noqa: E402, F401  (webhooks in and out)

@@ -25,6 +25,7 @@ from django.utils import timezone
 from rooms import broadcast
 from rooms.models import Room
 from rooms.protocol import RoomEvent
+from rooms.webhooks.outbound import events_appended_on_commit
 
 NEXT_SEQ = -7_000_000_000
 """An event's `seq` before it is appended: the statement gives each event the next seq."""
@@ -126,6 +127,7 @@ def events_append_last(
         raise Room.DoesNotExist(room_id)
     frames = [(int(r[0]), str(r[1])) for r in stored]
     broadcast.send_to_room_on_commit(room_id, [broadcast.event_message(seq, text) for seq, text in frames])
+    events_appended_on_commit(room_id)  # webhooks out
     return Appended(frames=frames, values=tuple(stored[0][2:]))
 
 

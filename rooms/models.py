@@ -189,3 +189,7 @@ class ApiToken(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"
+
+
+# Webhook models live in a module of their own; imported here so Django registers them.
+from rooms.webhooks.models import InboundHook, WebhookDelivery, WebhookEndpoint  # noqa: E402, F401

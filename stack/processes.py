@@ -56,9 +56,9 @@ def celery_argv(
     """The command of one Celery process.
 
     kind: "worker" runs turns, "sweeper" runs only the sweeper's queue (solo pool, so it is never
-    stuck behind long turns), "beat" schedules sweeps. A turn mostly waits for the model, so the
-    default pool is threads (one process, `concurrency` turns at once, sharing one chunk writer);
-    prefork runs one turn per process.
+    stuck behind long turns), "beat" schedules sweeps, "hooks" sends webhooks. A turn mostly waits
+    for the model, so the default pool is threads (one process, `concurrency` turns at once,
+    sharing one chunk writer); prefork runs one turn per process.
     """
     base = [sys.executable, "-m", "celery", "-A", "chatproject"]
     if kind == "beat":
@@ -68,6 +68,9 @@ def celery_argv(
         argv += ["-Q", queue, "-P", pool, "--concurrency", str(concurrency)]
     elif kind == "sweeper":
         argv += ["-Q", f"{queue}.control", "-P", "solo"]  # chatproject.settings.CELERY_CONTROL_QUEUE
+    elif kind == "hooks":
+        # webhook deliveries (settings CELERY_TASK_ROUTES): threads, as they wait on the network
+        argv += ["-Q", f"{queue}.webhooks", "-P", "threads", "--concurrency", "8"]
     else:
         raise ValueError(kind)
     return argv + (["-n", node] if node else [])
@@ -122,4 +125,5 @@ def stack_processes(config: StackConfig) -> list[Process]:
     if config.beat:
         procs.append(Process("sweeper", celery_argv("sweeper", queue=config.queue, node=f"{node}sweeper@%h")))
         procs.append(Process("beat", celery_argv("beat", schedule=config.schedule)))
+        procs.append(Process("hooks", celery_argv("hooks", queue=config.queue, node=f"{node}hooks@%h")))
     return procs

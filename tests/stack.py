@@ -147,9 +147,15 @@ def stack_start(**overrides: Any) -> Stack:
         LOG_LEVEL="INFO",
         # the slow tools a test kills a worker in the middle of (tests/tools.py)
         AGENT_TOOLS_EXTRA="tests.tools.Launch,tests.tools.SlowLookup",
+        # webhooks retried within a test's patience (tests/integration/test_webhooks.py)
+        WEBHOOK_RETRY_BASE="0.2",
+        WEBHOOK_RETRY_MAX="2",
+        WEBHOOK_TIMEOUT="3",
     )
     env.update({k: str(v) for k, v in overrides.items()})
     logdir = Path(tempfile.mkdtemp(prefix=f"stack-{run_id}-"))
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(logdir / "metrics")  # this stack's own /metrics
+    Path(env["PROMETHEUS_MULTIPROC_DIR"]).mkdir(exist_ok=True)
     port = free_port()
     config = StackConfig(
         port=port,
