@@ -4,6 +4,7 @@ from django.contrib import admin
 from django.http import HttpRequest
 
 from agents.models import ToolCall, Turn
+from agents.trace_admin import TurnTraceInline
 
 
 @admin.register(Turn)
@@ -12,6 +13,7 @@ class TurnAdmin(admin.ModelAdmin):
     list_filter = ["status"]
     raw_id_fields = ["room", "trigger_message", "assistant_message"]
     readonly_fields = ["lease_generation", "created_at", "started_at", "finished_at"]
+    inlines = [TurnTraceInline]  # each run's steps and calls, timed
 
 
 @admin.register(ToolCall)

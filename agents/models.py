@@ -138,3 +138,6 @@ class ToolCall(models.Model):
 
 # Schedules live in a module of their own; imported here so Django registers them.
 from agents.schedule_models import Schedule, ScheduleRun  # noqa: E402, F401
+
+# Traces of turn runs (agents/observe.py writes them).
+from agents.trace_models import TurnTrace  # noqa: E402, F401

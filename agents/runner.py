@@ -17,6 +17,7 @@ from django.db import InterfaceError, OperationalError, connection
 from agents.calls import OUTCOME_UNKNOWN, call_settle, calls_create, calls_of_turn, calls_recover
 from agents.drain import drain_requested
 from agents.models import ToolCall, Turn
+from agents.observe import TurnTracer
 from agents.providers import get_provider
 from agents.providers.base import (
     ChatMessage,
@@ -131,12 +132,15 @@ class ChunkBatcher:
     ends_with_newline: bool = True
     separate_next: bool = False
     step_text: list[str] = field(default_factory=list)  # this step's text (the model's context)
+    tracer: TurnTracer | None = None  # the run's timings (agents/observe.py)
     sink: TurnSink = field(init=False)
 
     def __post_init__(self) -> None:
         self.sink = TurnSink(self.taken)
 
     def add(self, text: str) -> None:
+        if self.tracer is not None:
+            self.tracer.text()
         if text:
             if self.separate_next and self.chars and not self.ends_with_newline:
                 text = "\n\n" + text.lstrip("\n")  # the next step's text starts a new paragraph
@@ -294,9 +298,19 @@ def _settle_step(
 
 def turn_run(*, taken: TakenTurn) -> str:
     """Run a leased turn to a terminal status, or park it while a call waits on a person;
-    returns the status ('parked', 'lost' if the lease was lost)."""
+    returns the status ('parked', 'lost' if the lease was lost). The run is traced."""
+    tracer = TurnTracer(taken)
+    status = "lost"
+    try:
+        status = _turn_run(taken=taken, tracer=tracer)
+    finally:
+        tracer.finish(status)
+    return status
+
+
+def _turn_run(*, taken: TakenTurn, tracer: TurnTracer) -> str:
     deadline = time.monotonic() + settings.TURN_TIME_LIMIT
-    batcher = ChunkBatcher(taken=taken, next_index=taken.next_index)
+    batcher = ChunkBatcher(taken=taken, next_index=taken.next_index, tracer=tracer)
     status: str = Turn.Status.DONE
     error = ""
     try:
@@ -325,8 +339,10 @@ def turn_run(*, taken: TakenTurn) -> str:
             last_step = step >= settings.TURN_MAX_STEPS - 1  # the last one answers without tools
             tools = () if last_step else toolbox.specs()
             request = ModelRequest(model=model, messages=tuple(messages), tools=tools)
+            tracer.step_start(step)
             with provider.stream(request) as stream:
                 result = _step_stream(stream, batcher, deadline)
+            tracer.step_end(tool_calls=len(result.tool_calls), finish_reason=result.finish_reason)
             if not result.tool_calls or last_step:
                 break
             if not batcher.flush_and_wait():

@@ -31,6 +31,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from agents.models import Schedule, ScheduleRun, Turn
+from rooms import metrics
 from rooms.models import Room
 from rooms.selectors import membership_of
 from rooms.services import message_post
@@ -301,6 +302,7 @@ def schedules_fire(*, owner: str, limit: int = 200) -> FireReport:
     for schedule_id, slot in due:
         assert slot is not None  # filtered on next_run_at
         outcome = occurrence_fire(schedule_id=schedule_id, slot=slot, owner=owner)
+        metrics.SCHEDULE_RUNS.labels(outcome=outcome).inc()
         setattr(report, outcome, getattr(report, outcome) + 1)
     return report
 

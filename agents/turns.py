@@ -33,6 +33,7 @@ from agents import calls
 from agents.kicks import kick_room_on_commit
 from agents.lease import LeaseLost, LeaseState, TakenTurn, room_turns_lock
 from agents.models import ToolCall, Turn
+from rooms import metrics
 from rooms.events import NEXT_SEQ, Fill, Row, events_append_last, sentinel
 from rooms.models import Message, Room, StreamChunk
 from rooms.protocol import MessageEvent, RoomEvent, TurnData, TurnEvent
@@ -246,6 +247,7 @@ def _close_locked(*, turn: Turn, status: str, error: str = "") -> None:
     events.append(turn_event(turn))
     events_append_last(room_id=turn.room_id, events=events)
     kick_room_on_commit(turn.room_id)
+    transaction.on_commit(lambda: metrics.TURNS.labels(status=status).inc())
 
 
 def _requeue_locked(*, turn: Turn, reason: str) -> None:
@@ -309,6 +311,7 @@ def turn_park(*, taken: TakenTurn) -> bool:
         if not calls.calls_waiting(turn.pk):
             return False
         turn.status = Turn.Status.PARKED
+        transaction.on_commit(lambda: metrics.TURNS.labels(status="parked").inc())
         turn.lease_until = None
         turn.lease_owner = ""
         turn.lease_generation += 1

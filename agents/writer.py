@@ -20,6 +20,7 @@ import concurrent.futures
 import logging
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from django.db import InterfaceError, OperationalError, connection
 
 from agents.chunks import ChunkRow, chunk_deltas, chunks_write_unsent
 from agents.turns import LeaseLost, LeaseState, TakenTurn, db_retry
-from rooms import broadcast
+from rooms import broadcast, metrics
 
 log = logging.getLogger(__name__)
 MAX_PENDING = 64  # chunks of one turn waiting to be written before its runner waits
@@ -158,7 +159,10 @@ class _Lane:
     def _write(self, batch: list[tuple[TurnSink, ChunkRow]]) -> None:
         live = [(sink, row) for sink, row in batch if not (sink.lost or sink.error)]
         rows = [row for _, row in live]
+        started = time.perf_counter()
         held = db_retry(lambda: chunks_write_unsent(rows), what="chunk write") if rows else {}
+        if rows:
+            metrics.CHUNK_WRITE_SECONDS.observe(time.perf_counter() - started)
         sent = [row for sink, row in live if sink.taken.turn_id in held]
         # After the commit, in order. The publish overlaps the next batch's statement: only the
         # previous batch's publish is waited for (backpressure if Redis is slow); the publisher

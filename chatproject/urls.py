@@ -4,7 +4,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from agents import schedule_views
+from agents import observe, schedule_views
 from rooms import views
 from rooms.webhooks import inbound as webhooks_in
 from rooms.webhooks import views as webhooks_views
@@ -31,5 +31,6 @@ urlpatterns = [
     ),
     path("r/<slug:slug>/webhooks/", webhooks_views.room_webhooks, name="room_webhooks"),
     path("hooks/in/<str:key>/", webhooks_in.hook_receive, name="hook_receive"),
+    path("metrics", observe.metrics_view, name="metrics"),
     path("admin/", admin.site.urls),
 ]

@@ -20,7 +20,7 @@ from urllib.parse import parse_qs
 from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from rooms import broadcast, presence, ratelimit, selectors, services, shutdown
+from rooms import broadcast, metrics, presence, ratelimit, selectors, services, shutdown
 from rooms.auth import has_credentials
 from rooms.hub import JOIN_TIMEOUT, HubUnavailable, get_hub
 from rooms.protocol import (
@@ -121,6 +121,7 @@ class RoomConsumer(ReplayMixin, AsyncWebsocketConsumer):
         self.bucket = ratelimit.frame_bucket()
         shutdown.track(self)
         assert admission.replay is not None
+        metrics.SOCKETS.inc()  # until disconnect (room_id is set from here on)
         await self._send_replay(admission.replay, since)
         await self._drain_backlog()
         await presence.presence_join(self.room_id, self.channel_name, self.user_data)
@@ -129,6 +130,7 @@ class RoomConsumer(ReplayMixin, AsyncWebsocketConsumer):
         self._leave_hub()
         if not self.room_id:
             return
+        metrics.SOCKETS.dec()
         shutdown.forget(self)
         try:
             await presence.presence_leave(self.room_id, self.channel_name)

@@ -12,7 +12,7 @@ import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from rooms import selectors
+from rooms import metrics, selectors
 from rooms.protocol import ready_frame, snapshot_frame
 from rooms.shutdown import CLOSE_RESTART
 from rooms.sockets import replay_on_db
@@ -50,6 +50,7 @@ class ReplayMixin:
         async def close(self, code: int | bool | None = None, reason: str | None = None) -> None: ...
 
     async def _send_replay(self, replay: selectors.Replay, since: int) -> None:
+        metrics.REPLAY_EVENTS.observe(len(replay.events))
         for _seq, text in replay.events:
             await self.send(text_data=text)
         for snap in replay.snapshots:

@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -79,6 +80,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         _manage(["collectstatic", "--noinput", "--verbosity", "0"], env)
 
         data_dir.mkdir(parents=True, exist_ok=True)
+        # /metrics adds up the files every process writes here: a new run starts from zero
+        metrics_dir = Path(env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(data_dir / "metrics")))
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
         config = StackConfig(
             host=args.host, port=args.port, asgi=args.asgi, workers=args.workers,
             concurrency=args.concurrency, pool=args.pool, beat=bool(args.beat),

@@ -7,6 +7,7 @@ interval skips while its previous turn is going; an error that may pass keeps a 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -20,11 +21,12 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from agents.models import Schedule, ScheduleRun, Turn
+from agents.models import Schedule, ScheduleRun, ToolCall, Turn
 from agents.schedules import occurrence_client_id, occurrence_fire, schedule_create, schedules_fire
+from rooms.client import RoomClient
 from rooms.models import Message
 from rooms.services import message_post, room_create
-from tests.conftest import on_own_connection
+from tests.conftest import on_own_connection, run_async
 from tests.stack import ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -224,3 +226,38 @@ def test_an_error_that_may_pass_never_consumes_a_one_shot(stack, fake, room, ali
     run = ScheduleRun.objects.get(schedule=schedule)
     wait_for(lambda: turns_done([run.turn_id]), what="the reminder's turn")
     assert Message.objects.get(pk=Turn.objects.get(pk=run.turn_id).assistant_message_id).content == "remind"
+
+
+def test_the_assistant_schedules_a_turn_with_the_ask_first_schedule_tool(stack, fake, room, alice):
+    args = '{"prompt": "!say=time to stretch", "in_minutes": 0.02}'
+
+    async def scenario() -> int:
+        a = RoomClient(stack.base_url, room.slug, token=alice[1])
+        await a.connect()
+        client_id = str(uuid.uuid4())
+        content = f"remind us in a second !tool=schedule:{args} !say=Scheduled."
+        await a.send_raw(json.dumps({"type": "send", "client_id": client_id, "content": content}))
+        await a.wait_ack(client_id)
+        await a.wait_for(
+            lambda c: any(f["type"] == "turn" and f["turn"]["status"] == "parked" for f in c.frames),
+            timeout=30,
+        )
+        assert not Schedule.objects.filter(room=room).exists()  # nothing until a person approves
+        call = ToolCall.objects.get(room=room, name="schedule", state="awaiting_approval")
+        await a.approve(str(call.pk))
+        await a.close()
+        return call.pk
+
+    call_id = run_async(scenario())
+    schedule = wait_for(lambda: Schedule.objects.filter(room=room).first(), what="the schedule")
+    assert schedule.created_via == "tool" and schedule.created_by_call_id == call_id
+    assert schedule.created_by_id == alice[0].pk and schedule.kind == "once"
+    run = wait_for(
+        lambda: ScheduleRun.objects.filter(schedule=schedule, turn__status="done").first(),
+        what="the scheduled turn",
+    )
+    answer = Message.objects.get(pk=Turn.objects.get(pk=run.turn_id).assistant_message_id)
+    assert answer.content == "time to stretch"
+    assert ToolCall.objects.get(pk=call_id).output["schedule_id"] == schedule.pk
+    schedule.refresh_from_db()
+    assert not schedule.enabled and schedule.next_run_at is None

@@ -36,7 +36,7 @@ def ctx(room_id: int = 1, call_id: int = 7) -> ToolContext:
 
 def test_every_registered_tool_offers_a_valid_json_schema_and_a_wire_name():
     tools = server_tools()
-    assert set(tools) == {"calculator", "current_time", "search_room", "note"}
+    assert set(tools) == {"calculator", "current_time", "search_room", "note", "schedule"}
     for name, tool in tools.items():
         spec = tool.spec()
         assert spec["type"] == "function" and spec["function"]["name"] == name
@@ -65,10 +65,11 @@ def test_schemas_accept_the_documented_examples_and_refuse_strays():
     )
 
 
-def test_only_the_note_tool_has_side_effects_and_asks_first():
+def test_only_the_note_and_schedule_tools_have_side_effects_and_ask_first():
     tools = server_tools()
-    assert [n for n, t in tools.items() if t.side_effects] == ["note"]
-    assert [n for n, t in tools.items() if t.ask_first] == ["note"]
+    assert [n for n, t in tools.items() if t.side_effects] == ["note", "schedule"]
+    assert [n for n, t in tools.items() if t.ask_first] == ["note", "schedule"]
+    # a schedule is unique per call: running the call again returns the same one
     assert [n for n, t in tools.items() if not t.idempotent] == ["note"]
 
 
