@@ -128,7 +128,7 @@ def test_the_settings_page_saves_the_tool_table_and_refuses_unknown_names(stack,
             "system_prompt": "", "ai_trigger": room.ai_trigger, "recovery": room.recovery}  # fmt: skip
     # unchanged tools: the room keeps following the site's defaults
     assert web.post(f"/r/{room.slug}/settings/", {**form, "tools_on": ["calculator", "current_time",
-        "search_room", "note"], "tools_ask_first": ["note"]}).status_code == 302  # fmt: skip
+        "search_room", "note", "schedule"], "tools_ask_first": ["note", "schedule"]}).status_code == 302  # fmt: skip
     room.refresh_from_db()
     assert (room.tools_on, room.tools_ask_first) == (None, None)
     response = web.post(f"/r/{room.slug}/settings/", {**form, "tools_on": ["calculator", "rm_rf"]})
