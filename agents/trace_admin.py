@@ -16,12 +16,17 @@ class TurnTraceInline(admin.StackedInline):
     model = TurnTrace
     extra = 0
     can_delete = False
-    fields = ["attempt", "status", "started_at", "duration", "timeline"]
-    readonly_fields = ["attempt", "status", "started_at", "duration", "timeline"]
+    fields = ["attempt", "status", "started_at", "seconds", "timeline"]
+    readonly_fields = ["attempt", "status", "started_at", "seconds", "timeline"]
     verbose_name = "trace of a run"
+    verbose_name_plural = "traces of its runs (steps and calls, timed)"
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+    @admin.display(description="duration")
+    def seconds(self, trace: TurnTrace) -> str:
+        return f"{trace.duration:.3f} s"
 
     @admin.display(description="steps and calls")
     def timeline(self, trace: TurnTrace) -> str:
