@@ -21,7 +21,8 @@ from agents.schedules import (
     schedules_of_room,
 )
 from rooms.models import Room
-from rooms.selectors import membership_of
+from rooms.selectors import room_access
+from rooms.services import membership_join
 
 
 class ScheduleForm(forms.Form):
@@ -47,8 +48,12 @@ class ScheduleForm(forms.Form):
 
 
 def _member_room(request: HttpRequest, slug: str) -> Room | HttpResponse:
+    """The room, as the room page allows it: a public room is joined on the first visit."""
     room = get_object_or_404(Room, slug=slug)
-    if membership_of(room=room, user=request.user) is None:
+    access = room_access(room=room, user=request.user)
+    if access == "can_join":
+        membership_join(room=room, user=request.user)
+    elif access == "denied":
         return render(request, "forbidden.html", {"room_title": room.title}, status=403)
     return room
 
