@@ -213,6 +213,9 @@ WEBHOOK_RETRY_BASE = env.float("WEBHOOK_RETRY_BASE", default=10.0)
 WEBHOOK_RETRY_MAX = env.float("WEBHOOK_RETRY_MAX", default=300.0)
 WEBHOOK_ROOMS_TTL = env.float("WEBHOOK_ROOMS_TTL", default=2.0)
 WEBHOOK_INBOUND_MAX_BYTES = env.int("WEBHOOK_INBOUND_MAX_BYTES", default=64 * 1024)
+# Webhook URLs on private, loopback or link-local addresses (the site's own network): refused
+# unless allowed; allowed by default only with DEBUG (local receivers in development and tests).
+WEBHOOK_ALLOW_PRIVATE = env.bool("WEBHOOK_ALLOW_PRIVATE", default=DEBUG)
 
 # --- LLM -------------------------------------------------------------------------------------
 LLM_BASE_URL = env.str("LLM_BASE_URL", default="")

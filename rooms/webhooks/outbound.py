@@ -14,8 +14,10 @@ A delivery is a signed POST (signing.py) retried with exponential back-off by Ce
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
+import socket
 import threading
 import time
 from datetime import datetime, timedelta
@@ -74,7 +76,8 @@ hooked_rooms = _HookedRooms()
 def events_appended_on_commit(room_id: int) -> None:
     """Called by every append of room events: pump the room's endpoints once it commits (the
     look-up too waits for the commit: the append holds the room's row until then)."""
-    transaction.on_commit(lambda: _pump_if_hooked(room_id))
+    # robust: a broker or database hiccup here is logged, never raised into the post or the turn
+    transaction.on_commit(lambda: _pump_if_hooked(room_id), robust=True)
 
 
 def _pump_if_hooked(room_id: int) -> None:
@@ -190,6 +193,27 @@ def _http() -> httpx.Client:
         return _client
 
 
+class AddressRefused(Exception):
+    """A webhook URL whose host is a private, loopback or link-local address."""
+
+
+def url_check(url: str) -> None:
+    """Refuse URLs that reach into the site's own network (unless WEBHOOK_ALLOW_PRIVATE): a room
+    owner must not make the server POST to its neighbours. Checked at registration and before
+    every attempt (a name may resolve differently later)."""
+    if settings.WEBHOOK_ALLOW_PRIVATE:
+        return
+    host = httpx.URL(url).host
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except OSError as exc:
+        raise AddressRefused(f"cannot resolve {host}: {exc}") from None
+    for info in infos:
+        address = ipaddress.ip_address(info[4][0])
+        if not address.is_global:
+            raise AddressRefused(f"{host} is a private address ({address})")
+
+
 def delivery_attempt(*, delivery_id: int, now: datetime | None = None) -> str:
     """Send a pending delivery once: 'delivered', 'retry' (due again later), 'failed' (out of
     attempts) or 'done' (it was not pending any more)."""
@@ -204,11 +228,12 @@ def delivery_attempt(*, delivery_id: int, now: datetime | None = None) -> str:
     code: int | None = None
     error = ""
     try:
+        url_check(endpoint.url)
         response = _http().post(endpoint.url, content=body.encode(), headers=headers)
         code = response.status_code
         if not 200 <= code < 300:
             error = f"HTTP {code}: {response.text[:300]}"
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, AddressRefused) as exc:
         error = f"{type(exc).__name__}: {exc}"[:500]
     attempts = delivery.attempts + 1
     now = now or timezone.now()
@@ -253,6 +278,7 @@ def endpoint_create(*, room: Room, user: Any, url: str, events: list[str]) -> We
 
     if room.owner_id != user.pk:
         raise PermissionError("only the room's owner registers webhooks")
+    url_check(url)
     unknown = sorted(set(events) - set(EVENT_TYPES))
     if unknown or not events:
         raise ValueError(f"events must be some of {', '.join(EVENT_TYPES)}")

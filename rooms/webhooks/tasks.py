@@ -12,7 +12,7 @@ from rooms.webhooks import outbound
 
 
 def _deliver_on_commit(ids: list[int]) -> None:
-    transaction.on_commit(lambda: [deliver.delay(i) for i in ids])
+    transaction.on_commit(lambda: [deliver.delay(i) for i in ids], robust=True)
 
 
 @shared_task(name="rooms.webhooks.pump_room", ignore_result=True)

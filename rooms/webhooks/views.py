@@ -39,9 +39,13 @@ def room_webhooks(request: HttpRequest, slug: str) -> HttpResponse:
     if request.method == "POST":
         action = request.POST.get("form")
         if action == "endpoint" and endpoint_form.is_valid():
-            outbound.endpoint_create(room=room, user=request.user, **endpoint_form.cleaned_data)
-            messages.success(request, "Webhook added: deliveries start with the room's next event.")
-            return redirect("room_webhooks", slug=slug)
+            try:
+                outbound.endpoint_create(room=room, user=request.user, **endpoint_form.cleaned_data)
+            except outbound.AddressRefused as exc:
+                endpoint_form.add_error("url", str(exc))
+            else:
+                messages.success(request, "Webhook added: deliveries start with the room's next event.")
+                return redirect("room_webhooks", slug=slug)
         if action == "inbound" and inbound_form.is_valid():
             hook = inbound_form.save(commit=False)
             hook.room, hook.user, hook.secret = room, request.user, secret_new()

@@ -58,3 +58,20 @@ def test_field_paths_reach_into_objects_and_lists():
     assert field_at(payload, "id") == 3
     assert field_at(payload, "message.to.5.name") is None
     assert field_at(payload, "message.text.more") is None
+
+
+def test_urls_into_the_sites_own_network_are_refused_unless_allowed(settings):
+    from rooms.webhooks.outbound import AddressRefused, url_check
+
+    settings.WEBHOOK_ALLOW_PRIVATE = False
+    for url in (
+        "http://127.0.0.1:6379/",
+        "http://10.1.2.3/hook",
+        "http://169.254.169.254/latest",
+        "http://[::1]/",
+    ):
+        with pytest.raises(AddressRefused):
+            url_check(url)
+    url_check("http://93.184.215.14/hook")  # a public address (not resolved: a literal)
+    settings.WEBHOOK_ALLOW_PRIVATE = True
+    url_check("http://127.0.0.1:8066/hook")
