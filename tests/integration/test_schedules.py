@@ -51,8 +51,19 @@ def turns_done(turn_ids: list[int]) -> bool:
     return Turn.objects.filter(pk__in=turn_ids, status__in=Turn.TERMINAL).count() == len(turn_ids)
 
 
+RACING_SCHEDULER = """
+import json, sys
+import django
+django.setup()
+from agents.schedules import schedules_fire
+print("ready", flush=True)
+sys.stdin.readline()
+print(json.dumps(vars(schedules_fire(owner="test-racer"))), flush=True)
+"""
+
+
 def test_schedulers_racing_for_the_same_occurrences_run_each_once(stack, fake, alice, capsys):
-    racers, rooms, per_room = 4, 8, 2
+    racers, processes, rooms, per_room = 4, 2, 8, 2  # threads of this process, other processes
     schedules = []
     for i in range(rooms):
         room = room_create(owner=alice[0], title=f"race {i}")
@@ -70,14 +81,35 @@ def test_schedulers_racing_for_the_same_occurrences_run_each_once(stack, fake, a
 
         on_own_connection(fire)
 
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACING_SCHEDULER],
+            cwd=ROOT,
+            env=stack.env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for _ in range(processes)
+    ]
+    for proc in procs:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
     threads = [threading.Thread(target=racer) for _ in range(racers)]
     for t in threads:
         t.start()
     # every occurrence falls due at once, for the racers and for the stack's own sweeper
     Schedule.objects.filter(pk__in=ids).update(next_run_at=timezone.now() - timedelta(seconds=1))
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
     barrier.wait()
     for t in threads:
         t.join()
+    for proc in procs:
+        out, _ = proc.communicate(timeout=60)
+        for name, count in json.loads(out.strip().splitlines()[-1]).items():
+            outcomes[name] += count
     wait_for(lambda: ScheduleRun.objects.filter(schedule_id__in=ids).count() >= len(ids), what="runs")
 
     runs = list(ScheduleRun.objects.filter(schedule_id__in=ids))
@@ -98,8 +130,9 @@ def test_schedulers_racing_for_the_same_occurrences_run_each_once(stack, fake, a
     assert outcomes["error"] == 0
     with capsys.disabled():
         print(
-            f"\nschedule race: {len(ids)} occurrences, {racers} racing schedulers + the stack's "
-            f"sweeper; attempts by the racers {racers * len(ids)}: won {outcomes['posted']}, "
+            f"\nschedule race: {len(ids)} occurrences, {racers} racing threads + {processes} racing "
+            f"processes + the stack's sweeper; attempts by the racers {sum(outcomes.values())}: "
+            f"won {outcomes['posted']}, "
             f"lost {outcomes['lost']}; won by the sweeper {len(ids) - won_by_racers}; runs "
             f"{len(runs)}, messages {len(ids)}, turns {len(set(turn_ids))}, all done"
         )
