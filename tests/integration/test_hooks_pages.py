@@ -83,3 +83,23 @@ def test_outsiders_get_no_schedules_and_only_the_owner_manages_webhooks(alice, b
     hook = InboundHook.objects.get(room=private)
     page = owner.get(f"/r/{private.slug}/webhooks/").content.decode()
     assert f"/hooks/in/{hook.key}/" in page and hook.secret in page and endpoint.url in page
+
+
+def test_an_inbound_hook_shares_its_users_message_quota(room, alice, settings):
+    import json
+    from datetime import UTC, datetime
+
+    from rooms.webhooks.signing import headers_signed, secret_new
+
+    settings.RATE_MESSAGES_PER_MINUTE = 1
+    hook = InboundHook.objects.create(room=room, user=alice[0], secret=secret_new())
+    codes = []
+    for n in range(2):
+        body = json.dumps({"text": f"message {n}"})
+        headers = headers_signed(secret=hook.secret, msg_id=f"m{n}", body=body, now=datetime.now(UTC))
+        response = Client().post(f"/hooks/in/{hook.key}/", body, content_type="application/json",
+                                 headers=headers)  # fmt: skip
+        codes.append(response.status_code)
+    assert codes == [202, 429]
+    assert response.json()["error"]["code"] == "rate_limited" and int(response["Retry-After"]) >= 1
+    assert room.messages.count() == 1
