@@ -79,8 +79,8 @@ class TurnTracer:
         """The run ended with `status`: observe, record, export (never raises)."""
         try:
             self._finish(status)
-        except Exception:
-            log.exception("turn %s: its trace was not recorded", self.taken.turn_id)
+        except Exception as exc:  # e.g. the database is away: the turn's own end matters, not this
+            log.warning("turn %s: its trace was not recorded: %s", self.taken.turn_id, exc)
 
     def _finish(self, status: str) -> None:
         duration = self._now()
