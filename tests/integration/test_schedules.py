@@ -143,7 +143,11 @@ import sys, time
 from datetime import datetime
 import django
 django.setup()
+from django.db import connection
 from agents.schedules import occurrence_fire
+
+with connection.cursor() as cursor:  # held open on purpose: Postgres must not end it first
+    cursor.execute("SET idle_in_transaction_session_timeout = 0")
 
 def crash_point(run_id):
     print("claimed", run_id, flush=True)
