@@ -362,8 +362,9 @@ def turn_run(*, taken: TakenTurn) -> str:
         log.warning("turn %s: database unavailable, leaving it to recovery: %s", taken.turn_id, exc)
         return "lost"
     except ProviderError as exc:
+        # the provider's own words (and its host) stay in the log; members get a generic reason
         log.warning("turn %s: provider failed: %s", taken.turn_id, exc)
-        status, error = Turn.Status.FAILED, f"model error: {exc}"
+        status, error = Turn.Status.FAILED, f"model error: {exc.public}"
         if not batcher.flush_and_wait():
             return "lost"
     except Exception as exc:  # a bug or a database fault: end the turn in a known state

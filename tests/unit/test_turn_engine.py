@@ -80,13 +80,16 @@ def test_turns_are_taken_in_fifo_order_and_only_one_at_a_time(room, alice, scrip
 
 
 def test_a_provider_error_fails_the_turn_and_keeps_the_partial_text(room, alice, scripted):
-    scripted.add([TextDelta("partial "), ProviderError("boom", retryable=True)])
+    failure = ProviderError("boom at llm.internal:8443", retryable=True, public="the model did not answer")
+    scripted.add([TextDelta("partial "), failure])
     post(room, alice[0], "hi")
     taken = turn_take_next(room_id=room.pk, owner="test")
     assert runner.turn_run(taken=taken) == "failed"
     message = Message.objects.get(pk=taken.message_id)
     assert (message.status, message.content) == ("failed", "partial ")
-    assert "boom" in Turn.objects.get(pk=taken.turn_id).error
+    # members are told the public reason; the provider's words and host stay in the log
+    error = Turn.objects.get(pk=taken.turn_id).error
+    assert error == "model error: the model did not answer" and "llm.internal" not in error
 
 
 def test_cancel_requested_stops_the_runner_and_closes_the_stream(room, alice, scripted):
