@@ -320,7 +320,8 @@ def turn_run(*, taken: TakenTurn) -> str:
         # connection per turn for nothing.
         connection.close()
         provider = get_provider()
-        model = room.ai_model or settings.LLM_MODEL
+        # only a model the server offers (a row written before LLM_MODELS gets the default)
+        model = room.ai_model if room.ai_model in settings.LLM_MODELS else settings.LLM_MODEL
         while True:
             last_step = step >= settings.TURN_MAX_STEPS - 1  # the last one answers without tools
             tools = () if last_step else toolbox.specs()

@@ -189,6 +189,9 @@ RATE_QUEUED_TURNS_PER_ROOM = env.int("RATE_QUEUED_TURNS_PER_ROOM", default=20)
 LLM_BASE_URL = env.str("LLM_BASE_URL", default="")
 LLM_API_KEY = env.str("LLM_API_KEY", default="")
 LLM_MODEL = env.str("LLM_MODEL", default="gpt-4o-mini")
+# The models a room's owner may pick besides LLM_MODEL (the default); nothing else reaches the
+# provider, whatever a room row says.
+LLM_MODELS = env.list("LLM_MODELS", default=[])
 # "openai" (any OpenAI-compatible server), "demo" (offline, canned), or a dotted class path.
 LLM_PROVIDER = env.str("LLM_PROVIDER", default="openai" if (LLM_BASE_URL or LLM_API_KEY) else "demo")
 LLM_TIMEOUT = env.float("LLM_TIMEOUT", default=60.0)

@@ -9,6 +9,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
@@ -60,6 +61,18 @@ def message_draft(**fields: Any) -> Message:
 # --- rooms and members ------------------------------------------------------------------------
 
 
+def models_allowed() -> list[str]:
+    """The models a room may name (besides "", the server's default LLM_MODEL)."""
+    return [m for m in settings.LLM_MODELS if m and m != settings.LLM_MODEL]
+
+
+def _checked_model(name: str) -> str:
+    name = name.strip()
+    if name and name != settings.LLM_MODEL and name not in models_allowed():
+        raise ValueError(f"the model {name!r} is not offered on this server")
+    return "" if name == settings.LLM_MODEL else name
+
+
 def room_create(
     *,
     owner: Any,
@@ -83,7 +96,7 @@ def room_create(
             owner=owner,
             visibility=visibility,
             ai_enabled=ai_enabled,
-            ai_model=ai_model.strip(),
+            ai_model=_checked_model(ai_model),
             ai_trigger=ai_trigger,
             **({"system_prompt": system_prompt} if system_prompt is not None else {}),
         )
@@ -93,6 +106,8 @@ def room_create(
 
 def room_update(*, room: Room, **fields: Any) -> Room:
     """Change a room's settings (the owner's form); takes effect from the next turn."""
+    if "ai_model" in fields:
+        fields["ai_model"] = _checked_model(fields["ai_model"])
     for name, value in fields.items():
         setattr(room, name, value)
     room.save(update_fields=list(fields))

@@ -14,8 +14,8 @@ from agents.models import Turn
 from agents.providers.base import ProviderError, TextDelta
 from agents.providers.scripted import ScriptedProvider
 from agents.turns import LeaseLost, rooms_sweep, turn_cancel, turn_retry, turn_take_next
-from rooms.models import Message, RoomEvent, StreamChunk
-from rooms.services import ClientIdConflict, message_post
+from rooms.models import Message, Room, RoomEvent, StreamChunk
+from rooms.services import ClientIdConflict, message_post, room_update
 from rooms.turns import TurnRefused
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -432,3 +432,20 @@ def test_a_hundred_runners_ask_redis_about_draining_once_per_interval(monkeypatc
         t.join()
     assert len(calls) == 1
     assert drain.drain_requested() is False and len(calls) == 1  # within the interval: cached
+
+
+def test_a_room_gets_only_a_model_the_server_offers(room, alice, scripted, settings):
+    settings.LLM_MODEL, settings.LLM_MODELS = "house-model", ["cheap-model"]
+    with pytest.raises(ValueError, match="not offered"):
+        room_update(room=room, ai_model="gpt-4-very-expensive")
+    room.refresh_from_db()
+    assert room.ai_model == ""
+    room_update(room=room, ai_model="cheap-model")
+    Room.objects.filter(pk=room.pk).update(ai_model="written-before-the-list")  # an old row
+    for _ in range(2):  # the old row's model, then an offered one
+        scripted.add("ok")
+        post(room, alice[0], "hi")
+        taken = turn_take_next(room_id=room.pk, owner="test")
+        assert runner.turn_run(taken=taken) == "done"
+        Room.objects.filter(pk=room.pk).update(ai_model="cheap-model")
+    assert [r.model for r in scripted.requests] == ["house-model", "cheap-model"]
