@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 from django.test import Client
 
@@ -34,3 +36,17 @@ def test_an_owner_picks_a_model_from_the_servers_list_only(room, alice, settings
     created = web.post("/", {"title": "Mine", "visibility": "public", "ai_model": "gpt-4-very-expensive",
                              "ai_trigger": "every", "system_prompt": ""})  # fmt: skip
     assert created.status_code == 200 and not Room.objects.filter(title="Mine").exists()
+
+
+def test_healthz_answers_without_the_database_and_readyz_checks_postgres_and_redis(
+    stack, settings, django_assert_num_queries
+):
+    with django_assert_num_queries(0):
+        assert Client().get("/healthz").json() == {"status": "ok"}
+    assert Client().get("/readyz").json() == {"status": "ok"}
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        settings.REDIS_URL = f"redis://127.0.0.1:{sock.getsockname()[1]}/0"
+    down = Client().get("/readyz")
+    assert down.status_code == 503 and down.json() == {"status": "unavailable", "failing": ["redis"]}
+    assert Client().get("/healthz").status_code == 200
