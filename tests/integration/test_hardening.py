@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
 import socket
+import subprocess
+import sys
 
 import pytest
+from django.core.management import call_command
 from django.test import Client
 
 from rooms.models import Room
@@ -50,3 +55,34 @@ def test_healthz_answers_without_the_database_and_readyz_checks_postgres_and_red
     down = Client().get("/readyz")
     assert down.status_code == 503 and down.json() == {"status": "unavailable", "failing": ["redis"]}
     assert Client().get("/healthz").status_code == 200
+
+
+def _settings_in_a_fresh_process(**environ: str) -> subprocess.CompletedProcess[str]:
+    code = (
+        "import django, json; from django.conf import settings; django.setup(); "
+        "print(json.dumps([settings.DEBUG, settings.SECURE_SSL_REDIRECT, settings.SESSION_COOKIE_SECURE, "
+        "settings.CSRF_COOKIE_SECURE, settings.SECURE_HSTS_SECONDS]))"
+    )
+    keep = {k: v for k, v in os.environ.items() if k not in ("DEBUG", "SECRET_KEY")}
+    env = {**keep, "ENV_FILE": "/nonexistent", "DJANGO_SETTINGS_MODULE": "chatproject.settings", **environ}
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_debug_is_off_unless_asked_for_and_then_https_settings_are_on():
+    refused = _settings_in_a_fresh_process()
+    assert refused.returncode != 0 and "SECRET_KEY must be set when DEBUG is off" in refused.stderr
+    production = _settings_in_a_fresh_process(SECRET_KEY="k" * 60)
+    assert production.returncode == 0, production.stderr
+    assert json.loads(production.stdout) == [False, True, True, True, 31_536_000]
+    development = _settings_in_a_fresh_process(DEBUG="true")
+    assert json.loads(development.stdout) == [True, False, False, False, 0]
+
+
+def test_static_files_are_served_compressed_from_static_root_without_debug(tmp_path, settings):
+    settings.STATIC_ROOT = tmp_path
+    call_command("collectstatic", "--noinput", verbosity=0)
+    assert (tmp_path / "js" / "room.js.gz").exists()
+    response = Client().get("/static/js/room.js", HTTP_ACCEPT_ENCODING="gzip")
+    assert response.status_code == 200 and response["Content-Encoding"] == "gzip"
+    assert "max-age=" in response["Cache-Control"]
+    assert Client().get("/static/js/no-such-file.js").status_code == 404
