@@ -26,6 +26,13 @@ if not SECRET_KEY:
     SECRET_KEY = "dev-only-insecure-key-set-SECRET_KEY-in-production"
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+# The exact origins (scheme://host[:port]) a browser's room socket may come from. Unset: the
+# CSRF_TRUSTED_ORIGINS and https:// on each plain name of ALLOWED_HOSTS; `make run` and the test
+# stack set it to the address they serve (http://127.0.0.1:8000 and its localhost twin).
+ALLOWED_ORIGINS = env.list("ALLOWED_ORIGINS", default=[]) or [
+    *CSRF_TRUSTED_ORIGINS,
+    *(f"https://{h}" for h in ALLOWED_HOSTS if h and not h.startswith(".") and h != "*"),
+]
 
 # HTTPS by default once DEBUG is off (the site is expected behind TLS; docs/deploy.md).
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=not DEBUG)

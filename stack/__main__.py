@@ -27,7 +27,7 @@ from typing import Any
 
 from stack import services
 from stack.export import FORMATS, export
-from stack.processes import StackConfig, stack_processes
+from stack.processes import StackConfig, served_origins, stack_processes
 from stack.supervisor import ROOT, Plan, pids_of, run, say, wait_http
 
 
@@ -74,6 +74,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             what = ", ".join(started) or "none (already running)"
             say(f"embedded services ready in {time.monotonic() - t0:.1f}s; started: {what}")
         env.setdefault("DJANGO_SETTINGS_MODULE", "chatproject.settings")
+        env.setdefault("ALLOWED_ORIGINS", ",".join(served_origins(args.host, args.port)))
         env["PYTHONUNBUFFERED"] = "1"
         say(f"DATABASE_URL={env['DATABASE_URL']}  REDIS_URL={env['REDIS_URL']}")
         _manage(["migrate", "--noinput"], env)

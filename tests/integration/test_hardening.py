@@ -12,7 +12,10 @@ import pytest
 from django.core.management import call_command
 from django.test import Client
 
+from rooms.auth import origin_allowed
+from rooms.client import RoomClient
 from rooms.models import Room
+from tests.conftest import run_async
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -86,3 +89,40 @@ def test_static_files_are_served_compressed_from_static_root_without_debug(tmp_p
     assert response.status_code == 200 and response["Content-Encoding"] == "gzip"
     assert "max-age=" in response["Cache-Control"]
     assert Client().get("/static/js/no-such-file.js").status_code == 404
+
+
+def test_origins_are_compared_exactly_scheme_host_and_port(settings):
+    settings.ALLOWED_ORIGINS = ["https://chat.example.com", "http://127.0.0.1:8000"]
+    settings.ALLOWED_HOSTS = [".example.com", "127.0.0.1"]  # wildcards no longer widen origins
+    assert origin_allowed(b"https://chat.example.com") and origin_allowed(b"https://CHAT.example.com:443")
+    assert origin_allowed(b"http://127.0.0.1:8000")
+    for refused in (
+        b"http://chat.example.com",  # another scheme
+        b"https://chat.example.com:8443",  # another port
+        b"https://evil.example.com",  # an ALLOWED_HOSTS wildcard match
+        b"http://127.0.0.1:8001",
+        b"https://user@chat.example.com",
+        b"null",
+        b"https://chat.example.com\xff",
+    ):
+        assert not origin_allowed(refused), refused
+
+
+def test_a_browser_socket_from_another_port_of_the_same_host_is_refused(stack, room, alice):
+    web = Client()
+    web.force_login(alice[0])
+    cookie = f"sessionid={web.cookies['sessionid'].value}"
+    other_port = stack.base_url.rsplit(":", 1)[0] + ":1"
+
+    async def connects(origin: str) -> bool:
+        client = RoomClient(stack.base_url, room.slug, headers={"Cookie": cookie, "Origin": origin})
+        try:
+            await client.connect()
+        except Exception:  # refused at the handshake
+            return False
+        await client.close()
+        return True
+
+    assert run_async(connects(stack.base_url)) is True
+    assert run_async(connects(other_port)) is False
+    assert run_async(connects(stack.base_url.replace("http://", "https://"))) is False
