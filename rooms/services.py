@@ -15,7 +15,7 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 from django.utils.text import slugify
 
-from rooms import broadcast
+from rooms import broadcast, ratelimit
 from rooms.events import NEXT_SEQ, Fill, Row, events_append_last, sentinel
 from rooms.models import ApiToken, Membership, Message, Room, RoomNote
 from rooms.protocol import MessageEvent, MessageUpdateEvent, NoteData, NoteEvent, RoomEvent
@@ -175,12 +175,14 @@ def message_post(
     client_tools: list[dict[str, Any]] | None = None,
 ) -> PostResult:
     """Store a user's message once per client_id, queue the turn it triggers, emit the events.
+    Raises ratelimit.RateLimited past the author's message quota, RoomBusy past the room's queue.
 
     One statement (one round trip, its own transaction: the room row is locked from its UPDATE
     to the implicit COMMIT right after), so concurrent posts to one room queue for one round
     trip each. A resend (same client_id) is not looked up first: the insert's unique index
     refuses it, and the whole statement with it.
     """
+    ratelimit.message_quota_spend(user_id=author.pk)
     queue = turn_queue()
     wants_turn = queue.wanted(room=room, content=content)
     if wants_turn and queue.queue_full(room=room):

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import uuid
 
 import pytest
 from django.core.management import call_command
@@ -14,7 +15,7 @@ from django.test import Client
 
 from rooms.auth import origin_allowed
 from rooms.client import RoomClient
-from rooms.models import Room
+from rooms.models import Membership, Message, Room
 from tests.conftest import run_async
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -126,3 +127,32 @@ def test_a_browser_socket_from_another_port_of_the_same_host_is_refused(stack, r
     assert run_async(connects(stack.base_url)) is True
     assert run_async(connects(other_port)) is False
     assert run_async(connects(stack.base_url.replace("http://", "https://"))) is False
+
+
+def test_the_form_post_takes_the_same_message_quota_as_the_socket(stack, room, alice, settings):
+    settings.RATE_MESSAGES_PER_MINUTE = 2
+    room.ai_enabled = False
+    room.save()
+    web = Client()
+    web.force_login(alice[0])
+    for i in range(3):
+        response = web.post(f"/r/{room.slug}/post/", {"content": f"form {i}", "client_id": str(uuid.uuid4())})
+        assert response.status_code == 302
+    assert list(Message.objects.filter(room=room).values_list("content", flat=True)) == ["form 0", "form 1"]
+    page = web.get(f"/r/{room.slug}/").content.decode()
+    assert "Not sent: too many messages this minute" in page
+
+
+def test_a_page_view_does_not_join_a_public_room_but_a_post_or_the_socket_does(stack, room, bob):
+    web = Client()
+    web.force_login(bob[0])
+    assert web.get(f"/r/{room.slug}/").status_code == 200  # a public room can be read
+    assert not Membership.objects.filter(room=room, user=bob[0]).exists()
+
+    async def connect() -> None:
+        client = RoomClient(stack.base_url, room.slug, token=bob[1])
+        await client.connect()
+        await client.close()
+
+    run_async(connect())
+    assert Membership.objects.filter(room=room, user=bob[0]).exists()

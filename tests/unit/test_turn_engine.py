@@ -251,17 +251,15 @@ def test_the_queue_refuses_more_turns_than_the_room_limit(room, alice, scripted,
 
 
 def test_the_message_quota_counts_per_user_per_minute(settings):
-    from rooms.ratelimit import TokenBucket, message_quota_take
-    from tests.conftest import run_async
+    from rooms.ratelimit import RateLimited, TokenBucket, message_quota_spend
 
     settings.RATE_MESSAGES_PER_MINUTE = 3
     user_id = int(uuid.uuid4().int % 10**9)
-
-    async def take(n: int) -> list:
-        return [await message_quota_take(user_id) for _ in range(n)]
-
-    results = run_async(take(4))
-    assert results[:3] == [None, None, None] and 0 < results[3] <= 60
+    for _ in range(3):
+        message_quota_spend(user_id=user_id)
+    with pytest.raises(RateLimited) as spent:
+        message_quota_spend(user_id=user_id)
+    assert 0 < spent.value.retry_after <= 60
     bucket = TokenBucket(rate=10, burst=2)
     assert [bucket.take() is None for _ in range(3)] == [True, True, False]
 
