@@ -156,6 +156,14 @@ if DB_IDLE_IN_TRANSACTION_TIMEOUT_MS > 0:
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env.str("REDIS_URL", default=_EMBEDDED_REDIS_URL)
+# Shared by every process (the per-address limits count there); keys under the channel prefix.
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": env.str("CHANNEL_PREFIX", default="chat"),
+    }
+}
 CHANNEL_LAYERS: dict[str, dict[str, Any]] = {
     "default": {
         # The pub/sub layer: one PUBLISH per group send, one subscription per group per
@@ -239,6 +247,17 @@ MAX_TURN_ATTEMPTS = env.int("MAX_TURN_ATTEMPTS", default=3)  # runs of one turn,
 RATE_FRAMES_PER_SECOND = env.float("RATE_FRAMES_PER_SECOND", default=20.0)
 RATE_MESSAGES_PER_MINUTE = env.int("RATE_MESSAGES_PER_MINUTE", default=30)
 RATE_QUEUED_TURNS_PER_ROOM = env.int("RATE_QUEUED_TURNS_PER_ROOM", default=20)
+# Per client address ("N/h", "N/m"; empty: no limit): each guest account, room and token costs
+# a quota and a queue, so how fast one address may make them is limited.
+RATE_GUESTS = env.str("RATE_GUESTS", default="10/h")
+RATE_SIGNUPS = env.str("RATE_SIGNUPS", default="10/h")
+RATE_ROOMS = env.str("RATE_ROOMS", default="20/h")
+RATE_TOKENS = env.str("RATE_TOKENS", default="20/h")
+# the request header holding the client's address behind a proxy (e.g. HTTP_X_REAL_IP)
+RATELIMIT_IP_META_KEY = env.str("RATELIMIT_IP_META_KEY", default="") or None
+# What a guest (an account with a display name only) may do besides reading and posting.
+GUESTS_MAY_CREATE_ROOMS = env.bool("GUESTS_MAY_CREATE_ROOMS", default=False)
+GUESTS_MAY_CREATE_TOKENS = env.bool("GUESTS_MAY_CREATE_TOKENS", default=False)
 
 # --- LLM -------------------------------------------------------------------------------------
 LLM_BASE_URL = env.str("LLM_BASE_URL", default="")

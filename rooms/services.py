@@ -11,6 +11,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 from django.utils.text import slugify
@@ -19,7 +20,7 @@ from rooms import broadcast, ratelimit
 from rooms.events import NEXT_SEQ, Fill, Row, events_append_last, sentinel
 from rooms.models import ApiToken, Membership, Message, Room, RoomNote
 from rooms.protocol import MessageEvent, MessageUpdateEvent, NoteData, NoteEvent, RoomEvent
-from rooms.selectors import SocketAccess, message_wire, socket_access
+from rooms.selectors import SocketAccess, message_wire, socket_access, user_may_create
 from rooms.turns import turn_queue
 
 User = get_user_model()
@@ -84,6 +85,8 @@ def room_create(
     ai_trigger: str = Room.AiTrigger.EVERY,
 ) -> Room:
     """Create a room owned by `owner`, who becomes its first member."""
+    if not user_may_create(user=owner, what="rooms"):
+        raise PermissionDenied("guests may not create rooms here; sign up first")
     base = slugify(title)[:40] or "room"
     with transaction.atomic():
         for _ in range(5):
@@ -263,6 +266,8 @@ def token_hash(raw: str) -> str:
 
 def token_create(*, user: Any, name: str) -> tuple[ApiToken, str]:
     """Create an API token; the raw value is returned once and never stored."""
+    if not user_may_create(user=user, what="tokens"):
+        raise PermissionDenied("guests may not create API tokens here; sign up first")
     raw = "rct_" + secrets.token_urlsafe(32)
     token = ApiToken.objects.create(
         user=user, name=name.strip()[:80] or "token", prefix=raw[:10], key_hash=token_hash(raw)

@@ -144,6 +144,10 @@ def stack_start(**overrides: Any) -> Stack:
         RATE_FRAMES_PER_SECOND="200",
         RATE_MESSAGES_PER_MINUTE="600",
         RATE_QUEUED_TURNS_PER_ROOM="8",
+        RATE_GUESTS="",
+        RATE_SIGNUPS="",
+        RATE_ROOMS="",
+        RATE_TOKENS="",
         LOG_LEVEL="INFO",
         # the slow tools a test kills a worker in the middle of (tests/tools.py)
         AGENT_TOOLS_EXTRA="tests.tools.Launch,tests.tools.SlowLookup",

@@ -44,7 +44,10 @@ class _WatchedBrowser:
         return getattr(self._browser, name)
 
 
-@pytest.fixture(scope="session")
+# Per module, not per session: Playwright's sync API leaves its event loop set as the running
+# loop of the test thread while it lives, and then Django's test Client cannot run the async
+# (static files) middleware for the integration tests that follow in the same session.
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 

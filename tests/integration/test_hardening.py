@@ -10,12 +10,13 @@ import sys
 import uuid
 
 import pytest
+from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.test import Client
 
 from rooms.auth import origin_allowed
 from rooms.client import RoomClient
-from rooms.models import Membership, Message, Room
+from rooms.models import ApiToken, Membership, Message, Room
 from tests.conftest import run_async
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -156,3 +157,44 @@ def test_a_page_view_does_not_join_a_public_room_but_a_post_or_the_socket_does(s
 
     run_async(connect())
     assert Membership.objects.filter(room=room, user=bob[0]).exists()
+
+
+def test_guests_may_not_create_rooms_or_tokens_unless_settings_allow(settings):
+    web = Client()
+    assert web.post("/guest/", {"display_name": "Dana"}).status_code == 302
+    home = web.get("/").content.decode()
+    assert "sign up</a>" in home and 'name="title"' not in home
+    refused = web.post("/", {"title": "Dana's room", "visibility": "public", "ai_trigger": "every"})
+    assert refused.status_code == 403 and not Room.objects.filter(title="Dana's room").exists()
+    assert web.post("/tokens/", {"name": "bot"}).status_code == 403
+    assert not ApiToken.objects.exists()
+    settings.GUESTS_MAY_CREATE_ROOMS = True
+    allowed = web.post("/", {"title": "Dana's room", "visibility": "public", "ai_trigger": "every"})
+    assert allowed.status_code == 302 and Room.objects.filter(title="Dana's room").exists()
+
+
+def test_guest_signup_room_and_token_creation_are_limited_per_client_address(settings):
+    settings.RATE_GUESTS, settings.RATE_ROOMS, settings.RATE_TOKENS = "2/h", "1/h", "1/h"
+    made = [Client().post("/guest/", {"display_name": f"g{i}"}).status_code for i in range(3)]
+    assert made == [302, 302, 429]
+    assert User.objects.filter(username__startswith="guest-").count() == 2
+    other = Client(REMOTE_ADDR="10.1.2.3")  # another address has its own count
+    assert other.post("/guest/", {"display_name": "g3"}).status_code == 302
+    web = Client()
+    web.force_login(User.objects.create_user("erin", password="a long pass phrase 1"))
+    form = {"title": "r", "visibility": "public", "ai_trigger": "every"}
+    assert [web.post("/", form).status_code for _ in range(2)] == [302, 429]
+    assert Room.objects.filter(title="r").count() == 1
+    assert [web.post("/tokens/", {"name": "t"}).status_code for _ in range(2)] == [200, 429]
+    assert ApiToken.objects.count() == 1
+    settings.RATE_SIGNUPS = "1/h"
+    signups = [
+        Client()
+        .post(
+            "/signup/",
+            {"username": f"u{i}", "password1": "a long pass phrase 1", "password2": "a long pass phrase 1"},
+        )
+        .status_code  # fmt: skip
+        for i in range(2)
+    ]
+    assert signups == [302, 429] and not User.objects.filter(username="u1").exists()
