@@ -447,3 +447,18 @@ def test_a_room_gets_only_a_model_the_server_offers(room, alice, scripted, setti
         assert runner.turn_run(taken=taken) == "done"
         Room.objects.filter(pk=room.pk).update(ai_model="cheap-model")
     assert [r.model for r in scripted.requests] == ["house-model", "cheap-model"]
+
+
+def test_a_message_deleted_while_it_streams_does_not_fail_the_other_turns_chunks(room, alice, scripted):
+    from agents.chunks import ChunkRow, chunks_write_unsent
+    from rooms.services import room_create
+
+    other = room_create(owner=alice[0], title="Other")
+    post(room, alice[0], "one")
+    post(other, alice[0], "two")
+    first = turn_take_next(room_id=room.pk, owner="w1")
+    second = turn_take_next(room_id=other.pk, owner="w2")
+    Message.objects.filter(pk=first.message_id).delete()  # a moderator deletes the answer
+    held = chunks_write_unsent([ChunkRow(first, 0, "gone"), ChunkRow(second, 0, "kept")])
+    assert second.turn_id in held
+    assert list(StreamChunk.objects.values_list("message_id", "text")) == [(second.message_id, "kept")]
