@@ -9,6 +9,7 @@ from django.conf import settings
 
 from agents import calls, turns
 from agents.kicks import kick_room_on_commit
+from agents.lease import room_turns_lock
 from agents.models import ToolCall, Turn
 from agents.tools.registry import server_tools
 from rooms.events import Row
@@ -27,10 +28,15 @@ class RoomTurnQueue:
             return False
         return room.ai_trigger == Room.AiTrigger.EVERY or bool(_MENTION.search(content))
 
-    def queue_full(self, *, room: Room) -> bool:
+    def queue_full_locked(self, *, room: Room) -> bool:
         limit = settings.RATE_QUEUED_TURNS_PER_ROOM
         if limit <= 0:
             return False
+        # The room's turn lock, held to the post's commit: every change to the number of queued
+        # turns (a post, a take, a cancel, a recovery) takes it, so this count cannot go stale
+        # before the post's turn is in. (A count alone, or one inside the post's statement,
+        # reads a snapshot from before a concurrent post committed: both took the last place.)
+        room_turns_lock(room.pk)
         return Turn.objects.filter(room=room, status=Turn.Status.QUEUED).count() >= limit
 
     def queued_row(

@@ -21,7 +21,7 @@ from rooms.events import NEXT_SEQ, Fill, Row, events_append_last, sentinel
 from rooms.models import ApiToken, Membership, Message, Room, RoomNote
 from rooms.protocol import MessageEvent, MessageUpdateEvent, NoteData, NoteEvent, RoomEvent
 from rooms.selectors import SocketAccess, message_wire, socket_access, user_may_create
-from rooms.turns import turn_queue
+from rooms.turns import TurnQueue, turn_queue
 
 User = get_user_model()
 
@@ -180,19 +180,38 @@ def message_post(
     """Store a user's message once per client_id, queue the turn it triggers, emit the events.
     Raises ratelimit.RateLimited past the author's message quota, RoomBusy past the room's queue.
 
-    One statement (one round trip, its own transaction: the room row is locked from its UPDATE
-    to the implicit COMMIT right after), so concurrent posts to one room queue for one round
-    trip each. A resend (same client_id) is not looked up first: the insert's unique index
-    refuses it, and the whole statement with it.
+    The message and its events are one statement (the room row is locked from its UPDATE to
+    the COMMIT right after), so concurrent posts to one room queue for one round trip each. A
+    post that queues a turn first takes the room's turn lock and counts the queue in the same
+    transaction, so the cap holds under concurrent posts. A resend (same client_id) is not
+    looked up first: the insert's unique index refuses it, and the whole statement with it.
     """
     ratelimit.message_quota_spend(user_id=author.pk)
     queue = turn_queue()
     wants_turn = queue.wanted(room=room, content=content)
-    if wants_turn and queue.queue_full(room=room):
-        existing = _existing_post(room=room, author=author, client_id=client_id, content=content)
-        if existing is not None:  # a resend of a stored message still gets its ack
-            return existing
-        raise RoomBusy("the assistant has too many questions waiting in this room; try again soon")
+    # a post that queues a turn checks the room's queue and appends in one transaction
+    with transaction.atomic() if wants_turn else contextlib.nullcontext():
+        if wants_turn and queue.queue_full_locked(room=room):
+            existing = _existing_post(room=room, author=author, client_id=client_id, content=content)
+            if existing is not None:  # a resend of a stored message still gets its ack
+                return existing
+            raise RoomBusy("the assistant has too many questions waiting in this room; try again soon")
+        return _post_append(
+            room=room, author=author, client_id=client_id, content=content,
+            client_tools=client_tools, wants_turn=wants_turn, queue=queue,
+        )  # fmt: skip
+
+
+def _post_append(
+    *,
+    room: Room,
+    author: Any,
+    client_id: uuid.UUID,
+    content: str,
+    client_tools: list[dict[str, Any]] | None,
+    wants_turn: bool,
+    queue: TurnQueue,
+) -> PostResult:
     now = timezone.now()
     draft = message_draft(
         room=room, role=Message.Role.USER, author=author, content=content, client_id=client_id, created_at=now

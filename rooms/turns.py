@@ -45,8 +45,10 @@ class TurnQueue(Protocol):
     def wanted(self, *, room: Room, content: str) -> bool:
         """Whether this message should get an answer."""
 
-    def queue_full(self, *, room: Room) -> bool:
-        """Whether the room has as many turns waiting as it may (the post is then refused)."""
+    def queue_full_locked(self, *, room: Room) -> bool:
+        """Whether the room has as many turns waiting as it may (the post is then refused).
+        Called inside the post's transaction: the answer holds until it commits (no two
+        concurrent posts both take the last place)."""
 
     def queued_row(
         self, *, room: Room, now: Any, client_tools: list[dict[str, Any]]

@@ -462,3 +462,56 @@ def test_a_message_deleted_while_it_streams_does_not_fail_the_other_turns_chunks
     held = chunks_write_unsent([ChunkRow(first, 0, "gone"), ChunkRow(second, 0, "kept")])
     assert second.turn_id in held
     assert list(StreamChunk.objects.values_list("message_id", "text")) == [(second.message_id, "kept")]
+
+
+def test_two_concurrent_posts_cannot_both_take_the_queues_last_place(room, alice, bob, scripted, settings):
+    import threading
+
+    from django.db import connection, transaction
+
+    from rooms.services import RoomBusy, membership_join
+
+    settings.RATE_QUEUED_TURNS_PER_ROOM = 2
+    membership_join(room=room, user=bob[0])
+    post(room, alice[0], "1")  # one place left
+    first_in, release = threading.Event(), threading.Event()
+    outcome: dict[str, object] = {}
+
+    def first() -> None:  # takes the last place and holds its transaction open
+        try:
+            with transaction.atomic():
+                post(room, alice[0], "2")
+                first_in.set()
+                release.wait(30)
+        finally:
+            connection.close()
+
+    def second() -> None:
+        try:
+            outcome["second"] = post(room, bob[0], "3")
+        except RoomBusy as exc:
+            outcome["second"] = exc
+        finally:
+            connection.close()
+
+    a = threading.Thread(target=first)
+    a.start()
+    assert first_in.wait(30)
+    b = threading.Thread(target=second)
+    b.start()
+    # the second post is waiting on a lock the first holds (its count or its statement)
+    with connection.cursor() as cursor:
+        for _ in range(600):
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+            )
+            if cursor.fetchone()[0]:
+                break
+            b.join(0.05)
+    release.set()
+    a.join(30)
+    b.join(30)
+    assert isinstance(outcome["second"], RoomBusy), outcome
+    assert Turn.objects.filter(room=room, status="queued").count() == 2
+    assert not Message.objects.filter(room=room, content="3").exists()
