@@ -37,6 +37,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
+    "ninja",  # the API's docs page serves its own static files (no CDN)
     "rooms",
     "agents",
 ]
@@ -184,6 +185,13 @@ MAX_TURN_ATTEMPTS = env.int("MAX_TURN_ATTEMPTS", default=3)  # runs of one turn,
 RATE_FRAMES_PER_SECOND = env.float("RATE_FRAMES_PER_SECOND", default=20.0)
 RATE_MESSAGES_PER_MINUTE = env.int("RATE_MESSAGES_PER_MINUTE", default=30)
 RATE_QUEUED_TURNS_PER_ROOM = env.int("RATE_QUEUED_TURNS_PER_ROOM", default=20)
+
+# --- The HTTP API (rooms/api/) -----------------------------------------------------------------
+API_IDEMPOTENCY_TTL = env.int("API_IDEMPOTENCY_TTL", default=86_400)  # seconds a key is kept
+API_WAIT_MAX = env.float("API_WAIT_MAX", default=60.0)  # longest long-poll of a submission
+# seconds between a follower's checks of the database when no broadcast came (a lost doorbell)
+API_FOLLOW_POLL = env.float("API_FOLLOW_POLL", default=2.0)
+API_STREAM_KEEPALIVE = env.float("API_STREAM_KEEPALIVE", default=15.0)  # SSE comment when idle
 
 # --- LLM -------------------------------------------------------------------------------------
 LLM_BASE_URL = env.str("LLM_BASE_URL", default="")

@@ -5,6 +5,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import path
 
 from rooms import views
+from rooms.api import api
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -21,4 +22,7 @@ urlpatterns = [
     path("tokens/", views.tokens, name="tokens"),
     path("tokens/<int:token_id>/revoke/", views.token_revoke, name="token_revoke"),
     path("admin/", admin.site.urls),
+    # the HTTP API (/api/..., its docs at /api/docs) and the OpenAI-compatible door (/v1/...);
+    # last: its root path must not shadow the home page
+    path("", api.urls),
 ]
