@@ -67,7 +67,8 @@ def content_checked(content: str, tools: list[dict[str, Any]]) -> None:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "content"
-        raise ApiFailure("invalid", f"{where}: {first['msg']}", param=where) from None
+        message = first["msg"].removeprefix("Value error, ")
+        raise ApiFailure("invalid", f"{where}: {message}", param=where) from None
 
 
 async def quota_take(user_id: int) -> None:

@@ -145,11 +145,16 @@ async def chat_completions(
     content_checked(content, [])
     user = _user(request)
     await quota_take(user.pk)
-    posted = await on_db_threads(actions.message_submit)(
-        slug=body.model, user=user, content=content, tools=[], key=key, endpoint=ENDPOINT,
-        fingerprint=request_fingerprint(endpoint=ENDPOINT, body=body.model_dump()),
-        answer_required=True,
-    )  # fmt: skip
+    try:
+        posted = await on_db_threads(actions.message_submit)(
+            slug=body.model, user=user, content=content, tools=[], key=key, endpoint=ENDPOINT,
+            fingerprint=request_fingerprint(endpoint=ENDPOINT, body=body.model_dump()),
+            answer_required=True,
+        )  # fmt: skip
+    except ApiFailure as exc:
+        if exc.param == "slug":  # the room is this door's `model`
+            exc.param = "model"
+        raise
     turn = posted.body["turn"]
     if turn is None:  # a keyed retry of a post the assistant did not answer
         raise ApiFailure("no_answer", "no turn answers this message", param="model")
