@@ -6,8 +6,8 @@ on the sockets' threads), answer. Posting takes the same per-user message quota 
 
 from __future__ import annotations
 
-import time
-from typing import Annotated, Any
+import asyncio
+from typing import Annotated, Any, Literal
 
 from django.conf import settings
 from django.http import HttpRequest
@@ -150,34 +150,36 @@ async def submission_get(
     slug: str,
     message_id: Id,
     wait: Annotated[float, Field(ge=0, description="seconds to long-poll (at most API_WAIT_MAX)")] = 0,
+    after: Annotated[
+        Literal["parked"] | None, Field(description="`parked`: you saw it parked; wait for it to move on")
+    ] = None,
 ) -> Any:
     """A posted message's turn: its status (queued, running, parked, done, failed, cancelled,
     interrupted; `none` if no turn answers it), the answer's text so far, the calls waiting on a
-    person. With `wait`, the answer comes once the turn has settled or parked (a turn parked
-    already when asked must move first), or after `wait` seconds with the status then."""
+    person. With `wait`, the answer comes as soon as the turn has settled or is parked (with
+    `after=parked`: once it has moved on and settled or parked again), or after `wait` seconds
+    with the status then."""
     room_id = await on_db_threads(actions.submission_message)(
         slug=slug, user=_user(request), message_id=message_id
     )
-    deadline = time.monotonic() + min(wait, settings.API_WAIT_MAX)
     if wait > 0:
-        await _until_settled_or_parked(room_id, message_id, deadline)
+        try:
+            async with asyncio.timeout(min(wait, settings.API_WAIT_MAX)):
+                await _until_settled_or_parked(room_id, message_id, skip_parked=after == "parked")
+        except TimeoutError:
+            pass  # the status as it is now
     return await on_db_threads(actions.submission_read)(room_id=room_id, message_id=message_id)
 
 
-async def _until_settled_or_parked(room_id: int, message_id: int, deadline: float) -> None:
+async def _until_settled_or_parked(room_id: int, message_id: int, *, skip_parked: bool) -> None:
     follower = TurnFollower(room_id=room_id, trigger_message_id=message_id, text=False)
-    first: str | None = None
     updates = follower.updates()
     try:
         async for update in updates:
-            status = update.turn.status if update.turn else "none"
-            first = status if first is None else first
-            if update.settled or (status == "parked" and first != "parked"):
+            parked = update.turn is not None and update.turn.status == "parked"
+            if update.settled or (parked and not skip_parked):
                 return
-            if first == "parked" and status != "parked":
-                first = status  # it moved on: parking again is news
-            if time.monotonic() >= deadline:
-                return
+            skip_parked = skip_parked and parked  # it moved on: parking again is news
     finally:
         await updates.aclose()
 

@@ -77,8 +77,9 @@ class TurnFollower:
     # --- following ----------------------------------------------------------------------------
 
     async def updates(self) -> AsyncGenerator[Update, None]:
-        """Updates until the turn has settled (the last one says `settled`); at least one every
-        `API_FOLLOW_POLL` seconds while nothing happens, so callers can keep a stream alive."""
+        """Updates until the turn has settled (the last one says `settled`); while nothing
+        happens, one after `API_FOLLOW_POLL` seconds, then less often, at least once per
+        `API_STREAM_KEEPALIVE` (so callers can keep a stream alive)."""
         group = broadcast.room_group(self.room_id)
         joined = False
         try:
@@ -87,6 +88,7 @@ class TurnFollower:
                 joined = True
             except HubUnavailable:  # Redis is away: follow the database alone, by polling
                 log.warning("following room %s without broadcasts (Redis unavailable)", self.room_id)
+            poll = settings.API_FOLLOW_POLL
             while True:
                 text, settled = await self._step()
                 yield Update(text, self.turn, settled)
@@ -95,9 +97,13 @@ class TurnFollower:
                 if not joined:
                     self._stale = True
                 try:
-                    await asyncio.wait_for(self._bell.wait(), settings.API_FOLLOW_POLL)
+                    await asyncio.wait_for(self._bell.wait(), poll)
+                    poll = settings.API_FOLLOW_POLL
                 except TimeoutError:
                     self._stale = True
+                    # a quiet turn (queued behind others, parked for a person) is read less
+                    # and less often, down to once per keep-alive interval
+                    poll = min(poll * 2, max(settings.API_FOLLOW_POLL, settings.API_STREAM_KEEPALIVE))
                 self._bell.clear()
         finally:
             if joined:

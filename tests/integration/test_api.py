@@ -202,13 +202,15 @@ def test_a_submission_parks_is_approved_over_http_and_ends(stack, fake, room, al
         parked = http.get(url, params={"wait": 30}).json()
         assert parked["status"] == "parked" and not parked["settled"]
         [call] = parked["waiting_calls"]
+        # asked again by one who saw it parked: nothing moved, so it is still parked when the wait ends
+        assert http.get(url, params={"wait": 0.5, "after": "parked"}).json()["status"] == "parked"
         assert (call["name"], call["state"]) == ("note", "awaiting_approval")
         approval = f"/api/rooms/{room.slug}/calls/{call['id']}/approval"
         refused = bystander.post(approval, json={"approved": True})
         assert refused.status_code == 403 and refused.json()["error"]["code"] == "forbidden"
         decided = http.post(approval, json={"approved": True})
         assert decided.status_code == 200 and decided.json()["call"]["state"] != "awaiting_approval"
-        done = http.get(url, params={"wait": 30}).json()
+        done = http.get(url, params={"wait": 30, "after": "parked"}).json()
         again = http.post(approval, json={"approved": False})
         turn = http.get(f"/api/rooms/{room.slug}/turns/{posted['turn']['id']}").json()
     assert done["status"] == "done" and done["settled"] and done["text"].endswith("Noted.")
