@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, HttpResponse
 from ninja import NinjaAPI, Schema
 from ninja.errors import AuthenticationError, HttpError, ValidationError
@@ -144,6 +145,11 @@ def install_handlers(api: NinjaAPI) -> None:
         code = getattr(exc, "code", None)
         if isinstance(code, str) and code in CODES and code != "internal":
             return failure_response(api, request, ApiFailure(code, str(exc)))
+        if isinstance(exc, OperationalError | InterfaceError):  # the database is away for a moment
+            log.warning("API request %s %s: database unavailable: %s", request.method, request.path, exc)
+            return failure_response(
+                api, request, ApiFailure("unavailable", "the database is unavailable; retry")
+            )
         log.exception("API request %s %s failed", request.method, request.path)
         return failure_response(api, request, ApiFailure("internal", "internal error (logged on the server)"))
 
