@@ -283,3 +283,55 @@ def test_the_transcript_pages_by_seq_and_many_long_polls_share_few_threads(stack
     assert [(m["role"], m["content"]) for m in second["messages"]] == [("assistant", text)]
     assert not second["has_more"] and second["next_since"] == second["latest_seq"]
     assert rest["messages"] == [] and rest["next_since"] == second["next_since"]
+
+
+def test_two_openai_streams_into_one_room_each_get_their_own_turn_in_order(stack, fake, room, alice, bob):
+    membership_join(room=room, user=bob[0])
+
+    async def ask(token: str, content: str) -> tuple[str, str]:
+        client = openai.AsyncOpenAI(base_url=f"{stack.base_url}/v1", api_key=token, max_retries=0)
+        stream = await client.chat.completions.create(
+            model=room.slug, stream=True, messages=[{"role": "user", "content": content}]
+        )
+        pieces, ids = [], set()
+        async for chunk in stream:
+            pieces.append(chunk.choices[0].delta.content or "")
+            ids.add(chunk.id)
+        await client.close()
+        [only] = ids
+        return only, "".join(pieces)
+
+    async def scenario() -> list[tuple[str, str]]:
+        first = asyncio.create_task(ask(alice[1], "first !tokens=30 !delay=20"))
+        while not Message.objects.filter(room=room, role="user").exists():
+            await asyncio.sleep(0.02)  # the first post is stored: the second queues behind it
+        second = asyncio.create_task(ask(bob[1], "second !say=Second answer."))
+        return list(await asyncio.gather(first, second))
+
+    (id1, text1), (id2, text2) = run_async(scenario())
+    turns = list(Turn.objects.filter(room=room).order_by("queue_seq"))
+    assert [t.status for t in turns] == ["done", "done"]
+    assert (id1, id2) == (f"chatcmpl-{turns[0].pk}", f"chatcmpl-{turns[1].pk}")
+    assert text1 == Message.objects.get(pk=turns[0].assistant_message_id).content and text1.endswith(" w30")
+    assert text2 == Message.objects.get(pk=turns[1].assistant_message_id).content == "Second answer."
+    assert turns[0].finished_at <= turns[1].started_at  # one at a time, in order
+
+
+def test_a_client_that_leaves_mid_stream_does_not_stop_the_turn(stack, fake, room, alice):
+    client = ai(stack, alice[1])
+    stream = client.chat.completions.create(
+        model=room.slug, stream=True, messages=[{"role": "user", "content": "long !tokens=60 !delay=20"}]
+    )
+    got = []
+    for chunk in stream:
+        if chunk.choices[0].delta.content:
+            got.append(chunk.choices[0].delta.content)
+        if len(got) == 2:
+            break
+    stream.close()  # the client goes away with the answer half read
+    with api(stack, alice[1]) as http:
+        message_id = Message.objects.get(room=room, role="user").pk
+        done = http.get(f"/api/rooms/{room.slug}/submissions/{message_id}", params={"wait": 30}).json()
+    assert (
+        done["status"] == "done" and done["text"].startswith("".join(got)) and done["text"].endswith(" w60")
+    )
