@@ -75,7 +75,7 @@ def room_new(
         room = services.room_create(owner=user, **fields)
         body = room_data(room=room, role=Membership.Role.OWNER)
         if claim is not None:
-            key_answer(claim=claim, status=201, body=body)
+            return key_answer(claim=claim, status=201, body=body)
     return 201, body
 
 
@@ -170,6 +170,8 @@ def message_submit(
             room=room, author=user, client_id=client_id, content=content, client_tools=tools
         )
     except services.ClientIdConflict:
+        if claim is not None:
+            key_release(claim=claim)
         raise ApiFailure("idempotency_conflict", "this Idempotency-Key was already used for another message",
                          param="Idempotency-Key") from None  # fmt: skip
     except services.RoomBusy as exc:
@@ -180,10 +182,10 @@ def message_submit(
         if claim is not None:  # refused (a moderation check...): nothing stored, the key is free
             key_release(claim=claim)
         raise
-    body = _post_body(room=room, message_id=result.message_id)
+    status, body = 201, _post_body(room=room, message_id=result.message_id)
     if claim is not None:
-        key_answer(claim=claim, status=201, body=body)
-    return Posted(201, body, room.pk, result.message_id)
+        status, body = key_answer(claim=claim, status=status, body=body)
+    return Posted(status, body, room.pk, result.message_id)
 
 
 # --- submissions and turns ----------------------------------------------------------------------

@@ -88,9 +88,16 @@ def key_claim(*, user: Any, key: str, endpoint: str, fingerprint: str) -> Claim:
     raise ApiFailure("conflict", "the Idempotency-Key is in use by a concurrent request; retry")
 
 
-def key_answer(*, claim: Claim, status: int, body: Any) -> None:
-    """Store the answer every later request with this key gets."""
-    ApiIdempotencyKey.objects.filter(pk=claim.row.pk).update(status_code=status, response=body)
+def key_answer(*, claim: Claim, status: int, body: Any) -> tuple[int, Any]:
+    """Store the answer every later request with this key gets, unless a racing request with
+    the same key stored one first; the stored answer (so racing requests answer the same)."""
+    ApiIdempotencyKey.objects.filter(pk=claim.row.pk, response__isnull=True).update(
+        status_code=status, response=body
+    )
+    stored = ApiIdempotencyKey.objects.filter(pk=claim.row.pk).values_list("status_code", "response").first()
+    if stored is None or stored[1] is None or stored[0] is None:
+        return status, body
+    return int(stored[0]), stored[1]
 
 
 def key_release(*, claim: Claim) -> None:
