@@ -38,7 +38,7 @@ from rooms.protocol import SendFrame
 from rooms.sockets import on_db_threads
 
 router = Router(tags=["rooms"])
-ERRORS: dict[int, Any] = {code: ApiError for code in (400, 401, 403, 404, 409, 429)}
+ERRORS: dict[int, Any] = {code: ApiError for code in (400, 401, 403, 404, 409, 413, 429, 500, 503)}
 IdempotencyKey = Annotated[
     str | None,
     Header(

@@ -335,3 +335,58 @@ def test_a_client_that_leaves_mid_stream_does_not_stop_the_turn(stack, fake, roo
     assert (
         done["status"] == "done" and done["text"].startswith("".join(got)) and done["text"].endswith(" w60")
     )
+
+
+CLIENT_TOOL = {"name": "local_time", "description": "The user's local time.",
+               "parameters": {"type": "object", "properties": {}}}  # fmt: skip
+
+
+def test_a_script_offers_a_client_tool_and_answers_its_call_over_http(stack, fake, room, alice, bob):
+    membership_join(room=room, user=bob[0])
+    with api(stack, alice[1]) as http, api(stack, bob[1]) as bystander:
+        posted = http.post(
+            f"/api/rooms/{room.slug}/messages",
+            json={
+                "content": "what time is it for me? !tool=local_time:{} !say=It is evening.",
+                "tools": [CLIENT_TOOL],
+            },
+        ).json()
+        parked = http.get(posted["submission_url"], params={"wait": 30}).json()
+        [call] = parked["waiting_calls"]
+        assert (call["name"], call["kind"], call["state"]) == ("local_time", "client", "waiting_client")
+        result = f"/api/rooms/{room.slug}/calls/{call['id']}/result"
+        refused = bystander.post(result, json={"output": {"time": "09:00"}})
+        answered = http.post(result, json={"output": {"time": "21:30"}})
+        done = http.get(posted["submission_url"], params={"wait": 30, "after": "parked"}).json()
+        listed = http.get(f"/api/rooms/{room.slug}/calls", params={"turn_id": posted["turn"]["id"]}).json()
+    assert refused.status_code == 403 and answered.status_code == 200
+    assert done["status"] == "done" and done["text"].endswith("It is evening.")
+    assert [(c["id"], c["state"], c["output"]) for c in listed["calls"]] == [
+        (call["id"], "done", {"time": "21:30"})
+    ]
+    assert Turn.objects.get(pk=posted["turn"]["id"]).client_tools == [CLIENT_TOOL]
+
+
+def test_a_failed_turn_is_an_error_the_openai_client_does_not_retry_and_a_member_can_retry(
+    stack, fake, room, alice
+):
+    client = ai(stack, alice[1], max_retries=2)  # the client's own retries would post again
+    with pytest.raises(openai.InternalServerError) as failed:
+        client.chat.completions.create(
+            model=room.slug, messages=[{"role": "user", "content": "break !fail=500"}]
+        )
+    assert failed.value.code == "turn_failed" and failed.value.response.headers["x-should-retry"] == "false"
+    assert user_messages(room) == ["break !fail=500"]  # once: the 502 was not retried
+    turn = Turn.objects.get(room=room)
+    assert turn.status == "failed" and f"turn {turn.pk} ended failed" in failed.value.message
+    with api(stack, alice[1]) as http:
+        listed = http.get(f"/api/rooms/{room.slug}/turns").json()
+        retried = http.post(f"/api/rooms/{room.slug}/turns/{turn.pk}/retry")
+        message_id = Message.objects.get(room=room, role="user").pk
+        settled = http.get(f"/api/rooms/{room.slug}/submissions/{message_id}", params={"wait": 30}).json()
+        missing = http.post(f"/api/rooms/{room.slug}/turns/999999/cancel")
+    assert [t["id"] for t in listed["turns"]] == [turn.pk]
+    assert retried.status_code == 200 and retried.json()["turn"]["status"] in ("queued", "running", "failed")
+    assert settled["status"] == "failed" and settled["settled"]  # the fake fails it again
+    assert Turn.objects.get(pk=turn.pk).attempt >= 1 and user_messages(room) == ["break !fail=500"]
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
