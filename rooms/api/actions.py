@@ -178,8 +178,13 @@ def message_submit(
         if claim is not None:
             key_release(claim=claim)
         raise ApiFailure("rate_limited", str(exc), retry_after=5.0) from None
+    except TurnRefused as exc:  # the room's moderation (locked, muted, slow mode...): nothing stored
+        if claim is not None:
+            key_release(claim=claim)
+        retry_after = getattr(exc, "retry_after", None)
+        raise ApiFailure(exc.code, str(exc), retry_after=retry_after) from None
     except Exception:
-        if claim is not None:  # refused (a moderation check...): nothing stored, the key is free
+        if claim is not None:  # refused some other way: nothing stored, the key is free
             key_release(claim=claim)
         raise
     status, body = 201, _post_body(room=room, message_id=result.message_id)

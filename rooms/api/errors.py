@@ -27,6 +27,10 @@ CODES: dict[str, tuple[int, str]] = {
     "no_answer": (400, "invalid_request_error"),
     "unauthenticated": (401, "authentication_error"),
     "forbidden": (403, "permission_error"),
+    # the room's moderation (the socket's codes for the same refusals)
+    "locked": (403, "permission_error"),
+    "read_only": (403, "permission_error"),
+    "muted": (403, "permission_error"),
     "not_found": (404, "not_found_error"),
     "conflict": (409, "conflict_error"),
     "idempotency_conflict": (409, "conflict_error"),
@@ -144,7 +148,11 @@ def install_handlers(api: NinjaAPI) -> None:
         # TurnRefused, a moderation check): its code and text, as the socket would send them.
         code = getattr(exc, "code", None)
         if isinstance(code, str) and code in CODES and code != "internal":
-            return failure_response(api, request, ApiFailure(code, str(exc)))
+            retry_after = getattr(exc, "retry_after", None)  # slow mode's wait, say
+            failure = ApiFailure(
+                code, str(exc), retry_after=retry_after if isinstance(retry_after, float) else None
+            )
+            return failure_response(api, request, failure)
         if isinstance(exc, OperationalError | InterfaceError):  # the database is away for a moment
             log.warning("API request %s %s: database unavailable: %s", request.method, request.path, exc)
             return failure_response(
