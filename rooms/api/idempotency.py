@@ -62,6 +62,7 @@ class Claim:
 def key_claim(*, user: Any, key: str, endpoint: str, fingerprint: str) -> Claim:
     """Take the key for this request, or find its stored answer; 409 if it named another."""
     cutoff = timezone.now() - timedelta(seconds=settings.API_IDEMPOTENCY_TTL)
+    _keys_expire(user=user, cutoff=cutoff)
     for _ in range(3):
         row = ApiIdempotencyKey.objects.filter(user=user, key=key).first()
         if row is not None and row.created_at < cutoff:
@@ -86,6 +87,13 @@ def key_claim(*, user: Any, key: str, endpoint: str, fingerprint: str) -> Claim:
             return Claim(row, (row.status_code, row.response), created=False)
         return Claim(row, None, created=False)  # an earlier try stored no answer: run again
     raise ApiFailure("conflict", "the Idempotency-Key is in use by a concurrent request; retry")
+
+
+def _keys_expire(*, user: Any, cutoff: Any) -> None:
+    """Forget some of the user's expired keys (a few per claim: the table stays small without a
+    sweep of its own)."""
+    expired = ApiIdempotencyKey.objects.filter(user=user, created_at__lt=cutoff).values_list("pk", flat=True)
+    ApiIdempotencyKey.objects.filter(pk__in=list(expired[:50])).delete()
 
 
 def key_answer(*, claim: Claim, status: int, body: Any) -> tuple[int, Any]:
