@@ -390,3 +390,26 @@ def test_a_failed_turn_is_an_error_the_openai_client_does_not_retry_and_a_member
     assert settled["status"] == "failed" and settled["settled"]  # the fake fails it again
     assert Turn.objects.get(pk=turn.pk).attempt >= 1 and user_messages(room) == ["break !fail=500"]
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+
+
+def test_an_openai_stream_gets_every_chunk_once_when_the_web_process_loses_redis(stack, fake, room, alice):
+    from tests.integration.test_hub import kill_hub_connections
+
+    async def scenario() -> str:
+        client = openai.AsyncOpenAI(base_url=f"{stack.base_url}/v1", api_key=alice[1], max_retries=0)
+        stream = await client.chat.completions.create(
+            model=room.slug, stream=True, messages=[{"role": "user", "content": "long !tokens=150 !delay=15"}]
+        )
+        pieces: list[str] = []
+        killed = 0
+        async for chunk in stream:
+            pieces.append(chunk.choices[0].delta.content or "")
+            if killed < 2 and len(pieces) in (5, 40):  # the broadcasts it follows are lost meanwhile
+                killed += 1
+                assert await asyncio.to_thread(kill_hub_connections) >= 1
+        await client.close()
+        return "".join(pieces)
+
+    text = run_async(scenario())
+    answer = Message.objects.get(room=room, role="assistant")
+    assert answer.status == "complete" and text == answer.content and text.endswith(" w149 w150")
