@@ -14,7 +14,7 @@ from agents.models import ToolCall, Turn
 from agents.tools.registry import server_tools
 from rooms.events import Row
 from rooms.models import Room
-from rooms.protocol import RoomEvent, ToolCallData
+from rooms.protocol import RoomEvent, ToolCallData, TurnData
 from rooms.turns import ToolInfo
 
 _MENTION = re.compile(r"(?<![\w@])@(ai|assistant|bot)\b", re.IGNORECASE)
@@ -64,6 +64,37 @@ class RoomTurnQueue:
         ):
             by_message.setdefault(call.message_id, []).append(calls.call_wire(call))
         return by_message
+
+    def turns_read(
+        self,
+        *,
+        room_id: int,
+        turn_ids: list[int] | None = None,
+        trigger_message_ids: list[int] | None = None,
+        before: int | None = None,
+        limit: int = 50,
+    ) -> list[TurnData]:
+        found = Turn.objects.filter(room_id=room_id)
+        if turn_ids is not None:
+            found = found.filter(pk__in=turn_ids)
+        if trigger_message_ids is not None:
+            found = found.filter(trigger_message_id__in=trigger_message_ids)
+        if before is not None:
+            found = found.filter(pk__lt=before)
+        return [turns.turn_wire(t) for t in found.order_by("-pk")[: max(1, limit)]]
+
+    def calls_read(
+        self, *, room_id: int, turn_id: int | None = None, call_id: str | None = None, limit: int = 200
+    ) -> list[ToolCallData]:
+        found = ToolCall.objects.filter(room_id=room_id).select_related("decided_by")
+        if call_id is not None:
+            if not call_id.isdigit() or len(call_id) > 18:
+                return []
+            found = found.filter(pk=int(call_id))
+        if turn_id is not None:
+            found = found.filter(turn_id=turn_id)
+        newest = list(found.order_by("-pk")[: max(1, limit)])
+        return [calls.call_wire(c) for c in sorted(newest, key=lambda c: (c.turn_id, c.step, c.index))]
 
     def tool_result(self, *, room: Room, user: Any, call_id: str, output: Any, error: str | None) -> str:
         return turns.turn_tool_result(room=room, user=user, call_id=call_id, output=output, error=error)

@@ -83,6 +83,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "channels",
     "csp",
+    "ninja",  # the API's docs page serves its own static files (no CDN)
     "rooms",
     "agents",
 ]
@@ -258,6 +259,13 @@ RATELIMIT_IP_META_KEY = env.str("RATELIMIT_IP_META_KEY", default="") or None
 # What a guest (an account with a display name only) may do besides reading and posting.
 GUESTS_MAY_CREATE_ROOMS = env.bool("GUESTS_MAY_CREATE_ROOMS", default=False)
 GUESTS_MAY_CREATE_TOKENS = env.bool("GUESTS_MAY_CREATE_TOKENS", default=False)
+
+# --- The HTTP API (rooms/api/) -----------------------------------------------------------------
+API_IDEMPOTENCY_TTL = env.int("API_IDEMPOTENCY_TTL", default=86_400)  # seconds a key is kept
+API_WAIT_MAX = env.float("API_WAIT_MAX", default=60.0)  # longest long-poll of a submission
+# seconds between a follower's checks of the database when no broadcast came (a lost doorbell)
+API_FOLLOW_POLL = env.float("API_FOLLOW_POLL", default=2.0)
+API_STREAM_KEEPALIVE = env.float("API_STREAM_KEEPALIVE", default=15.0)  # SSE comment when idle
 
 # --- LLM -------------------------------------------------------------------------------------
 LLM_BASE_URL = env.str("LLM_BASE_URL", default="")

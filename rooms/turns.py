@@ -18,7 +18,7 @@ from django.utils.module_loading import import_string
 if TYPE_CHECKING:
     from rooms.events import Row
     from rooms.models import Room
-    from rooms.protocol import RoomEvent, ToolCallData
+    from rooms.protocol import RoomEvent, ToolCallData, TurnData
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,23 @@ class TurnQueue(Protocol):
 
     def transcript_calls(self, *, message_ids: list[int]) -> dict[int, list[ToolCallData]]:
         """The tool calls of these (assistant) messages, in order, by message."""
+
+    def turns_read(
+        self,
+        *,
+        room_id: int,
+        turn_ids: list[int] | None = None,
+        trigger_message_ids: list[int] | None = None,
+        before: int | None = None,
+        limit: int = 50,
+    ) -> list[TurnData]:
+        """A room's turns, newest first: these ids, or those these messages triggered, or the
+        newest `limit` (before turn id `before`)."""
+
+    def calls_read(
+        self, *, room_id: int, turn_id: int | None = None, call_id: str | None = None, limit: int = 200
+    ) -> list[ToolCallData]:
+        """A room's tool calls, oldest first: one by id, those of one turn, or the newest `limit`."""
 
     def tool_result(self, *, room: Room, user: Any, call_id: str, output: Any, error: str | None) -> str:
         """A client tool's answer; the call's state after. Raises TurnRefused."""
