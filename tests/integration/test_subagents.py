@@ -259,9 +259,3 @@ def test_an_agent_may_not_call_back_up_its_own_chain(stack, fake, room, agent_ro
     assert Turn.objects.filter(parent_call__isnull=False).count() == 1  # only the Researcher ran
     assert ToolCall.objects.get(room=room, name="ask_researcher").state == "done"
 
-
-@pytest.fixture(autouse=True)
-def _logs_on_failure(request, stack):
-    yield
-    print("WEBLOG", stack.log_tail("web", 80))
-    print("WORKERLOG", stack.log_tail("worker", 80))
