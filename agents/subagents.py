@@ -36,6 +36,7 @@ from rooms.models import Membership, Message, Room
 from rooms.protocol import MessageEvent, RoomEvent
 from rooms.selectors import display_name, message_wire
 from rooms.services import NEW_MESSAGE_ID, message_draft, message_row
+from rooms.turns import AgentChoice, AgentSetup, TurnRefused
 
 if TYPE_CHECKING:
     from agents.runner import TurnContext
@@ -101,6 +102,38 @@ def room_agent_tools(*, room: Room) -> dict[str, AgentTool]:
             agent.pk, agent.room_id, agent.tool_name, agent.room.title, agent.description
         )
     return tools
+
+
+def agent_settings(*, room: Room) -> tuple[AgentSetup | None, list[AgentChoice]]:
+    """The room as an agent, and the agents its owner may let its assistant call."""
+    own = Agent.objects.filter(room=room).first()
+    setup = None if own is None else AgentSetup(own.enabled, own.name, own.description)
+    chosen = set(RoomAgent.objects.filter(room=room).values_list("agent_id", flat=True))
+    choices = []
+    for agent in Agent.objects.filter(enabled=True).exclude(room=room).select_related("room").order_by("name")[:200]:
+        if agent.pk in chosen or agent_usable_by(agent_room=agent.room, user_id=room.owner_id):
+            choices.append(AgentChoice(agent.pk, agent.tool_name, agent.room.title, agent.description,
+                                       agent.pk in chosen))  # fmt: skip
+    return setup, choices
+
+
+def agent_settings_save(*, room: Room, setup: AgentSetup | None, chosen: list[int]) -> None:
+    """Set the room up as an agent (or switch it off), and save the agents it may call."""
+    with transaction.atomic():
+        own = Agent.objects.select_for_update().filter(room=room).first()
+        if setup is not None and setup.enabled:
+            if Agent.objects.filter(name=setup.name).exclude(room=room).exists():
+                raise TurnRefused("conflict", f"another agent is called {setup.name!r}")
+            Agent.objects.update_or_create(
+                room=room, defaults={"name": setup.name, "description": setup.description, "enabled": True}
+            )
+        elif own is not None:
+            own.enabled = False
+            own.save(update_fields=["enabled"])
+        _, choices = agent_settings(room=room)
+        allowed = {c.id for c in choices} & set(chosen)
+        RoomAgent.objects.filter(room=room).exclude(agent_id__in=allowed).delete()
+        RoomAgent.objects.bulk_create([RoomAgent(room=room, agent_id=a) for a in sorted(allowed)], ignore_conflicts=True)
 
 
 # --- the child run's outcome, as the parent's card and model see it --------------------------
