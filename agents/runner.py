@@ -100,7 +100,9 @@ def context_build(*, taken: TakenTurn) -> TurnContext:
         messages.append(ChatMessage(role="assistant", content=rest))
         messages.append(ChatMessage(role="user", content=CONTINUE_PROMPT))
     initiator = turn.trigger_message.author_id
-    return TurnContext(room, messages, initiator, list(turn.client_tools or []), calls, text, turn.parent_call_id)
+    return TurnContext(
+        room, messages, initiator, list(turn.client_tools or []), calls, text, turn.parent_call_id
+    )
 
 
 CONTINUE_PROMPT = (

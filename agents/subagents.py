@@ -15,6 +15,7 @@ crash in between lost (`agent_calls_reconcile`).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -81,7 +82,9 @@ class AgentTool:
 def agent_usable_by(*, agent_room: Room, user_id: int) -> bool:
     """Whether a room's owner may have its assistant call this agent: they may read its room
     (its answers would otherwise leak that room's transcript)."""
-    membership = Membership.objects.filter(room=agent_room, user_id=user_id).values_list("banned_at", flat=True)
+    membership = Membership.objects.filter(room=agent_room, user_id=user_id).values_list(
+        "banned_at", flat=True
+    )
     found = list(membership)
     if found:
         return found[0] is None
@@ -110,7 +113,9 @@ def agent_settings(*, room: Room) -> tuple[AgentSetup | None, list[AgentChoice]]
     setup = None if own is None else AgentSetup(own.enabled, own.name, own.description)
     chosen = set(RoomAgent.objects.filter(room=room).values_list("agent_id", flat=True))
     choices = []
-    for agent in Agent.objects.filter(enabled=True).exclude(room=room).select_related("room").order_by("name")[:200]:
+    for agent in (
+        Agent.objects.filter(enabled=True).exclude(room=room).select_related("room").order_by("name")[:200]
+    ):
         if agent.pk in chosen or agent_usable_by(agent_room=agent.room, user_id=room.owner_id):
             choices.append(AgentChoice(agent.pk, agent.tool_name, agent.room.title, agent.description,
                                        agent.pk in chosen))  # fmt: skip
@@ -133,7 +138,9 @@ def agent_settings_save(*, room: Room, setup: AgentSetup | None, chosen: list[in
         _, choices = agent_settings(room=room)
         allowed = {c.id for c in choices} & set(chosen)
         RoomAgent.objects.filter(room=room).exclude(agent_id__in=allowed).delete()
-        RoomAgent.objects.bulk_create([RoomAgent(room=room, agent_id=a) for a in sorted(allowed)], ignore_conflicts=True)
+        RoomAgent.objects.bulk_create(
+            [RoomAgent(room=room, agent_id=a) for a in sorted(allowed)], ignore_conflicts=True
+        )
 
 
 # --- the child run's outcome, as the parent's card and model see it --------------------------
@@ -160,7 +167,9 @@ def _child_outcome(child: Turn) -> tuple[str, dict[str, Any], str]:
         return _refusal("cancelled", f"the agent {title!r} run was cancelled", False)
     # interrupted: its worker was lost and it may have done part of its work (side effects)
     why = child.error or "its worker was lost"
-    return _refusal("interrupted", f"the agent {title!r} was interrupted ({why}): it may have done part of it", False)
+    return _refusal(
+        "interrupted", f"the agent {title!r} was interrupted ({why}): it may have done part of it", False
+    )
 
 
 def _child_progress(child: Turn, *, text: str | None = None) -> dict[str, Any]:
@@ -217,7 +226,9 @@ def _refused_why(*, parent: Turn, agent: Agent | None) -> tuple[str, dict[str, A
         return _refusal("refused", "this agent is already working on this request higher up", False)
     running = Turn.objects.filter(parent_call__isnull=False, status__in=OPEN).count()
     if running >= settings.AGENT_MAX_RUNNING:
-        return _refusal("busy", f"{running} agent runs are open, the most there may be; try again later", True)
+        return _refusal(
+            "busy", f"{running} agent runs are open, the most there may be; try again later", True
+        )
     return None
 
 
@@ -243,7 +254,10 @@ def _child_create_last(*, call: ToolCall, parent: Turn, agent: Agent) -> int:
             fills=(Fill("id", NEW_TURN_ID, "t.id"), Fill("trigger_message_id", NEW_MESSAGE_ID, "m.id")),
             returns=("t.id",)),
     )  # fmt: skip
-    events: list[RoomEvent] = [MessageEvent(seq=NEXT_SEQ, message=message_wire(draft)), turn_event(turn_draft)]
+    events: list[RoomEvent] = [
+        MessageEvent(seq=NEXT_SEQ, message=message_wire(draft)),
+        turn_event(turn_draft),
+    ]
     stored = events_append_last(room_id=room.pk, events=events, rows=rows, now=now)
     kick_room_on_commit(room.pk)
     return int(stored.values[2])
@@ -291,7 +305,9 @@ def _dispatch_one(*, taken: TakenTurn, call: ToolCall, agent_id: int | None) -> 
         agent_call_settle(child_turn_id=child.pk)
 
 
-def agent_calls_dispatch(*, taken: TakenTurn, calls_of_step: list[ToolCall], agents: dict[str, AgentTool]) -> None:
+def agent_calls_dispatch(
+    *, taken: TakenTurn, calls_of_step: list[ToolCall], agents: dict[str, AgentTool]
+) -> None:
     """Start (or attach to) the child run of each of the step's `agent` calls still running."""
     from agents.turns import db_retry
 
@@ -300,12 +316,17 @@ def agent_calls_dispatch(*, taken: TakenTurn, calls_of_step: list[ToolCall], age
             continue
         tool = agents.get(call.name)
         agent_id = tool.agent_id if tool is not None else None
-        db_retry(lambda c=call, a=agent_id: _dispatch_one(taken=taken, call=c, agent_id=a), what="agent dispatch")
+        dispatch = functools.partial(_dispatch_one, taken=taken, call=call, agent_id=agent_id)
+        db_retry(dispatch, what="agent dispatch")
 
 
 def agent_call_waiting(call: ToolCall) -> bool:
     """Whether the call waits on its child run (dispatched, not settled): its turn parks."""
-    return call.kind == ToolCall.Kind.AGENT and call.state == ToolCall.State.RUNNING and call.started_at is not None
+    return (
+        call.kind == ToolCall.Kind.AGENT
+        and call.state == ToolCall.State.RUNNING
+        and call.started_at is not None
+    )
 
 
 # --- the child's end reaches the parent; the parent's end reaches the child --------------------
@@ -364,7 +385,7 @@ def agent_links_closed_locked(*, turn: Turn) -> None:
         transaction.on_commit(lambda: _safely(agent_call_settle, child_turn_id=turn.pk))
     children = Turn.objects.filter(parent_call__turn_id=turn.pk, status__in=OPEN).values_list("pk", flat=True)
     for child_id in list(children):
-        transaction.on_commit(lambda c=child_id: _safely(agent_child_cancel, child_turn_id=c))
+        transaction.on_commit(functools.partial(_safely, agent_child_cancel, child_turn_id=child_id))
 
 
 def agent_calls_reconcile() -> int:
@@ -372,7 +393,9 @@ def agent_calls_reconcile() -> int:
     how many calls or runs it changed."""
     changed = 0
     open_calls = ToolCall.objects.filter(calls.AGENT_WAITING)
-    ended = Turn.objects.filter(parent_call__in=open_calls, status__in=Turn.TERMINAL).values_list("pk", flat=True)
+    ended = Turn.objects.filter(parent_call__in=open_calls, status__in=Turn.TERMINAL).values_list(
+        "pk", flat=True
+    )
     for child_id in list(ended[:200]):
         changed += agent_call_settle(child_turn_id=child_id)
     orphans = Turn.objects.filter(parent_call__isnull=False, status__in=OPEN).exclude(
@@ -436,11 +459,15 @@ class ChildProgress:
     def for_turn(cls, *, taken: TakenTurn, ctx: TurnContext) -> ChildProgress | None:
         if ctx.parent_call_id is None:
             return None
-        parent_room_id = ToolCall.objects.values_list("room_id", flat=True).filter(pk=ctx.parent_call_id).first()
+        parent_room_id = (
+            ToolCall.objects.values_list("room_id", flat=True).filter(pk=ctx.parent_call_id).first()
+        )
         if parent_room_id is None:
             return None
         limit = settings.AGENT_PROGRESS_MAX_CHARS
-        progress = cls(taken, ctx.parent_call_id, parent_room_id, ctx.room, text=ctx.text_so_far[-limit * 2 :])
+        progress = cls(
+            taken, ctx.parent_call_id, parent_room_id, ctx.room, text=ctx.text_so_far[-limit * 2 :]
+        )
         progress.calls = [{"name": c.name, "state": c.state} for c in ctx.calls]
         progress.write()
         return progress
@@ -471,9 +498,9 @@ class ChildProgress:
         try:
             with transaction.atomic():
                 lease_fence_locked(self.taken)
-                if ToolCall.objects.filter(
-                    Q(pk=self.parent_call_id, state=ToolCall.State.RUNNING)
-                ).update(progress=data):
+                if ToolCall.objects.filter(Q(pk=self.parent_call_id, state=ToolCall.State.RUNNING)).update(
+                    progress=data
+                ):
                     call = ToolCall.objects.select_related("decided_by").get(pk=self.parent_call_id)
                     events_append_last(room_id=self.parent_room_id, events=[calls.call_event(call)])
         except LeaseLost:

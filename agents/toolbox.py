@@ -64,7 +64,9 @@ class Toolbox:
         on, ask = room_tool_names(room)
         tools = server_tools()
         agents = {n: a for n, a in room_agent_tools(room=room).items() if n not in tools}
-        client = {t["name"]: t for t in client_tools if t.get("name") not in tools and t.get("name") not in agents}
+        client = {
+            t["name"]: t for t in client_tools if t.get("name") not in tools and t.get("name") not in agents
+        }
         return cls(room=room, server={n: tools[n] for n in on}, ask_first=ask, client=client, agents=agents)
 
     def specs(self) -> tuple[dict[str, Any], ...]:

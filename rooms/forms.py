@@ -110,7 +110,7 @@ class RoomAgentsForm(forms.Form):
     def __init__(self, data: Any = None, *, room: Room) -> None:
         self.room = room
         self.setup, self.choices = turn_queue().agent_settings(room=room)
-        initial = {"agents_on": [c.id for c in self.choices if c.chosen]}
+        initial: dict[str, Any] = {"agents_on": [c.id for c in self.choices if c.chosen]}
         if self.setup is not None:
             initial |= {"is_agent": self.setup.enabled, "agent_name": self.setup.name,
                         "agent_description": self.setup.description}  # fmt: skip
@@ -135,8 +135,8 @@ class RoomAgentsForm(forms.Form):
         data = self.cleaned_data
         setup = None
         if data["is_agent"] or self.setup is not None:
-            setup = AgentSetup(bool(data["is_agent"]), data["agent_name"] or (self.setup.name if self.setup else ""),
-                               (data["agent_description"] or "").strip())  # fmt: skip
+            name = data["agent_name"] or (self.setup.name if self.setup else "")
+            setup = AgentSetup(bool(data["is_agent"]), name, (data["agent_description"] or "").strip())
         turn_queue().agent_settings_save(room=self.room, setup=setup, chosen=list(data["agents_on"]))
 
 

@@ -5,49 +5,83 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('agents', '0003_tool_calls'),
-        ('rooms', '0004_message_content_search'),
+        ("agents", "0003_tool_calls"),
+        ("rooms", "0004_message_content_search"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='toolcall',
-            name='progress',
+            model_name="toolcall",
+            name="progress",
             field=models.JSONField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='turn',
-            name='depth',
+            model_name="turn",
+            name="depth",
             field=models.IntegerField(db_default=0, default=0),
         ),
         migrations.AddField(
-            model_name='turn',
-            name='parent_call',
-            field=models.OneToOneField(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='child_turn', to='agents.toolcall'),
+            model_name="turn",
+            name="parent_call",
+            field=models.OneToOneField(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="child_turn",
+                to="agents.toolcall",
+            ),
         ),
         migrations.CreateModel(
-            name='Agent',
+            name="Agent",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.SlugField(max_length=40, unique=True)),
-                ('description', models.CharField(max_length=500)),
-                ('enabled', models.BooleanField(default=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('room', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, related_name='agent', to='rooms.room')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.SlugField(max_length=40, unique=True)),
+                ("description", models.CharField(max_length=500)),
+                ("enabled", models.BooleanField(default=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "room",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="agent", to="rooms.room"
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='RoomAgent',
+            name="RoomAgent",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('agent', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='caller_links', to='agents.agent')),
-                ('room', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='agent_links', to='rooms.room')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "agent",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="caller_links",
+                        to="agents.agent",
+                    ),
+                ),
+                (
+                    "room",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="agent_links",
+                        to="rooms.room",
+                    ),
+                ),
             ],
             options={
-                'constraints': [models.UniqueConstraint(fields=('room', 'agent'), name='roomagent_unique')],
+                "constraints": [models.UniqueConstraint(fields=("room", "agent"), name="roomagent_unique")],
             },
         ),
     ]

@@ -194,7 +194,9 @@ class ChaosRun:
         for name in ("researcher", "analyst"):
             room = room_create(owner=owner, title=f"chaos {name}", system_prompt=f"You are the {name}.")
             agents.append(Agent.objects.create(room=room, name=name, description=f"The {name}."))
-        RoomAgent.objects.bulk_create([RoomAgent(room_id=r, agent=a) for r in sorted(set(room_ids)) for a in agents])
+        RoomAgent.objects.bulk_create(
+            [RoomAgent(room_id=r, agent=a) for r in sorted(set(room_ids)) for a in agents]
+        )
         return [a.room_id for a in agents]
 
     def _make_clients(self, specs: list[Any]) -> None:

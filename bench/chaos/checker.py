@@ -711,8 +711,8 @@ class Checker:
             open_child = any(t["status"] not in TERMINAL for _, t in children)
             if not (waiting and open_child):
                 child = ", ".join(f"{t['id']} {t['status']}" for _, t in children) or "none"
-                self.fail("q", room, "-", f"agent call {call_id} is {call['state']} (turn "
-                          f"{turn.get('status')}, child {child}): neither settled nor parked on its child")  # fmt: skip
+                detail = f"agent call {call_id} is {call['state']} (turn {turn.get('status')}, child {child})"
+                self.fail("q", room, "-", f"{detail}: neither settled nor parked on its child")
 
     def check_parked(self, room: RoomData) -> None:
         histories: dict[int, list[tuple[int, str, int]]] = defaultdict(list)
@@ -791,8 +791,11 @@ class Checker:
             "calls_compared": s["calls_compared"],
             "agent_calls": s["agent_calls"],
             "agent_child_runs": s["agent_child_runs"],
-            "agent_calls_by_state": {k.removeprefix("agent_calls_"): v for k, v in sorted(s.items())
-                                     if k.startswith("agent_calls_") and k != "agent_calls_compared"},
+            "agent_calls_by_state": {
+                k.removeprefix("agent_calls_"): v
+                for k, v in sorted(s.items())
+                if k.startswith("agent_calls_") and k != "agent_calls_compared"
+            },
         }
 
     # --- numbers ----------------------------------------------------------------------------

@@ -42,7 +42,14 @@ CLIENT_TOOL = {
 }
 # what the fake model is told to call, by weight (server read, slow read, slow side effect,
 # client tool, ask-first side effect)
-TOOL_KINDS: dict[str, int] = {"calculator": 2, "slow_lookup": 1, "launch": 3, "client": 2, "note": 2, "agent": 3}
+TOOL_KINDS: dict[str, int] = {
+    "calculator": 2,
+    "slow_lookup": 1,
+    "launch": 3,
+    "client": 2,
+    "note": 2,
+    "agent": 3,
+}
 # the sub-agents every chaos room may call (rooms set up as agents by the run, bench/chaos/__main__.py)
 AGENT_TOOLS = ("ask_researcher", "ask_analyst")
 

@@ -47,7 +47,11 @@ async def send(c: RoomClient, content: str) -> None:
 
 def call_frames(c: RoomClient, call_id: int) -> list[dict[str, Any]]:
     """Every state of the call the client saw, in order."""
-    return [f["call"] for f in c.frames if f["type"] in ("tool_call", "tool_update") and f["call"]["id"] == str(call_id)]
+    return [
+        f["call"]
+        for f in c.frames
+        if f["type"] in ("tool_call", "tool_update") and f["call"]["id"] == str(call_id)
+    ]
 
 
 def done(c: RoomClient, turn_id: int | None = None) -> bool:
@@ -167,8 +171,10 @@ def test_a_worker_killed_during_the_parents_wait_re_attaches_to_the_running_chil
         await send(parent, ask("slowly !tokens=60 !delay=80", slow_lookup={"key": "k", "seconds": 4}))
         kid = await wait_db(lambda: child_of(room), what="child run")
         await wait_db(
-            lambda: ToolCall.objects.filter(room=room, name="slow_lookup", started_at__isnull=False).exists()
-            and StreamChunk.objects.filter(message__room=agent_room).exists(),
+            lambda: (
+                ToolCall.objects.filter(room=room, name="slow_lookup", started_at__isnull=False).exists()
+                and StreamChunk.objects.filter(message__room=agent_room).exists()
+            ),
             what="a running read and child text",
         )
         parent_turn = Turn.objects.get(pk=kid.parent_call.turn_id)
@@ -178,7 +184,7 @@ def test_a_worker_killed_during_the_parents_wait_re_attaches_to_the_running_chil
         await parent.close()
         return parent
 
-    parent = run_async(scenario())
+    run_async(scenario())
     call = ToolCall.objects.get(room=room, name="ask_researcher")
     parent_turn = Turn.objects.get(pk=call.turn_id)
     assert parent_turn.status == "done" and parent_turn.attempt >= 2  # recovered, continued
@@ -200,7 +206,9 @@ def test_cancelling_the_parent_cancels_the_child_and_the_call_ends_once(stack, f
         await parent.connect()
         await send(parent, ask("forever !tokens=400 !delay=50"))
         kid = await wait_db(lambda: child_of(room), what="child run")
-        await wait_db(lambda: StreamChunk.objects.filter(message__room=agent_room).exists(), what="child text")
+        await wait_db(
+            lambda: StreamChunk.objects.filter(message__room=agent_room).exists(), what="child text"
+        )
         parent_turn_id = kid.parent_call.turn_id
         await parent.wait_for(lambda c: c.state.turns.get(parent_turn_id, {}).get("status") == "parked")
         await parent.cancel(parent_turn_id)
@@ -258,4 +266,3 @@ def test_an_agent_may_not_call_back_up_its_own_chain(stack, fake, room, agent_ro
     assert refused.state == "error" and refused.output["status"] == "refused"
     assert Turn.objects.filter(parent_call__isnull=False).count() == 1  # only the Researcher ran
     assert ToolCall.objects.get(room=room, name="ask_researcher").state == "done"
-
