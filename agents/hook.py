@@ -7,7 +7,7 @@ from typing import Any
 
 from django.conf import settings
 
-from agents import calls, subagents, turns
+from agents import agent_settings, calls, turns
 from agents.kicks import kick_room_on_commit
 from agents.models import ToolCall, Turn
 from agents.tools.registry import server_tools
@@ -71,10 +71,10 @@ class RoomTurnQueue:
         return [ToolInfo(t.name, t.description, t.side_effects, t.ask_first) for t in server_tools().values()]
 
     def agent_settings(self, *, room: Room) -> tuple[AgentSetup | None, list[AgentChoice]]:
-        return subagents.agent_settings(room=room)
+        return agent_settings.agent_settings(room=room)
 
     def agent_settings_save(self, *, room: Room, setup: AgentSetup | None, chosen: list[int]) -> None:
-        subagents.agent_settings_save(room=room, setup=setup, chosen=chosen)
+        agent_settings.agent_settings_save(room=room, setup=setup, chosen=chosen)
 
     def cancel(self, *, room: Room, user: Any, turn_id: int) -> str:
         return turns.turn_cancel(room=room, user=user, turn_id=turn_id)

@@ -16,11 +16,11 @@ from django.conf import settings
 from django.db import connection
 from jsonschema import Draft202012Validator
 
+from agents.agent_settings import AGENT_TOOL_PARAMETERS, AgentTool, room_agent_tools
 from agents.calls import OUTCOME_UNKNOWN, CallPlan, call_settle, call_start
 from agents.lease import TakenTurn
 from agents.models import ToolCall
 from agents.providers.base import ChatMessage, ToolCallRequest
-from agents.subagents import AGENT_TOOL_PARAMETERS, AgentTool, room_agent_tools
 from agents.tools.base import Tool, ToolContext, ToolError
 from agents.tools.hooks import CallInfo, hooks_after, hooks_before
 from agents.tools.registry import server_tools
