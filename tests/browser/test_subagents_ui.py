@@ -43,3 +43,26 @@ def test_a_sub_agent_card_shows_the_child_run_live_and_after_a_reload(stack, fak
     final = page.locator(f"{box} .agent-text").inner_text()
     assert final.endswith("w60") and call.output["answer"].endswith(final.lstrip("…")[-200:])
     assert ToolCall.objects.filter(room=researcher, name="calculator", state="done").count() == 1
+
+
+def test_a_sub_agent_answer_with_markup_stays_text_in_the_card_live_and_server_rendered(
+    stack, fake, room, alice, page_for
+):
+    researcher = room_create(owner=alice[0], title="<b>Researcher</b>")
+    agent = Agent.objects.create(room=researcher, name="researcher", description="Finds things out.")
+    RoomAgent.objects.create(room=room, agent=agent)
+    evil = '<img src=x onerror="window.pwned=1"> done'
+    page = page_for(alice[0])
+    page.goto(room_url(stack, room))
+    wait_live(page)
+    send(page, f"Ask !tool=ask_researcher:{json.dumps({'task': 'go !say=' + evil})} !say=Asked.")
+    wait_call(room, "ask_researcher", "done", timeout=60)
+    box = f"{card(page, 'ask_researcher')} .agent-progress"
+    page.wait_for_selector(f"{card(page, 'ask_researcher')}[data-state=done]")
+    for _ in range(2):  # live, then as the server renders it
+        assert page.locator(f"{box} .agent-text").inner_text() == evil
+        assert page.locator(f"{box} a.agent-room").inner_text() == "<b>Researcher</b>"
+        assert page.locator(f"{box} img").count() == 0 and page.locator(f"{box} b").count() == 0
+        assert page.evaluate("window.pwned === undefined")
+        page.reload()
+        wait_live(page)

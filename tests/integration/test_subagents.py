@@ -266,3 +266,34 @@ def test_an_agent_may_not_call_back_up_its_own_chain(stack, fake, room, agent_ro
     assert refused.state == "error" and refused.output["status"] == "refused"
     assert Turn.objects.filter(parent_call__isnull=False).count() == 1  # only the Researcher ran
     assert ToolCall.objects.get(room=room, name="ask_researcher").state == "done"
+
+
+def test_agents_call_agents_up_to_the_depth_cap_and_the_call_past_it_is_refused(
+    stack, fake, room, agent_room, alice
+):
+    """room -> Researcher (depth 1) -> Analyst (depth 2) -> Critic: refused (AGENT_MAX_DEPTH 2)."""
+    rooms = {}
+    for name in ("analyst", "critic"):
+        rooms[name] = room_create(owner=alice[0], title=name.title())
+        Agent.objects.create(room=rooms[name], name=name, description=f"The {name}.")
+    RoomAgent.objects.create(room=agent_room, agent=Agent.objects.get(name="analyst"))
+    RoomAgent.objects.create(room=rooms["analyst"], agent=Agent.objects.get(name="critic"))
+    deepest = f"go !tool=ask_critic:{json.dumps({'task': 'judge'})} !say=Analysed."
+    middle = f"go !tool=ask_analyst:{json.dumps({'task': deepest})} !say=Researched."
+
+    async def scenario() -> None:
+        parent = RoomClient(stack.base_url, room.slug, token=alice[1])
+        await parent.connect()
+        await send(parent, ask(middle))
+        await parent.wait_for(lambda c: done(c), timeout=60)
+        await parent.close()
+
+    run_async(scenario())
+    depths = dict(Turn.objects.filter(parent_call__isnull=False).values_list("room__title", "depth"))
+    assert depths == {"Researcher": 1, "Analyst": 2}
+    refused = ToolCall.objects.get(room=rooms["analyst"], name="ask_critic")
+    assert refused.state == "error" and refused.output["status"] == "refused"
+    assert "at most 2 deep" in refused.output["reason"] and refused.output["retryable"] is False
+    assert not Turn.objects.filter(room=rooms["critic"]).exists()
+    assert ToolCall.objects.get(room=agent_room, name="ask_analyst").state == "done"
+    assert ToolCall.objects.get(room=room, name="ask_researcher").state == "done"

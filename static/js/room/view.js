@@ -402,7 +402,9 @@ export function createRoomView(root, me, actions) {
     else if (label === 'waiting…') setStatusLabel(li, STATUS_LABEL.streaming);
   }
 
-  const WAITING_CARDS = '.tool-call:is([data-state="awaiting_approval"], [data-state="waiting_client"])';
+  // (an agent call that runs waits on the agent's room, as a parked turn does on a person)
+  const WAITING_CARDS = '.tool-call:is([data-state="awaiting_approval"], [data-state="waiting_client"], '
+    + '[data-kind="agent"][data-state="running"])';
   function showCall({ call }) {
     const li = byId(call.message_id);
     if (li) placeCall(li, call); // else: outside the loaded window
