@@ -342,7 +342,8 @@ def turn_run(*, taken: TakenTurn) -> str:
         # connection per turn for nothing.
         connection.close()
         provider = get_provider()
-        model = room.ai_model or settings.LLM_MODEL
+        # only a model the server offers (a row written before LLM_MODELS gets the default)
+        model = room.ai_model if room.ai_model in settings.LLM_MODELS else settings.LLM_MODEL
         while True:
             last_step = step >= settings.TURN_MAX_STEPS - 1  # the last one answers without tools
             tools = () if last_step else toolbox.specs()
@@ -387,8 +388,9 @@ def turn_run(*, taken: TakenTurn) -> str:
         log.warning("turn %s: database unavailable, leaving it to recovery: %s", taken.turn_id, exc)
         return "lost"
     except ProviderError as exc:
+        # the provider's own words (and its host) stay in the log; members get a generic reason
         log.warning("turn %s: provider failed: %s", taken.turn_id, exc)
-        status, error = Turn.Status.FAILED, f"model error: {exc}"
+        status, error = Turn.Status.FAILED, f"model error: {exc.public}"
         if not batcher.flush_and_wait():
             return "lost"
     except Exception as exc:  # a bug or a database fault: end the turn in a known state

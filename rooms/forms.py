@@ -9,7 +9,14 @@ from django.conf import settings
 from django.contrib.auth.forms import UserCreationForm
 
 from rooms.models import Room
+from rooms.services import models_allowed
 from rooms.turns import AgentSetup, ToolInfo, turn_queue
+
+
+def _model_field() -> forms.ChoiceField:
+    """The owner picks a model from the server's list (LLM_MODELS), never free text."""
+    choices = [("", f"The server's default ({settings.LLM_MODEL})")] + [(m, m) for m in models_allowed()]
+    return forms.ChoiceField(choices=choices, required=False, label="Model")
 
 
 class RoomCreateForm(forms.ModelForm):
@@ -22,6 +29,10 @@ class RoomCreateForm(forms.ModelForm):
             "ai_trigger": "The AI answers",
         }
         widgets = {"system_prompt": forms.Textarea(attrs={"rows": 3})}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["ai_model"] = _model_field()
 
     def clean_title(self) -> str:
         title = self.cleaned_data["title"].strip()
@@ -46,6 +57,10 @@ class RoomSettingsForm(forms.ModelForm):
         ]
         labels = RoomCreateForm.Meta.labels | {"recovery": "If a worker dies mid-answer"}
         widgets = {"system_prompt": forms.Textarea(attrs={"rows": 4})}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["ai_model"] = _model_field()
 
     clean_title = RoomCreateForm.clean_title
 

@@ -9,12 +9,13 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 from django.utils.text import slugify
 
-from rooms import broadcast
+from rooms import broadcast, ratelimit
 from rooms.events import NEXT_SEQ, Fill, Row, events_append_last, sentinel
 from rooms.models import ApiToken, Membership, Message, Room, RoomNote
 from rooms.protocol import MessageEvent, MessageUpdateEvent, NoteData, NoteEvent, RoomEvent
@@ -60,6 +61,18 @@ def message_draft(**fields: Any) -> Message:
 # --- rooms and members ------------------------------------------------------------------------
 
 
+def models_allowed() -> list[str]:
+    """The models a room may name (besides "", the server's default LLM_MODEL)."""
+    return [m for m in settings.LLM_MODELS if m and m != settings.LLM_MODEL]
+
+
+def _checked_model(name: str) -> str:
+    name = name.strip()
+    if name and name != settings.LLM_MODEL and name not in models_allowed():
+        raise ValueError(f"the model {name!r} is not offered on this server")
+    return "" if name == settings.LLM_MODEL else name
+
+
 def room_create(
     *,
     owner: Any,
@@ -83,7 +96,7 @@ def room_create(
             owner=owner,
             visibility=visibility,
             ai_enabled=ai_enabled,
-            ai_model=ai_model.strip(),
+            ai_model=_checked_model(ai_model),
             ai_trigger=ai_trigger,
             **({"system_prompt": system_prompt} if system_prompt is not None else {}),
         )
@@ -93,6 +106,8 @@ def room_create(
 
 def room_update(*, room: Room, **fields: Any) -> Room:
     """Change a room's settings (the owner's form); takes effect from the next turn."""
+    if "ai_model" in fields:
+        fields["ai_model"] = _checked_model(fields["ai_model"])
     for name, value in fields.items():
         setattr(room, name, value)
     room.save(update_fields=list(fields))
@@ -160,12 +175,14 @@ def message_post(
     client_tools: list[dict[str, Any]] | None = None,
 ) -> PostResult:
     """Store a user's message once per client_id, queue the turn it triggers, emit the events.
+    Raises ratelimit.RateLimited past the author's message quota, RoomBusy past the room's queue.
 
     One statement (one round trip, its own transaction: the room row is locked from its UPDATE
     to the implicit COMMIT right after), so concurrent posts to one room queue for one round
     trip each. A resend (same client_id) is not looked up first: the insert's unique index
     refuses it, and the whole statement with it.
     """
+    ratelimit.message_quota_spend(user_id=author.pk)
     queue = turn_queue()
     wants_turn = queue.wanted(room=room, content=content)
     if wants_turn and queue.queue_full(room=room):

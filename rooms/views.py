@@ -14,7 +14,7 @@ from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
-from rooms import selectors, services
+from rooms import ratelimit, selectors, services
 from rooms.forms import (
     GuestForm,
     MessageForm,
@@ -49,12 +49,15 @@ def home(request: HttpRequest) -> HttpResponse:
     )
 
 
-def _room_or_refuse(request: HttpRequest, slug: str) -> Room | HttpResponse:
+def _room_or_refuse(request: HttpRequest, slug: str, *, join: bool = False) -> Room | HttpResponse:
+    """The room if the user may see it. A public room is joined only by an explicit action
+    (`join`: a POST, or the page's socket connecting), never by a page view: a cross-site link
+    or image must not make its visitor a member."""
     room = selectors.room_by_slug(slug=slug)
     if room is None:
         raise Http404("No such room")
     access = selectors.room_access(room=room, user=request.user)
-    if access == "can_join":
+    if access == "can_join" and join:
         services.membership_join(room=room, user=request.user)
     elif access == "denied":
         return render(request, "forbidden.html", {"room_title": ""}, status=403)
@@ -141,7 +144,7 @@ def room_earlier(request: HttpRequest, slug: str) -> HttpResponse:
 @require_POST
 def room_post(request: HttpRequest, slug: str) -> HttpResponse:
     """The composer without JavaScript: the same service as the socket's `send`."""
-    found = _room_or_refuse(request, slug)
+    found = _room_or_refuse(request, slug, join=True)
     if isinstance(found, HttpResponse):
         return found
     form = MessageForm(request.POST)
@@ -158,6 +161,10 @@ def room_post(request: HttpRequest, slug: str) -> HttpResponse:
         )
     except services.ClientIdConflict:
         messages.error(request, "That message was already sent with different text.")
+    except ratelimit.RateLimited as exc:
+        messages.error(request, f"Not sent: {exc} (try again in {exc.retry_after:.0f} s).")
+    except services.RoomBusy as exc:
+        messages.error(request, f"Not sent: {exc}.")
     return redirect("room", slug=slug)
 
 
