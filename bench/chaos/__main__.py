@@ -426,6 +426,7 @@ class ChaosRun:
             "recoveries": self.injector.recoveries,
             "tool_kills": self.injector.tool_kills,
             "parked_kills": self.injector.parked_kills,
+            "agent_kills": self.injector.agent_kills,
             "probes": self.probes,
             **report.stats,
             "timings": self.timings,
@@ -573,6 +574,11 @@ def render_table(result: dict[str, Any]) -> str:
             "turns ever parked: how they ended",
             ", ".join(f"{k} {v}" for k, v in tools["parked_endings"].items()),
         )
+    )
+    agents = f"{tools['agent_calls']} / {tools['agent_child_runs']} / {len(result['agent_kills'])}"
+    rows.append(("agent calls / child runs / kills during a child run", agents))
+    rows.append(
+        ("agent calls by state", ", ".join(f"{k} {v}" for k, v in tools["agent_calls_by_state"].items()))
     )
     rows.append(("calls compared client = db", str(tools["calls_compared"])))
     rows.append(("frames received / checked", f"{result['frames_received']} / {result['frames_checked']}"))
