@@ -7,7 +7,7 @@ from typing import Any
 
 from django.conf import settings
 
-from agents import calls, turns
+from agents import agent_settings, calls, turns
 from agents.kicks import kick_room_on_commit
 from agents.lease import room_turns_lock
 from agents.models import ToolCall, Turn
@@ -15,7 +15,7 @@ from agents.tools.registry import server_tools
 from rooms.events import Row
 from rooms.models import Room
 from rooms.protocol import RoomEvent, ToolCallData, TurnData
-from rooms.turns import ToolInfo
+from rooms.turns import AgentChoice, AgentSetup, ToolInfo
 
 _MENTION = re.compile(r"(?<![\w@])@(ai|assistant|bot)\b", re.IGNORECASE)
 
@@ -106,6 +106,12 @@ class RoomTurnQueue:
 
     def tool_catalog(self) -> list[ToolInfo]:
         return [ToolInfo(t.name, t.description, t.side_effects, t.ask_first) for t in server_tools().values()]
+
+    def agent_settings(self, *, room: Room) -> tuple[AgentSetup | None, list[AgentChoice]]:
+        return agent_settings.agent_settings(room=room)
+
+    def agent_settings_save(self, *, room: Room, setup: AgentSetup | None, chosen: list[int]) -> None:
+        agent_settings.agent_settings_save(room=room, setup=setup, chosen=chosen)
 
     def cancel(self, *, room: Room, user: Any, turn_id: int) -> str:
         return turns.turn_cancel(room=room, user=user, turn_id=turn_id)

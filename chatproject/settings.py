@@ -243,6 +243,14 @@ TOOL_OUTPUT_MAX_BYTES = env.int("TOOL_OUTPUT_MAX_BYTES", default=32 * 1024)
 CLIENT_TOOLS_MAX = env.int("CLIENT_TOOLS_MAX", default=8)  # client tools offered with one send
 CLIENT_TOOL_SCHEMA_MAX_BYTES = env.int("CLIENT_TOOL_SCHEMA_MAX_BYTES", default=8 * 1024)
 MAX_TURN_ATTEMPTS = env.int("MAX_TURN_ATTEMPTS", default=3)  # runs of one turn, recoveries included
+# Sub-agents (agents/subagents.py): how deep a chain of agents calling agents may go, how many
+# child runs may be open at once (site-wide), how long a parent waits for one, and how often
+# (and how much of) a child's answer so far is copied into the parent's card.
+AGENT_MAX_DEPTH = env.int("AGENT_MAX_DEPTH", default=2)
+AGENT_MAX_RUNNING = env.int("AGENT_MAX_RUNNING", default=16)
+AGENT_CALL_TIMEOUT = env.float("AGENT_CALL_TIMEOUT", default=900.0)
+AGENT_PROGRESS_INTERVAL = env.float("AGENT_PROGRESS_INTERVAL", default=0.5)
+AGENT_PROGRESS_MAX_CHARS = env.int("AGENT_PROGRESS_MAX_CHARS", default=1200)
 # Rate limits (0 turns a limit off): frames per second per socket (burst = 2x), messages per
 # minute per user (all sockets), turns waiting in one room's queue.
 RATE_FRAMES_PER_SECOND = env.float("RATE_FRAMES_PER_SECOND", default=20.0)

@@ -31,6 +31,26 @@ class ToolInfo:
     ask_first: bool  # its default
 
 
+@dataclass(frozen=True)
+class AgentSetup:
+    """A room set up as an agent (docs/agents.md): its tool's name and what it is good for."""
+
+    enabled: bool
+    name: str
+    description: str
+
+
+@dataclass(frozen=True)
+class AgentChoice:
+    """An agent the room's owner may let the room's assistant call."""
+
+    id: int
+    tool_name: str
+    title: str
+    description: str
+    chosen: bool
+
+
 class TurnRefused(Exception):
     """A turn action this user may not take now; `code` is the wire error code."""
 
@@ -91,6 +111,12 @@ class TurnQueue(Protocol):
 
     def tool_catalog(self) -> list[ToolInfo]:
         """The server tools there are (the room settings page lists them)."""
+
+    def agent_settings(self, *, room: Room) -> tuple[AgentSetup | None, list[AgentChoice]]:
+        """The room as an agent (None: it is not one), and the agents its owner may choose."""
+
+    def agent_settings_save(self, *, room: Room, setup: AgentSetup | None, chosen: list[int]) -> None:
+        """Save both (only agents among the choices are kept). Raises TurnRefused (a name taken)."""
 
     def cancel(self, *, room: Room, user: Any, turn_id: int) -> str:
         """Stop or withdraw a turn; its status after. Raises TurnRefused."""

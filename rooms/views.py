@@ -21,6 +21,7 @@ from rooms.forms import (
     GuestForm,
     MessageForm,
     ProfileForm,
+    RoomAgentsForm,
     RoomCreateForm,
     RoomSettingsForm,
     RoomToolsForm,
@@ -28,6 +29,7 @@ from rooms.forms import (
     TokenForm,
 )
 from rooms.models import ApiToken, Room
+from rooms.turns import TurnRefused
 
 
 def _address_over(request: HttpRequest, limit: str) -> bool:
@@ -118,13 +120,20 @@ def room_settings(request: HttpRequest, slug: str) -> HttpResponse:
         return render(request, "forbidden.html", {"room_title": found.title}, status=403)
     form = RoomSettingsForm(request.POST or None, instance=found)
     tools = RoomToolsForm(request.POST or None, room=found)
-    if request.method == "POST" and form.is_valid() and tools.is_valid():
-        changes = {f: form.cleaned_data[f] for f in form.changed_data} | tools.changes()
-        if changes:
-            services.room_update(room=found, **changes)
-        messages.success(request, "Room settings saved.")
-        return redirect("room", slug=slug)
-    return render(request, "room_settings.html", {"room": found, "form": form, "tools": tools})
+    agents = RoomAgentsForm(request.POST or None, room=found)
+    if request.method == "POST" and form.is_valid() and tools.is_valid() and agents.is_valid():
+        try:
+            agents.save()
+        except TurnRefused as refused:
+            agents.add_error("agent_name", str(refused))
+        else:
+            changes = {f: form.cleaned_data[f] for f in form.changed_data} | tools.changes()
+            if changes:
+                services.room_update(room=found, **changes)
+            messages.success(request, "Room settings saved.")
+            return redirect("room", slug=slug)
+    context = {"room": found, "form": form, "tools": tools, "agents": agents}
+    return render(request, "room_settings.html", context)
 
 
 @login_required
