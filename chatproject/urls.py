@@ -5,7 +5,8 @@ from django.contrib.auth import views as auth_views
 from django.urls import path
 
 from agents import observe, schedule_views
-from rooms import views
+from rooms import health, views
+from rooms.api import api
 from rooms.webhooks import inbound as webhooks_in
 from rooms.webhooks import views as webhooks_views
 
@@ -33,4 +34,9 @@ urlpatterns = [
     path("hooks/in/<str:key>/", webhooks_in.hook_receive, name="hook_receive"),
     path("metrics", observe.metrics_view, name="metrics"),
     path("admin/", admin.site.urls),
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+    # the HTTP API (/api/..., its docs at /api/docs) and the OpenAI-compatible door (/v1/...);
+    # last: its root path must not shadow the home page
+    path("", api.urls),
 ]

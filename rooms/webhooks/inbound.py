@@ -10,19 +10,15 @@ same answer; the same id with other text is a conflict. The post goes through
 from __future__ import annotations
 
 import json
-import os
-import time
 import uuid
 from typing import Any
 
-import redis
 from django.conf import settings
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from rooms import metrics, services
-from rooms.presence import redis_key
+from rooms import metrics, ratelimit, services
 from rooms.selectors import membership_of
 from rooms.webhooks.models import InboundHook
 from rooms.webhooks.signing import SignatureInvalid, signature_verify
@@ -46,31 +42,6 @@ def field_at(payload: Any, path: str) -> Any:
         else:
             return None
     return value
-
-
-_redis: tuple[int, redis.Redis] | None = None
-
-
-def message_quota_spent(user_id: int) -> float | None:
-    """The socket's per-user message quota (rooms.ratelimit, the same Redis counter), taken from
-    a sync view: seconds to wait if it is spent. Fails open if Redis is away, as the socket does."""
-    global _redis
-    limit = settings.RATE_MESSAGES_PER_MINUTE
-    if limit <= 0:
-        return None
-    if _redis is None or _redis[0] != os.getpid():
-        _redis = (os.getpid(), redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1))
-    now = time.time()
-    window = int(now // 60)
-    key = redis_key("rate", "msg", int(user_id), window)
-    try:
-        pipe = _redis[1].pipeline(transaction=False)
-        pipe.incr(key)
-        pipe.expire(key, 120)
-        count, _ = pipe.execute()
-    except redis.RedisError:
-        return None
-    return (window + 1) * 60 - now if count > limit else None
 
 
 def inbound_client_id(*, hook_id: int, event_id: str) -> uuid.UUID:
@@ -108,11 +79,6 @@ def hook_receive(request: HttpRequest, key: str) -> JsonResponse:
         return _error(400, "too_large", f"a message has at most {settings.CHAT_MAX_MESSAGE_CHARS} characters")
     if membership_of(room=hook.room, user=hook.user) is None:
         return _error(403, "forbidden", "the hook's user is not a member of the room")
-    wait = message_quota_spent(hook.user.pk)
-    if wait is not None:
-        response = _error(429, "rate_limited", f"too many messages; try again in {wait:.0f} s")
-        response["Retry-After"] = str(max(1, round(wait)))
-        return response
     try:
         posted = services.message_post(
             room=hook.room, author=hook.user, content=content,
@@ -122,6 +88,10 @@ def hook_receive(request: HttpRequest, key: str) -> JsonResponse:
         return _error(409, "conflict", "this event id was already posted with other content")
     except services.RoomBusy as exc:
         return _error(429, "rate_limited", str(exc))
+    except ratelimit.RateLimited as exc:  # the user's message quota, shared with their sockets
+        response = _error(429, "rate_limited", str(exc))
+        response["Retry-After"] = str(max(1, round(exc.retry_after)))
+        return response
     metrics.WEBHOOKS_IN.labels(outcome="duplicate" if not posted.created else "posted").inc()
     answer = {"message_id": posted.message_id, "seq": posted.seq, "duplicate": not posted.created}
     return JsonResponse(answer, status=202)

@@ -9,7 +9,7 @@ import rooms.webhooks.models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("rooms", "0004_message_content_search"),
+        ("rooms", "0005_api_idempotency"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
