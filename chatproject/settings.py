@@ -96,6 +96,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "channels",
     "csp",
+    "servestatic",  # its configuration checks
     "ninja",  # the API's docs page serves its own static files (no CDN)
     "rooms",
     "agents",
