@@ -7,15 +7,15 @@ from typing import Any
 
 from django.conf import settings
 
-from agents import agent_settings, calls, turns
+from agents import agent_settings, calls, schedules, turns
 from agents.kicks import kick_room_on_commit
 from agents.lease import room_turns_lock
-from agents.models import ToolCall, Turn
+from agents.models import Schedule, ToolCall, Turn
 from agents.tools.registry import server_tools
 from rooms.events import Row
 from rooms.models import Room
 from rooms.protocol import RoomEvent, ToolCallData, TurnData
-from rooms.turns import AgentChoice, AgentSetup, ToolInfo
+from rooms.turns import AgentChoice, AgentSetup, ToolInfo, TurnRefused
 
 _MENTION = re.compile(r"(?<![\w@])@(ai|assistant|bot)\b", re.IGNORECASE)
 
@@ -95,6 +95,29 @@ class RoomTurnQueue:
             found = found.filter(turn_id=turn_id)
         newest = list(found.order_by("-pk")[: max(1, limit)])
         return [calls.call_wire(c) for c in sorted(newest, key=lambda c: (c.turn_id, c.step, c.index))]
+
+    def schedules_read(self, *, room: Room) -> list[dict[str, Any]]:
+        return [schedules.schedule_wire(s) for s in schedules.schedules_of_room(room=room)]
+
+    def schedule_new(self, *, room: Room, user: Any, fields: dict[str, Any]) -> dict[str, Any]:
+        fields = dict(fields)
+        tz = fields.pop("timezone", "UTC") or "UTC"
+        try:
+            made = schedules.schedule_create(room=room, user=user, tz=tz, via=Schedule.Via.API, **fields)
+        except schedules.ScheduleInvalid as exc:
+            raise TurnRefused(exc.code, exc.detail) from None
+        made.recent_runs = []  # type: ignore[attr-defined]
+        return schedules.schedule_wire(made)
+
+    def schedule_remove(self, *, room: Room, user: Any, schedule_id: int) -> bool:
+        found = Schedule.objects.filter(pk=schedule_id, room=room).select_related("room").first()
+        if found is None:
+            return False
+        try:
+            schedules.schedule_delete(schedule=found, user=user)
+        except schedules.ScheduleInvalid as exc:
+            raise TurnRefused(exc.code, exc.detail) from None
+        return True
 
     def tool_result(self, *, room: Room, user: Any, call_id: str, output: Any, error: str | None) -> str:
         return turns.turn_tool_result(room=room, user=user, call_id=call_id, output=output, error=error)

@@ -48,10 +48,11 @@ class ScheduleForm(forms.Form):
 
 
 def _member_room(request: HttpRequest, slug: str) -> Room | HttpResponse:
-    """The room, as the room page allows it: a public room is joined on the first visit."""
+    """The room, as the room page allows it: a public room is read by anyone and joined by a
+    POST (never by a page view, which a cross-site link can cause)."""
     room = get_object_or_404(Room, slug=slug)
     access = room_access(room=room, user=request.user)
-    if access == "can_join":
+    if access == "can_join" and request.method == "POST":
         membership_join(room=room, user=request.user)
     elif access == "denied":
         return render(request, "forbidden.html", {"room_title": room.title}, status=403)

@@ -318,3 +318,23 @@ def schedules_of_room(*, room: Room) -> list[Schedule]:
             ScheduleRun.objects.filter(schedule=schedule).select_related("turn").order_by("-slot")[:10]
         )
     return schedules
+
+
+def schedule_wire(schedule: Schedule) -> dict[str, Any]:
+    """A schedule as the HTTP API shows it, with its latest runs (from `schedules_of_room`)."""
+
+    def when(value: datetime | None) -> str | None:
+        return value.isoformat() if value else None
+
+    runs = getattr(schedule, "recent_runs", [])
+    return {
+        "id": schedule.pk, "prompt": schedule.prompt, "kind": schedule.kind, "cron": schedule.cron,
+        "interval_seconds": schedule.interval_seconds, "run_at": when(schedule.run_at),
+        "timezone": schedule.timezone, "enabled": schedule.enabled,
+        "next_run_at": when(schedule.next_run_at), "last_error": schedule.last_error,
+        "created_by": {"id": schedule.created_by_id, "name": schedule.created_by.first_name
+                       or schedule.created_by.username},
+        "created_via": schedule.created_via,
+        "runs": [{"slot": r.slot.isoformat(), "status": r.status, "message_id": r.message_id,
+                  "turn_id": r.turn_id, "error": r.error} for r in runs],
+    }  # fmt: skip

@@ -109,6 +109,17 @@ class TurnQueue(Protocol):
     def tool_decide(self, *, room: Room, user: Any, call_id: str, approved: bool, reason: str | None) -> str:
         """Approve or deny a call that asks first; the call's state after. Raises TurnRefused."""
 
+    def schedules_read(self, *, room: Room) -> list[dict[str, Any]]:
+        """The room's schedules, each with its latest runs and their turns."""
+
+    def schedule_new(self, *, room: Room, user: Any, fields: dict[str, Any]) -> dict[str, Any]:
+        """Make a schedule as `user` (a member; fields: prompt, kind, cron, interval_seconds,
+        run_at, timezone); raises TurnRefused (its code: forbidden, invalid_*) if it cannot be."""
+
+    def schedule_remove(self, *, room: Room, user: Any, schedule_id: int) -> bool:
+        """Remove a schedule (its creator or the room's owner); False if there is none.
+        Raises TurnRefused("forbidden")."""
+
     def tool_catalog(self) -> list[ToolInfo]:
         """The server tools there are (the room settings page lists them)."""
 

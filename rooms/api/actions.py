@@ -333,3 +333,39 @@ def call_answer(*, slug: str, user: Any, call_id: str, output: Any, error: str |
     except TurnRefused as exc:
         raise ApiFailure(exc.code, str(exc), param="call_id") from None
     return _call_of(room=room, call_id=call_id)
+
+
+# --- schedules ----------------------------------------------------------------------------------
+
+_SCHEDULE_PARAMS = {"invalid_cron": "cron", "invalid_timezone": "timezone", "invalid_time": "run_at",
+                    "invalid_prompt": "prompt", "invalid_kind": "kind"}  # fmt: skip
+
+
+def _schedule_refused(exc: TurnRefused) -> ApiFailure:
+    if exc.code == "forbidden":
+        return ApiFailure("forbidden", str(exc))
+    return ApiFailure("invalid", str(exc), param=_SCHEDULE_PARAMS.get(exc.code))
+
+
+def schedules_list(*, slug: str, user: Any) -> list[dict[str, Any]]:
+    room = room_member(slug=slug, user=user)
+    return turn_queue().schedules_read(room=room)
+
+
+def schedule_make(*, slug: str, user: Any, fields: dict[str, Any]) -> dict[str, Any]:
+    """A schedule made through the same service as the room's Schedules page and the tool."""
+    room = room_member(slug=slug, user=user)
+    try:
+        return turn_queue().schedule_new(room=room, user=user, fields=fields)
+    except TurnRefused as exc:
+        raise _schedule_refused(exc) from None
+
+
+def schedule_drop(*, slug: str, user: Any, schedule_id: int) -> None:
+    room = room_member(slug=slug, user=user)
+    try:
+        removed = turn_queue().schedule_remove(room=room, user=user, schedule_id=schedule_id)
+    except TurnRefused as exc:
+        raise _schedule_refused(exc) from None
+    if not removed:
+        raise ApiFailure("not_found", f"no schedule {schedule_id} in this room", param="schedule_id")

@@ -27,6 +27,9 @@ from rooms.api.schemas import (
     RoomIn,
     RoomOut,
     RoomsOut,
+    ScheduleIn,
+    ScheduleOut,
+    SchedulesOut,
     SubmissionOut,
     ToolResultIn,
     TranscriptOut,
@@ -250,3 +253,30 @@ async def call_result(request: HttpRequest, slug: str, call_id: CallId, body: To
         slug=slug, user=_user(request), call_id=call_id, output=body.output, error=body.error
     )
     return {"call": call}
+
+
+# --- schedules ----------------------------------------------------------------------------------
+
+
+@router.get("/rooms/{slug}/schedules", response={200: SchedulesOut, **ERRORS}, summary="List schedules")
+async def schedules_get(request: HttpRequest, slug: str) -> Any:
+    """The room's scheduled turns, each with its latest runs (and their turns)."""
+    return {"schedules": await on_db_threads(actions.schedules_list)(slug=slug, user=_user(request))}
+
+
+@router.post("/rooms/{slug}/schedules", response={201: ScheduleOut, **ERRORS}, summary="Schedule a turn")
+async def schedules_post(request: HttpRequest, slug: str, body: ScheduleIn) -> Any:
+    """Post `prompt` into the room as you at each slot: `cron` (five fields) or `interval`
+    (seconds) in `timezone`, or `once` at `run_at`. An occurrence runs at most once, a late one
+    runs once (no backfill), an interval skips while its previous turn is going."""
+    fields = body.model_dump()
+    return 201, await on_db_threads(actions.schedule_make)(slug=slug, user=_user(request), fields=fields)
+
+
+@router.delete(
+    "/rooms/{slug}/schedules/{schedule_id}", response={204: None, **ERRORS}, summary="Remove a schedule"
+)
+async def schedule_delete(request: HttpRequest, slug: str, schedule_id: Id) -> Any:
+    """Its creator or the room's owner; its runs go with it."""
+    await on_db_threads(actions.schedule_drop)(slug=slug, user=_user(request), schedule_id=schedule_id)
+    return 204, None

@@ -3,6 +3,7 @@ socket (rooms.protocol's MessageData, TurnData, ToolCallData), so a script sees 
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from ninja import Schema
@@ -108,3 +109,42 @@ class SubmissionOut(Schema):
     answer: MessageData | None  # the assistant's message, with its text so far
     text: str | None  # the answer's text (so far, while it runs)
     waiting_calls: list[ToolCallData]  # calls waiting on a person (approve them to unpark)
+
+
+class ScheduleIn(_In):
+    """A message posted into the room as you at each slot; the assistant answers it."""
+
+    prompt: Annotated[str, Field(min_length=1, max_length=4000)]
+    kind: Literal["cron", "interval", "once"]
+    cron: Annotated[str, Field(max_length=120)] = ""  # kind=cron: five fields, e.g. "0 9 * * 1-5"
+    interval_seconds: Annotated[int, Field(ge=1, le=10**8)] | None = None  # kind=interval
+    run_at: datetime | None = None  # kind=once; without an offset it is read in `timezone`
+    timezone: Annotated[str, Field(max_length=64)] = "UTC"  # IANA name, e.g. Europe/Lisbon
+
+
+class ScheduleRunOut(Schema):
+    slot: str
+    status: str  # posted, skipped (the previous run was still going), failed
+    message_id: int | None
+    turn_id: int | None
+    error: str
+
+
+class ScheduleOut(Schema):
+    id: int
+    prompt: str
+    kind: str
+    cron: str
+    interval_seconds: int | None
+    run_at: str | None
+    timezone: str
+    enabled: bool
+    next_run_at: str | None  # None once a one-shot ran
+    last_error: str
+    created_by: UserRef
+    created_via: str  # page, admin, tool, api
+    runs: list[ScheduleRunOut]  # the latest, newest first
+
+
+class SchedulesOut(Schema):
+    schedules: list[ScheduleOut]

@@ -413,3 +413,37 @@ def test_an_openai_stream_gets_every_chunk_once_when_the_web_process_loses_redis
     text = run_async(scenario())
     answer = Message.objects.get(room=room, role="assistant")
     assert answer.status == "complete" and text == answer.content and text.endswith(" w149 w150")
+
+
+def test_a_schedule_made_over_the_api_runs_once_with_its_turn(stack, fake, room, alice, bob):
+    import time
+    from datetime import UTC, datetime, timedelta
+
+    with api(stack, alice[1]) as http:
+        bad = http.post(
+            f"/api/rooms/{room.slug}/schedules", json={"prompt": "x", "kind": "cron", "cron": "nope"}
+        )
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "cron"
+        assert http.get(f"/api/rooms/{room.slug}/schedules").json() == {"schedules": []}
+        soon = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
+        made = http.post(f"/api/rooms/{room.slug}/schedules",
+                         json={"prompt": "remind us !say=Reminder: standup", "kind": "once", "run_at": soon})  # fmt: skip
+        assert made.status_code == 201, made.text
+        schedule = made.json()
+        assert schedule["created_via"] == "api" and schedule["created_by"]["id"] == alice[0].pk
+        deadline = time.monotonic() + 40
+        while True:  # the sweeper fires it (every SWEEP_INTERVAL) and the worker answers
+            runs = http.get(f"/api/rooms/{room.slug}/schedules").json()["schedules"][0]["runs"]
+            if runs and runs[0]["turn_id"] and Turn.objects.get(pk=runs[0]["turn_id"]).status == "done":
+                break
+            assert time.monotonic() < deadline, runs
+            time.sleep(0.2)
+        assert [r["status"] for r in runs] == ["posted"]
+        assert Message.objects.get(room=room, role="assistant").content == "Reminder: standup"
+    membership_join(room=room, user=bob[0])
+    with api(stack, bob[1]) as http:  # a member, but neither its creator nor the owner
+        refused = http.delete(f"/api/rooms/{room.slug}/schedules/{schedule['id']}")
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "forbidden", refused.text
+    with api(stack, alice[1]) as http:
+        assert http.delete(f"/api/rooms/{room.slug}/schedules/{schedule['id']}").status_code == 204
+        assert http.delete(f"/api/rooms/{room.slug}/schedules/{schedule['id']}").status_code == 404
