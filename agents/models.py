@@ -134,3 +134,7 @@ class ToolCall(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.state})"
+
+
+# The MCP servers' models live with their code (agents/mcp/) and belong to this app.
+from agents.mcp.models import McpServer, RoomMcpServer  # noqa: E402, F401

@@ -179,6 +179,15 @@ TOOL_OUTPUT_MAX_BYTES = env.int("TOOL_OUTPUT_MAX_BYTES", default=32 * 1024)
 CLIENT_TOOLS_MAX = env.int("CLIENT_TOOLS_MAX", default=8)  # client tools offered with one send
 CLIENT_TOOL_SCHEMA_MAX_BYTES = env.int("CLIENT_TOOL_SCHEMA_MAX_BYTES", default=8 * 1024)
 MAX_TURN_ATTEMPTS = env.int("MAX_TURN_ATTEMPTS", default=3)  # runs of one turn, recoveries included
+# MCP servers' tools (agents/mcp/, docs/mcp.md): the servers are rows configured in the admin.
+# MCP_SECRET_KEY encrypts their credentials (Fernet keys, comma-separated: the first encrypts,
+# all decrypt, so a key can be rotated); with DEBUG and no key, one is derived from SECRET_KEY.
+MCP_SECRET_KEY = env.str("MCP_SECRET_KEY", default="")
+MCP_CONNECT_WAIT = env.float("MCP_CONNECT_WAIT", default=5.0)  # a turn waits for a starting server
+MCP_IDLE_CHECK = env.float("MCP_IDLE_CHECK", default=60.0)  # idle seconds before a call pings first
+MCP_RETRY_MIN = env.float("MCP_RETRY_MIN", default=1.0)  # back-off between connection attempts,
+MCP_RETRY_MAX = env.float("MCP_RETRY_MAX", default=30.0)  # doubling up to this (the breaker)
+MCP_CATALOG_TTL = env.float("MCP_CATALOG_TTL", default=300.0)  # seconds between tool list refreshes
 # Rate limits (0 turns a limit off): frames per second per socket (burst = 2x), messages per
 # minute per user (all sockets), turns waiting in one room's queue.
 RATE_FRAMES_PER_SECOND = env.float("RATE_FRAMES_PER_SECOND", default=20.0)
