@@ -132,7 +132,9 @@ def test_a_server_that_is_down_leaves_its_tools_out_and_the_turn_answers(stack, 
     run_async(scenario())
     request = fake.requests[-1]
     assert not any(n.startswith(f"{server.name}__") for n in offered(request))
-    told = [m["content"] for m in request["messages"] if m["role"] == "system" and server.name in m["content"]]
+    told = [
+        m["content"] for m in request["messages"] if m["role"] == "system" and server.name in m["content"]
+    ]
     assert len(told) == 1 and "unavailable in this turn" in told[0]
     assert Turn.objects.get(room=room).status == "done"
 
