@@ -40,7 +40,9 @@ CLIENT_TOOL = {
 }
 # what the fake model is told to call, by weight (server read, slow read, slow side effect,
 # client tool, ask-first side effect)
-TOOL_KINDS: dict[str, int] = {"calculator": 2, "slow_lookup": 1, "launch": 3, "client": 2, "note": 2}
+TOOL_KINDS: dict[str, int] = {"calculator": 2, "slow_lookup": 1, "launch": 3, "client": 2, "note": 2,
+                              "mcp_launch": 3, "mcp_add": 1}  # fmt: skip
+MCP_SERVER = "chaos"  # the run's MCP server (tests/mcpserver.py): its tools are `chaos__<tool>`
 
 
 @dataclass(frozen=True)
@@ -226,6 +228,11 @@ class ChaosClient:
             args = {"label": label, "seconds": seconds}
         elif kind == "note":
             args = {"text": f"note {label}"}
+        elif kind == "mcp_launch":  # a side effect on the MCP server: asks first, logs each run
+            return f" !tool={MCP_SERVER}__launch:{json.dumps({'label': label, 'seconds': seconds})}", None
+        elif kind == "mcp_add":  # marked read-only: runs without asking
+            args = {"a": self.rng.randint(1, 99), "b": self.rng.randint(1, 99)}
+            return f" !tool={MCP_SERVER}__add:{json.dumps(args)}", None
         else:
             return f" !tool={CLIENT_TOOL['name']}:{json.dumps({'text': label})}", [CLIENT_TOOL]
         return f" !tool={kind}:{json.dumps(args)}", None
