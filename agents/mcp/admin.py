@@ -8,6 +8,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import ImproperlyConfigured
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
@@ -32,6 +33,12 @@ def _pairs(text: str, pattern: re.Pattern[str], what: str) -> dict[str, str]:
 
 
 class McpServerForm(forms.ModelForm):
+    url = forms.URLField(
+        required=False,
+        max_length=500,
+        assume_scheme="https",
+        help_text="Streamable HTTP: the endpoint, e.g. https://mcp.example.com/mcp",
+    )
     headers = forms.CharField(
         required=False,
         widget=forms.Textarea(attrs={"rows": 2, "autocomplete": "off"}),
@@ -57,6 +64,15 @@ class McpServerForm(forms.ModelForm):
 
     def clean_environment(self) -> dict[str, str]:
         return _pairs(self.cleaned_data.get("environment") or "", _ENV, "'KEY=value'")
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if data.get("headers") or data.get("environment"):
+            try:  # no key (or a bad one): say so on the form rather than fail the save
+                secrets_seal({"headers": {"check": "x"}, "env": {}})
+            except ImproperlyConfigured as exc:
+                self.add_error("headers" if data.get("headers") else "environment", str(exc))
+        return data
 
     def save(self, commit: bool = True) -> Any:
         server = super().save(commit=False)

@@ -5,7 +5,6 @@ screenshots in docs/screenshots/."""
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,8 +26,8 @@ def mcp_http(tmp_path: Path) -> Iterator[HttpMcpServer]:
 
 
 def crm_server(url: str) -> McpServer:
-    name = f"crm{uuid.uuid4().hex[:4]}"
-    return McpServer.objects.create(name=name, title="Contacts", transport="http", url=url,
+    # each test has its own row (and id), so the worker connects anew to this test's server
+    return McpServer.objects.create(name="crm", title="Contacts", transport="http", url=url,
                                     availability="optional", read_only_tools=["add"])  # fmt: skip
 
 
