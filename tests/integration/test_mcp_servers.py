@@ -113,8 +113,12 @@ def test_a_call_slower_than_its_timeout_ends_with_outcome_unknown_and_the_sessio
 ):
     config = http_config(http_server.url, call_timeout=1.0)
     catalog = catalog_of(manager, config)
+    began = time.monotonic()
     with pytest.raises(McpOutcomeUnknown):
         manager.call(config, "slow", {"seconds": 20})
+    print(
+        f"\nFIGURES slow call: outcome unknown after {time.monotonic() - began:.2f} s (timeout 1 s, tool 20 s)"
+    )
     # a side-effecting tool: the loop records it `interrupted` (it may have taken effect)
     with pytest.raises(ToolOutcomeUnknown):
         tool(config, catalog, "slow", manager).run(CTX, {"seconds": 20})
@@ -170,6 +174,8 @@ def test_a_down_server_costs_one_attempt_per_interval_not_one_per_call(manager, 
             r for r in caplog.records if r.name.startswith("agents.mcp") and r.levelno >= logging.WARNING
         ]
         assert len(warnings) == 1 and "gone is unavailable" in warnings[0].getMessage()
+        print(f"\nFIGURES down server: {down.accepted} connection attempt(s) and {len(warnings)} warning "
+              "for 1 + 50 catalogue reads and 50 calls")  # fmt: skip
         with pytest.raises(ToolError) as raised:
             McpTool(config, {"name": "add", "input_schema": {"type": "object"}}, manager).run(CTX, {})
         assert "unavailable" in str(raised.value) and "not sent" in str(raised.value)
@@ -186,8 +192,12 @@ def test_a_server_that_comes_up_later_is_connected_by_the_back_off(manager, sett
     server.start()
     try:
         deadline = time.monotonic() + 30
+        began = time.monotonic()
         while catalog_of(manager, config, wait=5).tools is None:
             assert time.monotonic() < deadline, "never reconnected"
+        print(
+            f"\nFIGURES late server: connected {time.monotonic() - began:.2f} s after it came up (back-off 0.2-0.5 s)"
+        )
         assert manager.call(config, "add", {"a": 2, "b": 2}).structured_content == {"result": 4}
     finally:
         server.stop()
@@ -203,7 +213,11 @@ def test_a_server_restarted_between_two_calls_is_reconnected_before_the_second(
     assert launch.run(CTX, {"label": "before"}) == {"result": "launched before"}
     http_server.restart()  # its sessions are gone: the old one is dead
     # the side-effecting call is sent once, on the new session, and runs once
+    began = time.monotonic()
     assert launch.run(CTX, {"label": "after"}) == {"result": "launched after"}
+    print(
+        f"\nFIGURES restarted server: the next call pinged, reconnected and ran in {time.monotonic() - began:.2f} s"
+    )
     assert http_server.runs() == ["before", "after"]
     assert manager.state("demo") == "up"
 
@@ -212,8 +226,12 @@ def test_list_changed_refreshes_the_catalogue(manager, http_server):
     config = http_config(http_server.url)
     assert "fresh" not in {t["name"] for t in catalog_of(manager, config).tools or []}
     assert manager.call(config, "grow", {}).structured_content == {"result": "grown"}
-    deadline = time.monotonic() + 30
+    began = deadline = time.monotonic()
+    deadline += 30
     while "fresh" not in {t["name"] for t in catalog_of(manager, config).tools or []}:
         assert time.monotonic() < deadline, "the catalogue never saw the new tool"
         time.sleep(0.05)
+    print(
+        f"\nFIGURES list-changed: the catalogue had the new tool {time.monotonic() - began:.2f} s after the call"
+    )
     assert manager.call(config, "fresh", {}).content[0].text == "fresh!"
