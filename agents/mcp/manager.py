@@ -34,7 +34,13 @@ from django.conf import settings
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
-from mcp_types import CONNECTION_CLOSED, REQUEST_TIMEOUT, CallToolResult, ToolListChangedNotification
+from mcp_types import (
+    CONNECTION_CLOSED,
+    INVALID_REQUEST,
+    REQUEST_TIMEOUT,
+    CallToolResult,
+    ToolListChangedNotification,
+)
 from tenacity import AsyncRetrying, RetryCallState, retry_if_not_exception_type, wait_exponential_jitter
 
 from agents.mcp.config import ServerConfig
@@ -93,6 +99,13 @@ def _describe(exc: BaseException) -> str:
         return _describe(exc.exceptions[0])
     text = str(exc) or type(exc).__name__
     return f"{type(exc).__name__}: {text}"[:300] if str(exc) else text
+
+
+def _session_gone(exc: MCPError) -> bool:
+    """The Streamable HTTP transport's reading of a 404 for our session id (a request the server
+    refused unread: it did not run)."""
+    message = (exc.error.message or "").lower()
+    return exc.code == INVALID_REQUEST and message in ("session not found", "session terminated")
 
 
 def tool_entry(tool: Any) -> dict[str, Any]:
@@ -216,7 +229,12 @@ class McpManager:
         server.broken.set()
 
     async def _call(
-        self, config: ServerConfig, tool: str, arguments: dict[str, Any], retry_lost: bool
+        self,
+        config: ServerConfig,
+        tool: str,
+        arguments: dict[str, Any],
+        retry_lost: bool,
+        resend: bool = True,
     ) -> Any:
         server = self._server(config)
         client = await self._ready_client(server)
@@ -233,6 +251,11 @@ class McpManager:
         except MCPError as exc:
             if exc.code == REQUEST_TIMEOUT:
                 raise McpOutcomeUnknown(f"no answer within {config.call_timeout:g} s") from None
+            if _session_gone(exc) and resend:
+                # HTTP 404 for our session id: the server restarted and refused the call before
+                # running it; the spec says start a new session. Sent once more on the new one.
+                self._break(server, "the server no longer knows our session")
+                return await self._call(config, tool, arguments, retry_lost, resend=False)
             if exc.code != CONNECTION_CLOSED:
                 raise McpCallFailed(exc.error.message[:1000] or "the server refused the call") from None
             lost = "the connection closed during the call"
@@ -243,7 +266,7 @@ class McpManager:
             return result
         self._break(server, lost)
         if retry_lost:
-            return await self._call(config, tool, arguments, retry_lost=False)
+            return await self._call(config, tool, arguments, retry_lost=False, resend=resend)
         raise McpOutcomeUnknown(lost)
 
     @contextlib.asynccontextmanager
@@ -353,7 +376,13 @@ class McpManager:
                 ):
                     with attempt:
                         server.state = "starting"
-                        await self._session(server)
+                        try:
+                            await self._session(server)
+                        except BaseExceptionGroup as group:  # the SDK's task groups wrap ours
+                            lost = group.subgroup(_Lost)
+                            if lost is None:
+                                raise
+                            raise _Lost(_describe(lost)) from None
             except _Lost:
                 server.state, server.tools = "starting", None
                 # reconnect at once (a restarted server is back), but a session that breaks

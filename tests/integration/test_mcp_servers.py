@@ -235,3 +235,16 @@ def test_list_changed_refreshes_the_catalogue(manager, http_server):
         f"\nFIGURES list-changed: the catalogue had the new tool {time.monotonic() - began:.2f} s after the call"
     )
     assert manager.call(config, "fresh", {}).content[0].text == "fresh!"
+
+
+def test_a_call_refused_for_a_session_the_restarted_server_forgot_is_sent_once_on_a_new_one(
+    manager, settings, http_server
+):
+    settings.MCP_IDLE_CHECK = 3600.0  # no ping first: the call itself meets the dead session
+    config = http_config(http_server.url)
+    launch = tool(config, catalog_of(manager, config), "launch", manager)
+    assert launch.run(CTX, {"label": "before"}) == {"result": "launched before"}
+    http_server.restart()
+    # the server answers 404 for the old session without running the call: a new session, once
+    assert launch.run(CTX, {"label": "after"}) == {"result": "launched after"}
+    assert http_server.runs() == ["before", "after"]
