@@ -166,3 +166,36 @@ def test_a_worker_killed_during_an_mcp_call_never_sends_it_again(stack, fake, ro
         time.sleep(0.05)
     assert Turn.objects.get(pk=call.turn_id).status == "done"
     assert mcp_http.runs() == ["once"]
+
+
+def test_a_stdio_server_runs_on_the_worker_and_its_tool_answers(stack, fake, room, alice, tmp_path, settings):
+    from tests.mcpservers import stdio_command
+
+    # the stack's workers run with DEBUG and no MCP_SECRET_KEY (a key derived from the dev
+    # SECRET_KEY): encrypt with the same one here
+    settings.DEBUG, settings.MCP_SECRET_KEY = True, ""
+
+    command, args, env = stdio_command(tmp_path / "stdio-runs.log")
+    from agents.mcp.admin import McpServerForm
+
+    form = McpServerForm(data={"name": "local", "title": "", "transport": "stdio", "url": "", "command": command,
+                               "args": json.dumps(args), "availability": "default", "read_only_tools": "[]",
+                               "call_timeout": "20", "headers": "",
+                               "environment": "\n".join(f"{k}={v}" for k, v in env.items())})  # fmt: skip
+    assert form.is_valid(), form.errors
+    form.save()
+    RoomMcpServer.objects.create(room=room, server=McpServer.objects.get(name="local"), ask_first=False)
+
+    async def scenario() -> None:
+        a = RoomClient(stack.base_url, room.slug, token=alice[1])
+        await a.connect()
+        await send(a, 'log it !tool=local__launch:{"label": "via-stdio"} !say=Logged.')
+        await a.wait_for(lambda c: turn_status(c, "done"), timeout=40)
+        await a.close()
+
+    run_async(scenario())
+    call = ToolCall.objects.get(room=room)
+    assert (call.kind, call.state, call.output) == ("mcp", "done", {"result": "launched via-stdio"})
+    # the environment reached the command (it is where the server logs): stored encrypted
+    assert (tmp_path / "stdio-runs.log").read_text().splitlines() == ["via-stdio"]
+    assert str(tmp_path) not in McpServer.objects.get(name="local").secrets
