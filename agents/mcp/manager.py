@@ -51,6 +51,9 @@ T = TypeVar("T")
 
 REQUEST_TIMEOUT_S = 10.0  # the handshake, a tool list, a ping
 PING_TIMEOUT_S = 5.0
+# a server no turn asked for in this long (switched off, deleted, or its rooms are quiet) is
+# let go: its session closed, its stdio process ended; the next turn that wants it reconnects
+UNWANTED_CLOSE_S = 900.0
 
 
 class McpUnavailable(Exception):
@@ -90,6 +93,7 @@ class _Server:
     error: str = ""
     retry_at: float = 0.0
     last_used: float = 0.0
+    wanted: float = 0.0  # when a turn or a call last asked for it
     failures: int = 0  # failed attempts in a row
     task: asyncio.Task[None] | None = None
 
@@ -121,6 +125,7 @@ class McpManager:
         self._servers: dict[int, _Server] = {}
         self._thread = threading.Thread(target=self._loop.run_forever, name="mcp", daemon=True)
         self._thread.start()
+        self._loop.call_soon_threadsafe(lambda: self._loop.create_task(self._let_go_unwanted()))
 
     # --- the worker's side (any thread) ------------------------------------------------------
 
@@ -178,10 +183,11 @@ class McpManager:
     def _server(self, config: ServerConfig) -> _Server:
         server = self._servers.get(config.id)
         if server is not None and server.config == config:  # (credentials aside: they change the version)
+            server.wanted = self._loop.time()
             return server
         if server is not None and server.task is not None:  # edited in the admin: connect anew
             server.task.cancel()
-        server = _Server(config=config)
+        server = _Server(config=config, wanted=self._loop.time())
         server.task = self._loop.create_task(self._supervise(server), name=f"mcp-{config.name}")
         self._servers[config.id] = server
         return server
@@ -394,6 +400,15 @@ class McpManager:
             except Exception:  # a bug in here: keep supervising, after a pause
                 log.exception("MCP server %s: supervisor failed", server.config.name)
                 await asyncio.sleep(settings.MCP_RETRY_MAX)
+
+    async def _let_go_unwanted(self) -> None:
+        while True:
+            await asyncio.sleep(min(60.0, UNWANTED_CLOSE_S / 2))
+            for key, server in list(self._servers.items()):
+                if self._loop.time() - server.wanted > UNWANTED_CLOSE_S and server.task is not None:
+                    log.info("MCP server %s: not used for a while, disconnecting", server.config.name)
+                    server.task.cancel()
+                    del self._servers[key]
 
     async def _close(self) -> None:
         tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]

@@ -248,3 +248,23 @@ def test_a_call_refused_for_a_session_the_restarted_server_forgot_is_sent_once_o
     # the server answers 404 for the old session without running the call: a new session, once
     assert launch.run(CTX, {"label": "after"}) == {"result": "launched after"}
     assert http_server.runs() == ["before", "after"]
+
+
+def test_a_server_no_turn_asks_for_any_more_is_disconnected_then_reconnected_on_demand(
+    settings, monkeypatch, http_server
+):
+    import agents.mcp.manager as manager_module
+
+    settings.MCP_CONNECT_WAIT = 15.0
+    monkeypatch.setattr(manager_module, "UNWANTED_CLOSE_S", 0.5)
+    manager = McpManager()
+    try:
+        config = http_config(http_server.url)
+        assert catalog_of(manager, config).tools is not None
+        deadline = time.monotonic() + 30
+        while manager.state("demo") != "":  # let go: no turn asked for it
+            assert time.monotonic() < deadline, "never let go"
+            time.sleep(0.05)
+        assert manager.call(config, "add", {"a": 1, "b": 2}).structured_content == {"result": 3}
+    finally:
+        manager.close()
