@@ -76,6 +76,7 @@ def as_member(room_id: int, user: Any, ref: Any, action: Callable[..., _T], /, *
     return action(room=room, **kwargs)
 
 
+on_db_threads = _on_db_threads  # rooms.api's database visits run on the same threads
 admit_on_db = _on_db_threads(admit)
 replay_on_db = _on_db_threads(selectors.replay_after)
 as_member_on_db = _on_db_threads(as_member)

@@ -8,7 +8,9 @@ record (`client.frames`) and its `RoomState` (with `last_seq`) across reconnects
 
 A share of the messages make the fake model call a tool: `calculator` (a server read),
 `slow_lookup` (a slow server read), `launch` (a slow server side effect), `chaos_echo` (a client
-tool this client offers in its `send` and answers with `tool_result`) and `note` (asks first:
+tool this client offers in its `send` and answers with `tool_result`), `ask_researcher` or
+`ask_analyst` (a sub-agent: a child run in an agent room, now and then with a slow read of its
+own) and `note` (asks first:
 the asker or the room's owner answers with `tool_approval`, approve or deny; now and then both
 do and the second is refused). Answers come after a random delay, sometimes after the client
 dropped its socket and reconnected, and keep coming through the settle phase.
@@ -40,8 +42,18 @@ CLIENT_TOOL = {
 }
 # what the fake model is told to call, by weight (server read, slow read, slow side effect,
 # client tool, ask-first side effect)
-TOOL_KINDS: dict[str, int] = {"calculator": 2, "slow_lookup": 1, "launch": 3, "client": 2, "note": 2,
-                              "mcp_launch": 3, "mcp_add": 1}  # fmt: skip
+TOOL_KINDS: dict[str, int] = {
+    "calculator": 2,
+    "slow_lookup": 1,
+    "launch": 3,
+    "client": 2,
+    "note": 2,
+    "agent": 3,
+    "mcp_launch": 3,
+    "mcp_add": 1,
+}
+# the sub-agents every chaos room may call (rooms set up as agents by the run, bench/chaos/__main__.py)
+AGENT_TOOLS = ("ask_researcher", "ask_analyst")
 MCP_SERVER = "chaos"  # the run's MCP server (tests/mcpserver.py): its tools are `chaos__<tool>`
 
 
@@ -228,6 +240,12 @@ class ChaosClient:
             args = {"label": label, "seconds": seconds}
         elif kind == "note":
             args = {"text": f"note {label}"}
+        elif kind == "agent":
+            # the child run streams in the agent's room; now and then it calls a slow read itself
+            task = f"task {label} !tokens={self.rng.randint(5, 60)} !delay={self.rng.randint(5, 40)}"
+            if self.rng.random() < 0.3:
+                task += f" !tool=slow_lookup:{json.dumps({'key': label, 'seconds': seconds})}"
+            return f" !tool={self.rng.choice(AGENT_TOOLS)}:{json.dumps({'task': task})}", None
         elif kind == "mcp_launch":  # a side effect on the MCP server: asks first, logs each run
             return f" !tool={MCP_SERVER}__launch:{json.dumps({'label': label, 'seconds': seconds})}", None
         elif kind == "mcp_add":  # marked read-only: runs without asking

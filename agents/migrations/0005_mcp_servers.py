@@ -7,7 +7,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("agents", "0003_tool_calls"),
+        ("agents", "0004_subagents"),
         ("rooms", "0004_message_content_search"),
     ]
 
