@@ -3,6 +3,7 @@ from __future__ import annotations
 from django.contrib import admin
 from django.http import HttpRequest
 
+from agents.mcp import admin as mcp_admin  # noqa: F401  (registers the MCP servers' admin)
 from agents.models import Agent, RoomAgent, ToolCall, Turn
 from agents.trace_admin import TurnTraceInline
 

@@ -174,8 +174,8 @@ class RoomAgent(models.Model):
         constraints = [models.UniqueConstraint(fields=["room", "agent"], name="roomagent_unique")]
 
 
-# Schedules live in a module of their own; imported here so Django registers them.
+# Models that live in modules of their own (imported here so Django registers them with this
+# app): the MCP servers (agents/mcp/), schedules, and the traces of turn runs (agents/observe.py).
+from agents.mcp.models import McpServer, RoomMcpServer  # noqa: E402, F401
 from agents.schedule_models import Schedule, ScheduleRun  # noqa: E402, F401
-
-# Traces of turn runs (agents/observe.py writes them).
 from agents.trace_models import TurnTrace  # noqa: E402, F401

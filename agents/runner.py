@@ -339,7 +339,11 @@ def _turn_run(*, taken: TakenTurn, tracer: TurnTracer) -> str:
         room, messages = ctx.room, ctx.messages
         batcher.chars = len(ctx.text_so_far)
         batcher.ends_with_newline = ctx.text_so_far.endswith("\n") or not ctx.text_so_far
-        toolbox = Toolbox.for_turn(room=room, client_tools=ctx.client_tools)
+        toolbox = Toolbox.for_turn(
+            room=room,
+            client_tools=ctx.client_tools,
+            heartbeat=lambda: db_retry(lambda: lease_renew(taken=taken), what="lease renewal"),
+        )
         batcher.progress = ChildProgress.for_turn(taken=taken, ctx=ctx)
         step = 1 + max((c.step for c in ctx.calls), default=-1)
         if ctx.calls:  # taken again: a fault, a release, or the answer that unparked it
@@ -361,7 +365,8 @@ def _turn_run(*, taken: TakenTurn, tracer: TurnTracer) -> str:
         while True:
             last_step = step >= settings.TURN_MAX_STEPS - 1  # the last one answers without tools
             tools = () if last_step else toolbox.specs()
-            request = ModelRequest(model=model, messages=tuple(messages), tools=tools)
+            told = [ChatMessage(role="system", content=n) for n in toolbox.notices if tools]
+            request = ModelRequest(model=model, messages=(*messages, *told), tools=tools)
             tracer.step_start(step)
             with provider.stream(request) as stream:
                 result = _step_stream(stream, batcher, deadline)

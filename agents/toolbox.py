@@ -19,9 +19,10 @@ from jsonschema import Draft202012Validator
 from agents.agent_settings import AGENT_TOOL_PARAMETERS, AgentTool, room_agent_tools
 from agents.calls import OUTCOME_UNKNOWN, CallPlan, call_settle, call_start
 from agents.lease import TakenTurn
+from agents.mcp.tools import mcp_tools_for_turn
 from agents.models import ToolCall
 from agents.providers.base import ChatMessage, ToolCallRequest
-from agents.tools.base import Tool, ToolContext, ToolError
+from agents.tools.base import Tool, ToolContext, ToolError, ToolOutcomeUnknown
 from agents.tools.hooks import CallInfo, hooks_after, hooks_before
 from agents.tools.registry import server_tools
 from rooms.models import Room
@@ -51,28 +52,41 @@ def _schema_error(schema: dict[str, Any], value: Any) -> str:
 
 @dataclass
 class Toolbox:
-    """The tools of one turn: the room's server tools and the client tools its message offered."""
+    """The tools of one turn: the room's server tools, the agents it may ask, its MCP servers'
+    tools (`mcp`, with what the model is told of servers that are down) and the client tools its
+    message offered."""
 
     room: Room
     server: dict[str, Tool] = field(default_factory=dict)
     ask_first: set[str] = field(default_factory=set)
     client: dict[str, dict[str, Any]] = field(default_factory=dict)
     agents: dict[str, AgentTool] = field(default_factory=dict)  # sub-agents, by tool name
+    mcp: dict[str, Tool] = field(default_factory=dict)
+    notices: list[str] = field(default_factory=list)
 
     @classmethod
-    def for_turn(cls, *, room: Room, client_tools: Iterable[dict[str, Any]]) -> Toolbox:
+    def for_turn(
+        cls, *, room: Room, client_tools: Iterable[dict[str, Any]], heartbeat: Any = None
+    ) -> Toolbox:
+        """`heartbeat()` is called (lease renewal) while a starting MCP server is waited for."""
         on, ask = room_tool_names(room)
         tools = server_tools()
         agents = {n: a for n, a in room_agent_tools(room=room).items() if n not in tools}
-        client = {
-            t["name"]: t for t in client_tools if t.get("name") not in tools and t.get("name") not in agents
-        }
-        return cls(room=room, server={n: tools[n] for n in on}, ask_first=ask, client=client, agents=agents)
+        mcp = mcp_tools_for_turn(room=room, taken=set(tools) | set(agents), heartbeat=heartbeat)
+        taken = set(tools) | set(agents) | set(mcp.tools)
+        client = {t["name"]: t for t in client_tools if t.get("name") not in taken}
+        return cls(room=room, server={n: tools[n] for n in on}, ask_first=ask | mcp.ask_first, client=client,
+                   agents=agents, mcp=dict(mcp.tools), notices=mcp.notices)  # fmt: skip
+
+    def tool(self, name: str) -> Tool | None:
+        """A tool this worker runs (a server or an MCP tool) by the name the model used."""
+        return self.server.get(name) or self.mcp.get(name)
 
     def specs(self) -> tuple[dict[str, Any], ...]:
         """The tools as the model is offered them (OpenAI `tools`)."""
         offered = [t.spec() for t in self.server.values()]
         offered += [a.spec() for a in self.agents.values()]
+        offered += [t.spec() for t in self.mcp.values()]
         offered += [
             {"type": "function", "function": {"name": t["name"], "description": t.get("description", ""),
                                               "parameters": t["parameters"]}}
@@ -90,7 +104,9 @@ class Toolbox:
         except json.JSONDecodeError as exc:
             return replace(plan, error=f"the arguments are not valid JSON ({exc.msg}); send a JSON object")
         plan = replace(plan, input=args)
-        tool = self.server.get(name)
+        tool = self.tool(name)
+        if name in self.mcp:
+            plan = replace(plan, kind=ToolCall.Kind.MCP)
         if name in self.client:
             # a client tool may do anything: never re-run, and its answer comes from a person
             plan = replace(plan, kind=ToolCall.Kind.CLIENT, side_effects=True, idempotent=False)
@@ -134,12 +150,14 @@ def _run_one(taken: TakenTurn, call: ToolCall, tool: Tool) -> None:
             return  # settled meanwhile (cancelled), or already started by a worker now gone
         began = time.monotonic()
         output: Any = None
-        error = ""
+        error, unknown = "", False
         try:
             output = tool.run(
                 ToolContext(taken.room_id, taken.turn_id, call.pk, call.initiator_id), call.input or {}
             )
             json.dumps(output)  # must be storable as JSON
+        except ToolOutcomeUnknown as exc:
+            error, unknown = str(exc)[:2000] or OUTCOME_UNKNOWN, True
         except ToolError as exc:
             error = str(exc)[:2000] or "the tool failed"
         except (TypeError, ValueError) as exc:
@@ -148,6 +166,8 @@ def _run_one(taken: TakenTurn, call: ToolCall, tool: Tool) -> None:
             log.exception("tool %s crashed (call %s)", call.name, call.pk)
             error = f"the tool crashed: {type(exc).__name__}"
         state = ToolCall.State.ERROR if error else ToolCall.State.DONE
+        if unknown and call.side_effects and not call.idempotent:
+            state = ToolCall.State.INTERRUPTED
         call_settle(taken=taken, call_id=call.pk, state=state, output=None if error else output, error=error)
         hooks_after(info, output=output, error=error, duration=time.monotonic() - began)
     finally:
@@ -171,11 +191,12 @@ def run_server_calls(taken: TakenTurn, calls: list[ToolCall], toolbox: Toolbox, 
     late result is refused by the compare-and-set."""
     runnable = [
         c for c in calls
-        if c.kind == ToolCall.Kind.SERVER and c.state == ToolCall.State.RUNNING and c.started_at is None
+        if c.kind in (ToolCall.Kind.SERVER, ToolCall.Kind.MCP) and c.state == ToolCall.State.RUNNING
+        and c.started_at is None
     ]  # fmt: skip
     futures = {}
     for call in runnable:
-        tool = toolbox.server.get(call.name) or server_tools().get(call.name)
+        tool = toolbox.tool(call.name) or server_tools().get(call.name)
         if tool is None:
             call_settle(
                 taken=taken,

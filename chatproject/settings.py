@@ -266,6 +266,15 @@ AGENT_MAX_RUNNING = env.int("AGENT_MAX_RUNNING", default=16)
 AGENT_CALL_TIMEOUT = env.float("AGENT_CALL_TIMEOUT", default=900.0)
 AGENT_PROGRESS_INTERVAL = env.float("AGENT_PROGRESS_INTERVAL", default=0.5)
 AGENT_PROGRESS_MAX_CHARS = env.int("AGENT_PROGRESS_MAX_CHARS", default=1200)
+# MCP servers' tools (agents/mcp/, docs/mcp.md): the servers are rows configured in the admin.
+# MCP_SECRET_KEY encrypts their credentials (Fernet keys, comma-separated: the first encrypts,
+# all decrypt, so a key can be rotated); with DEBUG and no key, one is derived from SECRET_KEY.
+MCP_SECRET_KEY = env.str("MCP_SECRET_KEY", default="")
+MCP_CONNECT_WAIT = env.float("MCP_CONNECT_WAIT", default=5.0)  # a turn waits for a starting server
+MCP_IDLE_CHECK = env.float("MCP_IDLE_CHECK", default=60.0)  # idle seconds before a call pings first
+MCP_RETRY_MIN = env.float("MCP_RETRY_MIN", default=1.0)  # back-off between connection attempts,
+MCP_RETRY_MAX = env.float("MCP_RETRY_MAX", default=30.0)  # doubling up to this (the breaker)
+MCP_CATALOG_TTL = env.float("MCP_CATALOG_TTL", default=300.0)  # seconds between tool list refreshes
 # Rate limits (0 turns a limit off): frames per second per socket (burst = 2x), messages per
 # minute per user (all sockets), turns waiting in one room's queue.
 RATE_FRAMES_PER_SECOND = env.float("RATE_FRAMES_PER_SECOND", default=20.0)

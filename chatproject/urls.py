@@ -5,6 +5,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import path
 
 from agents import observe, schedule_views
+from agents.mcp import views as mcp_views
 from rooms import health, views
 from rooms.api import api
 from rooms.webhooks import inbound as webhooks_in
@@ -15,6 +16,7 @@ urlpatterns = [
     path("r/<slug:slug>/", views.room, name="room"),
     path("r/<slug:slug>/post/", views.room_post, name="room_post"),
     path("r/<slug:slug>/settings/", views.room_settings, name="room_settings"),
+    path("r/<slug:slug>/mcp/", mcp_views.room_mcp, name="room_mcp"),
     path("r/<slug:slug>/earlier/", views.room_earlier, name="room_earlier"),
     path("profile/", views.profile, name="profile"),
     path("r/<slug:slug>/join/<str:token>/", views.room_invite, name="room_invite"),

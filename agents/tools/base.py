@@ -16,6 +16,11 @@ class ToolError(Exception):
     """The call failed in a way the model should hear about (bad input, nothing found...)."""
 
 
+class ToolOutcomeUnknown(ToolError):
+    """The work was handed on and no answer came back (a remote call timed out or lost its
+    connection): the call ends `interrupted`, since it may or may not have taken effect."""
+
+
 @dataclass(frozen=True)
 class ToolContext:
     """Who and where a call runs for: the room, the turn, the person whose message started it."""

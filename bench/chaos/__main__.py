@@ -83,6 +83,7 @@ class ChaosRun:
         self.redis: ChaosRedis | None = None
         self.apps: AppProcesses | None = None
         self.fake: Any = None
+        self.mcp: Any = None  # the run's MCP server (tests.mcpservers.HttpMcpServer)
         self.injector: Any = None
         self.clients: list[Any] = []
         self.counts: Counter[str] = Counter()
@@ -148,6 +149,7 @@ class ChaosRun:
         logging.getLogger("bench.chaos").setLevel(logging.INFO if self.args.verbose else logging.WARNING)
         logging.getLogger("psycopg.pool").setLevel(logging.ERROR)  # our own queries during pg_refuse
         specs = self._make_rooms()
+        self._start_mcp(sorted({s.room_id for s in specs}))
         self.apps = AppProcesses(env, logdir)
         t1 = time.monotonic()
         self.apps.start_all()
@@ -199,6 +201,24 @@ class ChaosRun:
         )
         return [a.room_id for a in agents]
 
+    def _start_mcp(self, room_ids: list[int]) -> None:
+        """The run's MCP server (tests/mcpserver.py over Streamable HTTP), on in every room:
+        `add` is marked read-only; `launch` logs each run (check p) and asks first, except in
+        every other room, whose owner turned that off (so its calls run, and are killed, at once)."""
+        from agents.mcp.models import McpServer, RoomMcpServer
+        from bench.chaos.driver import MCP_SERVER
+        from tests.mcpservers import HttpMcpServer
+
+        self.mcp = HttpMcpServer(log=self.run_dir / "mcp-runs.log").start()
+        server = McpServer.objects.create(
+            name=MCP_SERVER, transport="http", url=self.mcp.url, availability="default",
+            read_only_tools=["add"], call_timeout=10,
+        )  # fmt: skip
+        RoomMcpServer.objects.bulk_create(
+            [RoomMcpServer(room_id=r, server=server, ask_first=False) for r in room_ids[1::2]]
+        )
+        self.notes.append(f"MCP server {MCP_SERVER} on port {self.mcp.port}")
+
     def _make_clients(self, specs: list[Any]) -> None:
         from bench.chaos.driver import ChaosClient
 
@@ -224,6 +244,7 @@ class ChaosRun:
             random.Random(self.rng.random()),
             self.args.lease_timeout,
             only=frozenset(k.strip() for k in self.args.faults.split(",") if k.strip()) or None,
+            mcp=self.mcp,
         )
         stop, done = asyncio.Event(), asyncio.Event()
         sampler = asyncio.create_task(self._sample_queue(done))
@@ -409,6 +430,7 @@ class ChaosRun:
             tool_kills=self.injector.tool_kills,
             parked_kills=self.injector.parked_kills,
             agent_rooms=agent_rooms,
+            mcp_runs=self.mcp.runs() if self.mcp is not None else None,
         ).run()
         queue = [n for _, n in self.queue_samples]
         lease_lost = self._count_in_logs(r"lease lost")
@@ -478,6 +500,8 @@ class ChaosRun:
             self.redis.stop()
         if self.fake is not None:
             self.fake.stop()
+        if self.mcp is not None:
+            self.mcp.stop()
         try:
             from django.db import connections
 
@@ -581,6 +605,13 @@ def render_table(result: dict[str, Any]) -> str:
         ("agent calls by state", ", ".join(f"{k} {v}" for k, v in tools["agent_calls_by_state"].items()))
     )
     rows.append(("calls compared client = db", str(tools["calls_compared"])))
+    rows.append(
+        (
+            "MCP server: restarts / launch runs / interrupted that ran",
+            f"{result['faults'].get('restart_mcp', 0)} / {tools['mcp_runs']} / "
+            f"{tools['mcp_interrupted_that_ran']}",
+        )
+    )
     rows.append(("frames received / checked", f"{result['frames_received']} / {result['frames_checked']}"))
     for check, n in result["violations_by_check"].items():
         if n:

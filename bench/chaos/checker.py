@@ -37,6 +37,9 @@ them; every violation names its room, its client and the first event that differ
   o  the clients' view of every call (the last tool_call/tool_update each applied) equals the
      database's row as the wire carries it (state, output, error, times, who decided), and no
      answer a client was allowed to give was refused other than as `conflict` (someone first)
+  r  no MCP call re-run after a crash: the run's MCP server logs each run of `chaos__launch`
+     with the call's label; a label ran once per call `done`, at most once per call
+     `interrupted`, never for a call denied or failed before it was sent, never twice
   z  the run exercised the system: every client received events, every room finished an answer
      and was probed after the faults (a run where nothing happened proves nothing)
 """
@@ -56,6 +59,8 @@ TERMINAL = frozenset({"done", "cancelled", "failed", "interrupted"})
 SETTLED_CALL = frozenset({"done", "error", "denied", "interrupted"})
 WAITING_CALL = frozenset({"awaiting_approval", "waiting_client"})
 SIDE_EFFECT_TOOLS = ("launch", "note")  # each run writes a RoomNote with its call id
+MCP_LAUNCH = "chaos__launch"  # the MCP server's side effect: each run logs its label there
+LAUNCHES = ("launch", MCP_LAUNCH)
 
 CHECKS = {
     "a": "gapless, exactly once",
@@ -75,6 +80,7 @@ CHECKS = {
     "o": "clients' calls == database",
     "p": "no duplicate child runs",
     "q": "every parent call settled or parked",
+    "r": "no MCP call re-run after a crash",
     "z": "the run exercised every room and client",
 }
 
@@ -223,6 +229,7 @@ class Checker:
         tool_kills: list[dict[str, Any]] | None = None,
         parked_kills: list[dict[str, Any]] | None = None,
         agent_rooms: dict[int, RoomData] | None = None,
+        mcp_runs: list[str] | None = None,
     ) -> None:
         self.records = records
         self.rooms = rooms
@@ -233,6 +240,7 @@ class Checker:
         self.tool_kills = tool_kills or []  # calls whose worker was killed mid-run
         self.parked_kills = parked_kills or []  # kills while turns were parked
         self.agent_rooms = agent_rooms or {}  # the rooms set up as agents: child runs, no clients
+        self.mcp_runs = mcp_runs  # the labels the MCP server's `launch` logged, one a run (None: no server)
         self.report = CheckReport()
         self.tool_stats: Counter[str] = Counter()
         self.parked_endings: Counter[str] = Counter()
@@ -269,6 +277,7 @@ class Checker:
         self.check_child_runs()
         self.check_parent_calls()
         self.check_tool_kills()
+        self.check_mcp_runs()
         self.check_probes()
         self.check_recoveries()
         self.check_exercised()
@@ -601,7 +610,7 @@ class Checker:
                 continue
             self.tool_stats[f"kills_{kill['tool']}"] += 1
             turn = room.turns.get(call["turn_id"], {})
-            if kill["tool"] == "launch":
+            if kill["tool"] in LAUNCHES:
                 if call["state"] == "interrupted":
                     self.tool_stats["killed_launches_interrupted"] += 1
                 elif call["state"] == "done":  # it finished just before the kill landed
@@ -627,8 +636,34 @@ class Checker:
                 )
         for kill in self.tool_kills:
             room = self.rooms.get(kill["room"])
-            if room is not None and kill["tool"] == "launch":
+            if room is not None and kill["tool"] in LAUNCHES:
                 self.tool_stats["killed_launches_noted"] += sum(1 for _, c in room.notes if c == kill["call"])
+
+    def check_mcp_runs(self) -> None:
+        """r: the MCP server ran each `chaos__launch` label at most as often as its calls could
+        have run it: once per call `done`, at most once per call `interrupted` (it may have),
+        never for one that was denied or failed before it was sent, and never twice for one call
+        (a recovery sending it again)."""
+        if self.mcp_runs is None:
+            return
+        runs = Counter(self.mcp_runs)
+        calls: dict[str, Counter[str]] = defaultdict(Counter)
+        where: dict[str, RoomData] = {}
+        for room in self.rooms.values():
+            for call in room.calls.values():
+                if call["name"] == MCP_LAUNCH:
+                    label = str((call["wire"]["input"] or {}).get("label"))
+                    calls[label][call["state"]] += 1
+                    where[label] = room
+        self.tool_stats["mcp_runs"] = len(self.mcp_runs)
+        for label in sorted(set(runs) | set(calls)):
+            n, states = runs[label], calls[label]
+            room = where.get(label) or next(iter(self.rooms.values()))
+            if n < states["done"] or n > states["done"] + states["interrupted"]:
+                self.fail("r", room, "-", f"{MCP_LAUNCH} {label!r} ran {n} times on the MCP server; "
+                          f"its calls: {dict(states) or 'none'}")  # fmt: skip
+            elif states["interrupted"] and n:
+                self.tool_stats["mcp_interrupted_that_ran"] += 1
 
     def check_calls_settled(self, room: RoomData) -> None:
         for call in room.calls.values():
@@ -796,6 +831,8 @@ class Checker:
                 for k, v in sorted(s.items())
                 if k.startswith("agent_calls_") and k != "agent_calls_compared"
             },
+            "mcp_runs": s["mcp_runs"],
+            "mcp_interrupted_that_ran": s["mcp_interrupted_that_ran"],
         }
 
     # --- numbers ----------------------------------------------------------------------------

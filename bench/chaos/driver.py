@@ -49,9 +49,12 @@ TOOL_KINDS: dict[str, int] = {
     "client": 2,
     "note": 2,
     "agent": 3,
+    "mcp_launch": 3,
+    "mcp_add": 1,
 }
 # the sub-agents every chaos room may call (rooms set up as agents by the run, bench/chaos/__main__.py)
 AGENT_TOOLS = ("ask_researcher", "ask_analyst")
+MCP_SERVER = "chaos"  # the run's MCP server (tests/mcpserver.py): its tools are `chaos__<tool>`
 
 
 @dataclass(frozen=True)
@@ -243,6 +246,11 @@ class ChaosClient:
             if self.rng.random() < 0.3:
                 task += f" !tool=slow_lookup:{json.dumps({'key': label, 'seconds': seconds})}"
             return f" !tool={self.rng.choice(AGENT_TOOLS)}:{json.dumps({'task': task})}", None
+        elif kind == "mcp_launch":  # a side effect on the MCP server: asks first, logs each run
+            return f" !tool={MCP_SERVER}__launch:{json.dumps({'label': label, 'seconds': seconds})}", None
+        elif kind == "mcp_add":  # marked read-only: runs without asking
+            args = {"a": self.rng.randint(1, 99), "b": self.rng.randint(1, 99)}
+            return f" !tool={MCP_SERVER}__add:{json.dumps(args)}", None
         else:
             return f" !tool={CLIENT_TOOL['name']}:{json.dumps({'text': label})}", [CLIENT_TOOL]
         return f" !tool={kind}:{json.dumps(args)}", None

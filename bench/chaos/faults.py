@@ -40,9 +40,12 @@ SYSTEM_FAULTS: dict[str, int] = {  # kind -> weight
     "kill_during_tool": 6,
     "kill_while_parked": 3,
     "kill_during_agent": 3,
+    "restart_mcp": 2,
 }
 CLIENT_FAULTS: dict[str, int] = {"drop_client": 3, "pause_reads": 2}
-SLOW_TOOLS = ("launch", "slow_lookup")  # tests/tools.py: what kill_during_tool kills inside of
+# what kill_during_tool kills inside of: tests/tools.py's, and the MCP server's side effect
+SLOW_TOOLS = ("launch", "slow_lookup", "chaos__launch")
+LAUNCHES = ("launch", "chaos__launch")  # the side effects among them
 
 
 def _running_turns() -> list[tuple[int, int, str, int]]:
@@ -136,6 +139,7 @@ class FaultInjector:
     gap: tuple[float, float] = (2.0, 6.0)  # seconds between system faults
     client_gap: tuple[float, float] = (0.3, 1.5)  # seconds between client faults
     only: frozenset[str] | None = None  # inject only these kinds (None: all)
+    mcp: Any = None  # the run's MCP server (tests.mcpservers.HttpMcpServer); None: no MCP fault
     counts: Counter[str] = field(default_factory=Counter)
     skipped: Counter[str] = field(default_factory=Counter)
     timeline: list[dict[str, Any]] = field(default_factory=list)
@@ -152,6 +156,7 @@ class FaultInjector:
 
     async def run_system(self, stop: asyncio.Event) -> None:
         kinds = {k: w for k, w in SYSTEM_FAULTS.items() if k != "restart_redis" or self.redis is not None}
+        kinds = {k: w for k, w in kinds.items() if k != "restart_mcp" or self.mcp is not None}
         await self._loop(stop, kinds, self.gap)
 
     async def run_clients(self, stop: asyncio.Event) -> None:
@@ -268,7 +273,7 @@ class FaultInjector:
             await asyncio.sleep(0.2)
         if not candidates:
             return None
-        launches = [c for c in candidates if c[1] == "launch"]
+        launches = [c for c in candidates if c[1] in LAUNCHES]
         pool = launches if launches and self.rng.random() < 0.75 else candidates
         call_id, name, turn_id, room_id, generation, pid, worker, is_child = self.rng.choice(pool)
         at = time.time()
@@ -575,6 +580,16 @@ class FaultInjector:
         await self._start_redis()
         return {"port": self.redis.port, "down_s": round(down, 2)}
 
+    async def restart_mcp(self) -> dict[str, Any] | None:
+        """SIGKILL the MCP server (its calls in flight die with it), leave it down a moment,
+        start it again on the same port: its sessions are gone, the workers must reconnect."""
+        assert self.mcp is not None
+        await asyncio.to_thread(self.mcp.stop, kill=True)
+        down = self.rng.uniform(0.3, 3.0)
+        await asyncio.sleep(down)
+        await asyncio.to_thread(self.mcp.start)
+        return {"port": self.mcp.port, "down_s": round(down, 2)}
+
     async def _start_redis(self) -> None:
         assert self.redis is not None
         self.redis.start()  # main thread; returns once it answers PING (tens of ms)
@@ -643,6 +658,9 @@ class FaultInjector:
             fixed.append(f"SIGCONT {pid}")
         self._stopped_pids.clear()
         await asyncio.to_thread(self.db.allow_connections)
+        if self.mcp is not None and (self.mcp.process is None or self.mcp.process.poll() is not None):
+            await asyncio.to_thread(self.mcp.start)
+            fixed.append("mcp server")
         if self.redis is not None and not self.redis.running:
             await self._start_redis()
             fixed.append("redis")

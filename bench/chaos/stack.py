@@ -305,6 +305,8 @@ def app_env(
         LOG_LEVEL="INFO",
         # the slow side-effecting tool the tool faults kill a worker in the middle of
         AGENT_TOOLS_EXTRA="tests.tools.Launch,tests.tools.SlowLookup",
+        # the run's MCP server is killed and restarted: reconnect within seconds, not 30
+        MCP_RETRY_MAX="4",
     )
     return env
 

@@ -280,7 +280,13 @@ export function createRoomView(root, me, actions) {
     const details = el('details', 'tool-details');
     details.open = Boolean(open);
     const summary = el('summary');
-    summary.append(el('span', 'tool-name', call.name), ' ', el('span', 'tool-state', callStateLabel(call)));
+    summary.append(el('span', 'tool-name', call.name));
+    if (call.kind === 'mcp') {
+      const kind = el('span', 'tool-kind', 'MCP');
+      kind.title = 'A tool of an MCP server';
+      summary.append(' ', kind);
+    }
+    summary.append(' ', el('span', 'tool-state', callStateLabel(call)));
     const took = callDuration(call);
     if (took) summary.append(' ', el('span', 'tool-duration', took));
     const io = el('div', 'tool-io');

@@ -1,0 +1,1 @@
+"""MCP servers' tools for the assistant: config, connections, tools (docs/mcp.md)."""
