@@ -30,7 +30,7 @@ _EMBEDDED_REDIS_URL = f"redis://127.0.0.1:{env.int('EMBEDDED_REDIS_PORT', defaul
 
 INSTALLED_APPS = [
     "daphne",
-    "django.contrib.admin",
+    "rooms.admin_apps.ModerationAdminConfig",  # django.contrib.admin, with the moderation dashboard
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -184,6 +184,9 @@ MAX_TURN_ATTEMPTS = env.int("MAX_TURN_ATTEMPTS", default=3)  # runs of one turn,
 RATE_FRAMES_PER_SECOND = env.float("RATE_FRAMES_PER_SECOND", default=20.0)
 RATE_MESSAGES_PER_MINUTE = env.int("RATE_MESSAGES_PER_MINUTE", default=30)
 RATE_QUEUED_TURNS_PER_ROOM = env.int("RATE_QUEUED_TURNS_PER_ROOM", default=20)
+# Seconds between re-reads of every live socket's access (a ban whose broadcast was lost still
+# closes it); each socket's frames, `sync` and heartbeat re-check it as well. 0: off.
+ACCESS_RECHECK_SECONDS = env.float("ACCESS_RECHECK_SECONDS", default=20.0)
 
 # --- LLM -------------------------------------------------------------------------------------
 LLM_BASE_URL = env.str("LLM_BASE_URL", default="")

@@ -4,7 +4,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from rooms import views
+from rooms import views, views_moderation
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -12,6 +12,8 @@ urlpatterns = [
     path("r/<slug:slug>/post/", views.room_post, name="room_post"),
     path("r/<slug:slug>/settings/", views.room_settings, name="room_settings"),
     path("r/<slug:slug>/earlier/", views.room_earlier, name="room_earlier"),
+    path("r/<slug:slug>/moderate/", views_moderation.room_moderate, name="room_moderate"),
+    path("r/<slug:slug>/report/", views_moderation.room_report, name="room_report"),
     path("profile/", views.profile, name="profile"),
     path("r/<slug:slug>/join/<str:token>/", views.room_invite, name="room_invite"),
     path("signup/", views.signup, name="signup"),

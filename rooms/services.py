@@ -19,6 +19,7 @@ from rooms.events import NEXT_SEQ, Fill, Row, events_append_last, sentinel
 from rooms.models import ApiToken, Membership, Message, Room, RoomNote
 from rooms.protocol import MessageEvent, MessageUpdateEvent, NoteData, NoteEvent, RoomEvent
 from rooms.selectors import SocketAccess, message_wire, socket_access
+from rooms.standing import ModerationRefused, post_check
 from rooms.turns import turn_queue
 
 User = get_user_model()
@@ -166,6 +167,13 @@ def message_post(
     trip each. A resend (same client_id) is not looked up first: the insert's unique index
     refuses it, and the whole statement with it.
     """
+    try:  # locked room, viewer, muted, slow mode (rooms.standing): nothing is stored
+        post_check(room=room, user=author)
+    except ModerationRefused:
+        existing = _existing_post(room=room, author=author, client_id=client_id, content=content)
+        if existing is not None:  # a resend of a message stored before still gets its ack
+            return existing
+        raise
     queue = turn_queue()
     wants_turn = queue.wanted(room=room, content=content)
     if wants_turn and queue.queue_full(room=room):
