@@ -93,7 +93,7 @@ class MembershipInline(admin.TabularInline):
     model = Membership
     extra = 0
     fields = ["user", "role", "muted_at", "banned_at", "joined_at"]
-    readonly_fields = fields
+    readonly_fields = ["user", "role", "muted_at", "banned_at", "joined_at"]
     can_delete = False
     show_change_link = True
 
@@ -126,7 +126,17 @@ class MembershipAdmin(admin.ModelAdmin):
     search_fields = ["room__slug", "user__username", "user__first_name"]
     raw_id_fields = ["room", "user"]
     readonly_fields = ["room", "user", "banned_at", "muted_at", "kicked_at", "joined_at"]
-    actions = ["ban", "unban", "mute", "unmute", "kick", "remove", "make_viewer", "make_member", "make_moderator"]
+    actions = [
+        "ban",
+        "unban",
+        "mute",
+        "unmute",
+        "kick",
+        "remove",
+        "make_viewer",
+        "make_member",
+        "make_moderator",
+    ]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # people join through the room (or a moderator's role change)
@@ -190,7 +200,9 @@ class MembershipAdmin(admin.ModelAdmin):
 class RoomForm(forms.ModelForm):
     """A room's settings; `locked` and `slow_mode_seconds` go through the moderation service."""
 
-    locked = forms.BooleanField(required=False, help_text="Read-only: sends, retries and tool approvals are refused")
+    locked = forms.BooleanField(
+        required=False, help_text="Read-only: sends, retries and tool approvals are refused"
+    )
     stop_turns = forms.BooleanField(required=False, label="Stop its turns when locking")
     reason = forms.CharField(required=False, max_length=500)
 
@@ -209,7 +221,16 @@ class RoomForm(forms.ModelForm):
 class RoomAdmin(admin.ModelAdmin):
     form = RoomForm
     action_form = ReasonActionForm
-    list_display = ["slug", "title", "owner", "visibility", "locked_at", "slow_mode_seconds", "ai_enabled", "last_seq"]
+    list_display = [
+        "slug",
+        "title",
+        "owner",
+        "visibility",
+        "locked_at",
+        "slow_mode_seconds",
+        "ai_enabled",
+        "last_seq",
+    ]
     list_filter = ["visibility", "ai_enabled"]
     search_fields = ["slug", "title"]
     readonly_fields = ["owner", "last_seq", "invite_token", "locked_at", "created_at"]
@@ -270,7 +291,17 @@ class MessageAdmin(admin.ModelAdmin):
     list_filter = ["role", "status"]
     search_fields = ["content"]
     fields = ["room", "seq", "role", "author", "status", "content", "client_id", "created_at", "updated_at"]
-    readonly_fields = fields
+    readonly_fields = [
+        "room",
+        "seq",
+        "role",
+        "author",
+        "status",
+        "content",
+        "client_id",
+        "created_at",
+        "updated_at",
+    ]
     actions = ["hide", "unhide", "delete_content"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest
+from django.template.response import TemplateResponse
 
 
 class ModerationAdminSite(admin.AdminSite):
@@ -13,7 +14,7 @@ class ModerationAdminSite(admin.AdminSite):
 
     index_template = "admin/moderation_index.html"
 
-    def index(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+    def index(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> TemplateResponse:
         from rooms.admin_dashboard import dashboard_context
 
         return super().index(request, {**dashboard_context(), **(extra_context or {})})

@@ -207,7 +207,9 @@ class MessageReport(models.Model):
     """A member's flag on a message, queued for the moderators (the admin's reports)."""
 
     message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="reports")
-    reporter = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    reporter = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
     reason = models.CharField(max_length=500)
     created_at = models.DateTimeField(auto_now_add=True)
     resolved_at = models.DateTimeField(null=True, blank=True)
@@ -218,7 +220,9 @@ class MessageReport(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["created_at"], condition=Q(resolved_at__isnull=True), name="report_open_idx")]
+        indexes = [
+            models.Index(fields=["created_at"], condition=Q(resolved_at__isnull=True), name="report_open_idx")
+        ]
 
     def __str__(self) -> str:
         return f"report on message {self.message_id}: {self.reason[:40]}"
@@ -227,7 +231,9 @@ class MessageReport(models.Model):
 class ModerationAction(models.Model):
     """The audit log: one row per moderation action, written by rooms.moderation only."""
 
-    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
     action = models.CharField(max_length=32)
     room = models.ForeignKey(Room, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     target_type = models.CharField(max_length=16)  # message, room, member, user, token, report

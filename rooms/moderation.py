@@ -154,6 +154,12 @@ def _require_over(actor: Any, room: Room, target: Membership) -> None:
         raise ModerationRefused("forbidden", "only the owner (or staff) moderates a moderator")
 
 
+def _needed(value: int | None, what: str) -> int:
+    if value is None:
+        raise ModerationRefused("invalid", f"this action needs {what}")
+    return value
+
+
 def _room_of(request: _Request) -> Room:
     if request.room is None:
         raise ModerationRefused("invalid", "this action needs a room")
@@ -167,7 +173,10 @@ def _message_of(request: _Request) -> Message:
     if request.message_id is None:
         raise ModerationRefused("invalid", "this action needs a message")
     message = (
-        Message.objects.select_for_update(of=("self",)).select_related("author").filter(pk=request.message_id).first()
+        Message.objects.select_for_update(of=("self",))
+        .select_related("author")
+        .filter(pk=request.message_id)
+        .first()
     )
     if message is None or (request.room is not None and message.room_id != request.room.pk):
         raise ModerationRefused("not_found", f"no message {request.message_id} in this room")
@@ -244,8 +253,9 @@ def _delete(request: _Request) -> _Change:
     chunks, _ = StreamChunk.objects.filter(message=message).delete()
     message_frames_redact(room_id=message.room_id, message_id=message.pk)
     reports_resolve_for(actor=request.actor, message_id=message.pk, resolution="deleted")
-    return _Change(message.room_id, "message", message.pk, _message_repr(message), before,
-                   {"status": message.status, "chunks_deleted": chunks}, [_update_event(message)])  # fmt: skip
+    after = {"status": message.status, "chunks_deleted": chunks}
+    return _Change(message.room_id, "message", message.pk, _message_repr(message), before, after,
+                   [_update_event(message)])  # fmt: skip
 
 
 # --- rooms ------------------------------------------------------------------------------------
@@ -320,7 +330,8 @@ def member_state(membership: Membership) -> dict[str, Any]:
 def _member_event(membership: Membership) -> MemberUpdateEvent:
     user = membership.user
     return MemberUpdateEvent(
-        seq=NEXT_SEQ, member=MemberData(user=UserRef(id=user.pk, name=display_name(user)), **member_state(membership))
+        seq=NEXT_SEQ,
+        member=MemberData(user=UserRef(id=user.pk, name=display_name(user)), **member_state(membership)),
     )
 
 
@@ -400,9 +411,12 @@ def _remove(request: _Request) -> _Change:
     """Take a person out of the room (they may join a public room again): their sockets close."""
     room = _room_of(request)
     _require_room_moderator(request.actor, room)
-    membership = Membership.objects.select_for_update().select_related("user").filter(
-        room=room, user_id=request.user_id
-    ).first()
+    membership = (
+        Membership.objects.select_for_update()
+        .select_related("user")
+        .filter(room=room, user_id=_needed(request.user_id, "a person"))
+        .first()
+    )
     if membership is None:
         raise ModerationRefused("not_found", "that person is not a member of this room")
     _require_over(request.actor, room, membership)
@@ -423,7 +437,7 @@ def _require_staff(actor: Any) -> None:
 
 def _set_active(request: _Request, active: bool) -> _Change:
     _require_staff(request.actor)
-    user = User.objects.select_for_update().filter(pk=request.user_id).first()
+    user = User.objects.select_for_update().filter(pk=_needed(request.user_id, "a person")).first()
     if user is None:
         raise ModerationRefused("not_found", f"no user {request.user_id}")
     if user.pk == request.actor.pk:
@@ -439,14 +453,21 @@ def _set_active(request: _Request, active: bool) -> _Change:
 
 def _revoke_token(request: _Request) -> _Change:
     _require_staff(request.actor)
-    token = ApiToken.objects.select_for_update().select_related("user").filter(pk=request.token_id).first()
+    token = (
+        ApiToken.objects.select_for_update()
+        .select_related("user")
+        .filter(pk=_needed(request.token_id, "a token"))
+        .first()
+    )
     if token is None:
         raise ModerationRefused("not_found", f"no token {request.token_id}")
     if token.revoked_at is not None:
         raise ModerationRefused("conflict", "that token is already revoked")
     token.revoked_at = timezone.now()
     token.save(update_fields=["revoked_at"])
-    broadcast.send_to_group_on_commit(broadcast.user_group(token.user_id), broadcast.revoked_message(token.pk))
+    broadcast.send_to_group_on_commit(
+        broadcast.user_group(token.user_id), broadcast.revoked_message(token.pk)
+    )
     return _Change(None, "token", token.pk, f"{token} of {display_name(token.user)}", {"revoked": False},
                    {"revoked": True})  # fmt: skip
 
@@ -470,7 +491,12 @@ def report_create(*, room: Room, user: Any, message_id: int, reason: str) -> Mes
 
 
 def _resolve(request: _Request) -> _Change:
-    report = MessageReport.objects.select_for_update().select_related("message").filter(pk=request.report_id).first()
+    report = (
+        MessageReport.objects.select_for_update()
+        .select_related("message")
+        .filter(pk=_needed(request.report_id, "a report"))
+        .first()
+    )
     if report is None:
         raise ModerationRefused("not_found", f"no report {request.report_id}")
     room = report.message.room
@@ -487,7 +513,9 @@ def _resolve(request: _Request) -> _Change:
 def reports_resolve_for(*, actor: Any, message_id: int, resolution: str) -> int:
     """Close the open reports of a message a moderator acted on (hid, deleted)."""
     return MessageReport.objects.filter(message_id=message_id, resolved_at__isnull=True).update(
-        resolved_at=timezone.now(), resolved_by=actor if getattr(actor, "pk", None) else None, resolution=resolution
+        resolved_at=timezone.now(),
+        resolved_by=actor if getattr(actor, "pk", None) else None,
+        resolution=resolution,
     )
 
 

@@ -156,7 +156,18 @@ ClientFrame = Annotated[
 ]  # fmt: skip
 _client_adapter: TypeAdapter[ClientFrame] = TypeAdapter(ClientFrame)
 CLIENT_TYPES = frozenset(
-    {"send", "cancel", "retry", "sync", "typing", "ping", "tool_result", "tool_approval", "report", "moderate"}
+    {
+        "send",
+        "cancel",
+        "retry",
+        "sync",
+        "typing",
+        "ping",
+        "tool_result",
+        "tool_approval",
+        "report",
+        "moderate",
+    }
 )
 
 
@@ -411,8 +422,8 @@ class TypingEventFrame(_ServerFrame):
 
 ServerFrame = Annotated[
     MessageEvent | MessageUpdateEvent | TurnEvent | NoteEvent | ToolCallEvent | ToolUpdateEvent
-    | RoomUpdateEvent | MemberUpdateEvent | AckFrame | ErrorFrame | DeltaFrame | SnapshotFrame | ReadyFrame | PongFrame | PresenceFrame
-    | TypingEventFrame,
+    | RoomUpdateEvent | MemberUpdateEvent | AckFrame | ErrorFrame | DeltaFrame | SnapshotFrame
+    | ReadyFrame | PongFrame | PresenceFrame | TypingEventFrame,
     Field(discriminator="type"),
 ]  # fmt: skip
 _server_adapter: TypeAdapter[ServerFrame] = TypeAdapter(ServerFrame)

@@ -97,7 +97,10 @@ def room(request: HttpRequest, slug: str) -> HttpResponse:
 def room_settings(request: HttpRequest, slug: str) -> HttpResponse:
     """The owner's page for a room's settings, AI included."""
     found = get_object_or_404(Room, slug=slug)
-    if found.visibility == Room.Visibility.PRIVATE and selectors.membership_of(room=found, user=request.user) is None:
+    if (
+        found.visibility == Room.Visibility.PRIVATE
+        and selectors.membership_of(room=found, user=request.user) is None
+    ):
         raise Http404("No such room")  # a 403 would confirm that the private room exists
     if found.owner_id != request.user.pk:
         return render(request, "forbidden.html", {"room_title": found.title}, status=403)

@@ -27,7 +27,9 @@ class ModerateForm(forms.Form):
     message_id = forms.IntegerField(required=False, min_value=1)
     user_id = forms.IntegerField(required=False, min_value=1)
     seconds = forms.IntegerField(required=False, min_value=0, max_value=86400)
-    role = forms.ChoiceField(required=False, choices=[("", "")] + [(r, r) for r in ("moderator", "member", "viewer")])
+    role = forms.ChoiceField(
+        required=False, choices=[("", "")] + [(r, r) for r in ("moderator", "member", "viewer")]
+    )
     reason = forms.CharField(required=False, max_length=500)
 
 
@@ -48,7 +50,7 @@ def _back(slug: str, message_id: int | None = None) -> HttpResponse:
 def room_moderate(request: HttpRequest, slug: str) -> HttpResponse:
     """An owner's or moderator's action from the room page."""
     room = selectors.room_by_slug(slug=slug)
-    if room is None or membership_active(room_id=room.pk, user_id=request.user.pk) is None:
+    if room is None or membership_active(room_id=room.pk, user_id=int(request.user.pk or 0)) is None:
         raise Http404("No such room")  # not a 403: it would confirm the room exists
     form = ModerateForm(request.POST)
     if not form.is_valid():
@@ -73,7 +75,7 @@ def room_moderate(request: HttpRequest, slug: str) -> HttpResponse:
 def room_report(request: HttpRequest, slug: str) -> HttpResponse:
     """Any member flags a message for the moderators."""
     room = selectors.room_by_slug(slug=slug)
-    if room is None or membership_active(room_id=room.pk, user_id=request.user.pk) is None:
+    if room is None or membership_active(room_id=room.pk, user_id=int(request.user.pk or 0)) is None:
         raise Http404("No such room")
     form = ReportForm(request.POST)
     if not form.is_valid():

@@ -6,84 +6,161 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('rooms', '0004_message_content_search'),
+        ("rooms", "0004_message_content_search"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='membership',
-            name='kicked_at',
+            model_name="membership",
+            name="kicked_at",
             field=models.DateTimeField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='membership',
-            name='muted_at',
+            model_name="membership",
+            name="muted_at",
             field=models.DateTimeField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='message',
-            name='status_before_hidden',
-            field=models.CharField(blank=True, db_default='', default='', max_length=16),
+            model_name="message",
+            name="status_before_hidden",
+            field=models.CharField(blank=True, db_default="", default="", max_length=16),
         ),
         migrations.AddField(
-            model_name='room',
-            name='locked_at',
+            model_name="room",
+            name="locked_at",
             field=models.DateTimeField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='room',
-            name='slow_mode_seconds',
+            model_name="room",
+            name="slow_mode_seconds",
             field=models.PositiveIntegerField(db_default=0, default=0),
         ),
         migrations.AlterField(
-            model_name='membership',
-            name='role',
-            field=models.CharField(choices=[('owner', 'Owner'), ('moderator', 'Moderator'), ('member', 'Member'), ('viewer', 'Read-only viewer')], default='member', max_length=16),
+            model_name="membership",
+            name="role",
+            field=models.CharField(
+                choices=[
+                    ("owner", "Owner"),
+                    ("moderator", "Moderator"),
+                    ("member", "Member"),
+                    ("viewer", "Read-only viewer"),
+                ],
+                default="member",
+                max_length=16,
+            ),
         ),
         migrations.AlterField(
-            model_name='message',
-            name='status',
-            field=models.CharField(choices=[('complete', 'Complete'), ('streaming', 'Streaming'), ('cancelled', 'Cancelled'), ('failed', 'Failed'), ('interrupted', 'Interrupted'), ('hidden', 'Hidden'), ('deleted', 'Deleted')], default='complete', max_length=16),
+            model_name="message",
+            name="status",
+            field=models.CharField(
+                choices=[
+                    ("complete", "Complete"),
+                    ("streaming", "Streaming"),
+                    ("cancelled", "Cancelled"),
+                    ("failed", "Failed"),
+                    ("interrupted", "Interrupted"),
+                    ("hidden", "Hidden"),
+                    ("deleted", "Deleted"),
+                ],
+                default="complete",
+                max_length=16,
+            ),
         ),
         migrations.CreateModel(
-            name='MessageReport',
+            name="MessageReport",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('reason', models.CharField(max_length=500)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('resolved_at', models.DateTimeField(blank=True, null=True)),
-                ('resolution', models.CharField(blank=True, max_length=32)),
-                ('message', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='reports', to='rooms.message')),
-                ('reporter', models.ForeignKey(null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('resolved_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("reason", models.CharField(max_length=500)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("resolved_at", models.DateTimeField(blank=True, null=True)),
+                ("resolution", models.CharField(blank=True, max_length=32)),
+                (
+                    "message",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="reports",
+                        to="rooms.message",
+                    ),
+                ),
+                (
+                    "reporter",
+                    models.ForeignKey(
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "resolved_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at'],
-                'indexes': [models.Index(condition=models.Q(('resolved_at__isnull', True)), fields=['created_at'], name='report_open_idx')],
+                "ordering": ["-created_at"],
+                "indexes": [
+                    models.Index(
+                        condition=models.Q(("resolved_at__isnull", True)),
+                        fields=["created_at"],
+                        name="report_open_idx",
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
-            name='ModerationAction',
+            name="ModerationAction",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('action', models.CharField(max_length=32)),
-                ('target_type', models.CharField(max_length=16)),
-                ('target_id', models.BigIntegerField()),
-                ('target_repr', models.CharField(max_length=200)),
-                ('before', models.JSONField(default=dict)),
-                ('after', models.JSONField(default=dict)),
-                ('reason', models.CharField(blank=True, max_length=500)),
-                ('source', models.CharField(max_length=16)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('actor', models.ForeignKey(null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('room', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='rooms.room')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("action", models.CharField(max_length=32)),
+                ("target_type", models.CharField(max_length=16)),
+                ("target_id", models.BigIntegerField()),
+                ("target_repr", models.CharField(max_length=200)),
+                ("before", models.JSONField(default=dict)),
+                ("after", models.JSONField(default=dict)),
+                ("reason", models.CharField(blank=True, max_length=500)),
+                ("source", models.CharField(max_length=16)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "actor",
+                    models.ForeignKey(
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "room",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to="rooms.room",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at', '-id'],
-                'indexes': [models.Index(fields=['room', '-created_at'], name='moderation_room_idx')],
+                "ordering": ["-created_at", "-id"],
+                "indexes": [models.Index(fields=["room", "-created_at"], name="moderation_room_idx")],
             },
         ),
     ]

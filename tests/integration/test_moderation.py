@@ -316,13 +316,17 @@ def test_admin_forms_and_actions_go_through_the_service(stack, room, alice, bob)
     message = Message.objects.create(room=room, seq=99, role="user", author=bob[0], content="nasty words")
     msg_form = admin.get(f"/admin/rooms/message/{message.pk}/change/").content.decode()
     assert 'name="content"' not in msg_form  # read-only: only the service changes it
-    admin.post("/admin/rooms/message/", {"action": "hide", "_selected_action": [message.pk], "reason": "rude"})
+    admin.post(
+        "/admin/rooms/message/", {"action": "hide", "_selected_action": [message.pk], "reason": "rude"}
+    )
     message.refresh_from_db()
     assert message.status == "hidden"
     assert ModerationAction.objects.filter(action="hide", target_id=message.pk, reason="rude").exists()
 
     membership = Membership.objects.get(room=room, user=bob[0])
-    admin.post(f"/admin/rooms/membership/{membership.pk}/change/", {"role": "viewer", "muted": "on", "_save": "1"})
+    admin.post(
+        f"/admin/rooms/membership/{membership.pk}/change/", {"role": "viewer", "muted": "on", "_save": "1"}
+    )
     membership.refresh_from_db()
     assert membership.role == "viewer" and membership.muted_at is not None
     assert ModerationAction.objects.filter(action__in=["role", "mute"], target_id=bob[0].pk).count() == 2
@@ -340,17 +344,20 @@ def test_dashboard_shows_reports_actions_and_active_rooms(stack, fake, room, ali
     membership_join(room=room, user=bob[0])
     message = Message.objects.create(room=room, seq=50, role="user", author=bob[0], content="spam spam")
     moderation.report_create(room=room, user=alice[0], message_id=message.pk, reason="pure spam")
-    moderation_apply(actor=alice[0], action="mute", source="room", room=room, user_id=bob[0].pk, reason="flood")
+    moderation_apply(
+        actor=alice[0], action="mute", source="room", room=room, user_id=bob[0].pk, reason="flood"
+    )
 
     async def scenario() -> str:
         a = RoomClient(stack.base_url, room.slug, token=alice[1])
         await a.connect()
         await a.wait_for(lambda c: any(f["type"] == "presence" for f in c.frames))
-        html = await asyncio.to_thread(on_own_connection, lambda: page_of(staff).get("/admin/").content.decode())
+        html = await asyncio.to_thread(
+            on_own_connection, lambda: page_of(staff).get("/admin/").content.decode()
+        )
         await a.close()
         return html
 
     html = run_async(scenario())
     assert "Rooms active now" in html and room.slug in html
     assert "pure spam" in html and "flood" in html
-
