@@ -361,3 +361,36 @@ def test_dashboard_shows_reports_actions_and_active_rooms(stack, fake, room, ali
     html = run_async(scenario())
     assert "Rooms active now" in html and room.slug in html
     assert "pure spam" in html and "flood" in html
+
+
+def test_one_statement_reads_the_standing_of_many_sockets(room, alice, bob):
+    from django.core.management import call_command
+    from django.utils import timezone
+
+    from rooms.models import ApiToken
+    from rooms.standing import SocketId, sockets_standing
+
+    carol, _ = make_user("Carol")
+    dave, _ = make_user("Dave")
+    for user in (bob[0], carol, dave):
+        membership_join(room=room, user=user)
+    before = timezone.now()
+    token = ApiToken.objects.get(user=alice[0])
+    call_command("moderate", "ban", "--room", room.slug, "--user", bob[0].username, "--by", alice[0].username)
+    moderation_apply(actor=alice[0], action="kick", source="command", room=room, user_id=carol.pk)
+    Membership.objects.filter(room=room, user=dave).delete()
+    sockets = [
+        SocketId(room.pk, alice[0].pk, token.pk, before),  # fine
+        SocketId(room.pk, bob[0].pk, None, before),  # banned
+        SocketId(room.pk, carol.pk, None, before),  # kicked after it connected
+        SocketId(room.pk, carol.pk, None, timezone.now()),  # connected again after the kick
+        SocketId(room.pk, dave.pk, None, before),  # removed
+        SocketId(room.pk + 999, alice[0].pk, None, before),  # the room is gone
+    ]
+    codes = [code for code, _seq in sockets_standing(sockets=sockets)]
+    assert codes == [0, 4403, 4410, 0, 4403, 4404]
+    ApiToken.objects.filter(pk=token.pk).update(revoked_at=timezone.now())
+    type(alice[0]).objects.filter(pk=bob[0].pk).update(is_active=False)
+    again = sockets_standing(sockets=[sockets[0], sockets[1]])
+    assert [code for code, _ in again] == [4401, 4401]
+    assert ModerationAction.objects.filter(action="ban", source="command").count() == 1

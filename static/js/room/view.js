@@ -236,7 +236,7 @@ export function createRoomView(root, me, actions) {
   function showRoomState({ room }) {
     const banner = document.getElementById('locked-banner');
     if (banner) banner.hidden = !room.locked;
-    if (!root.dataset.canModerate) els.input.disabled = room.locked;
+    if (!root.dataset.canModerate) { els.input.disabled = room.locked; els.send.disabled = room.locked; }
     const slow = document.getElementById('slow-banner');
     if (slow) {
       slow.hidden = !room.slow_mode_seconds;
