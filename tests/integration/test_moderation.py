@@ -53,6 +53,8 @@ def test_hide_redacts_replay_and_page_and_unhide_restores(stack, fake, room, ali
                          message_id=mid, reason="spoiler")  # fmt: skip
         await b.wait_for(lambda c: c.message_status(mid) == "hidden")
         await watcher.wait_for(lambda c: c.message_status(mid) == "hidden")
+        await b.wait_ack(await b.send("what did I say? !say=nothing I can see"))  # the model's context
+        await b.wait_for(lambda c: _answered(c, "nothing I can see"))
         await b.close()
         await watcher.close()
         fresh = RoomClient(stack.base_url, room.slug, token=alice[1])  # since=0: a full replay
@@ -64,6 +66,8 @@ def test_hide_redacts_replay_and_page_and_unhide_restores(stack, fake, room, ali
 
     raw, mid = run_async(scenario())
     assert raw and not any(secret in text for text in raw), "the replay must not carry the hidden text"
+    last_request = json.dumps(fake.requests[-1])
+    assert "what did I say" in last_request and secret not in last_request
     assert not RoomEvent.objects.filter(room=room, frame__contains=secret).exists()
     html = page_of(alice[0]).get(f"/r/{room.slug}/").content.decode()
     assert secret not in html and "hidden by a moderator" in html
@@ -202,7 +206,7 @@ def test_lock_mute_slow_mode_and_viewer_refuse_sends_and_store_nothing(stack, fa
 
     apply("lock")
     assert run_async(attempt("while locked"))["code"] == "locked"
-    assert "locked by a moderator" in page_of(bob[0]).get(f"/r/{room.slug}/").content.decode()
+    assert "locked this room: it is read-only" in page_of(bob[0]).get(f"/r/{room.slug}/").content.decode()
     apply("unlock")
     apply("mute", user_id=bob[0].pk)
     assert run_async(attempt("while muted"))["code"] == "muted"
