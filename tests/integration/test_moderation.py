@@ -320,6 +320,7 @@ def test_admin_forms_and_actions_go_through_the_service(stack, room, alice, bob)
     message = Message.objects.create(room=room, seq=99, role="user", author=bob[0], content="nasty words")
     msg_form = admin.get(f"/admin/rooms/message/{message.pk}/change/").content.decode()
     assert 'name="content"' not in msg_form  # read-only: only the service changes it
+    assert 'name="action" value="hide"' in msg_form  # the message page moderates through the actions
     admin.post(
         "/admin/rooms/message/", {"action": "hide", "_selected_action": [message.pk], "reason": "rude"}
     )
