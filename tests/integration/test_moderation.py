@@ -140,6 +140,24 @@ def test_a_ban_whose_broadcast_is_lost_still_closes_on_heartbeat_and_refuses_syn
     assert not Message.objects.filter(room=room, author=bob[0]).exists()
 
 
+def test_a_silent_socket_is_closed_by_the_servers_own_recheck_when_the_ban_broadcast_is_lost(
+    stack, room, alice, bob, monkeypatch
+):
+    membership_join(room=room, user=bob[0])
+    monkeypatch.setattr(moderation.broadcast, "send_to_group_on_commit", lambda group, message: None)
+
+    async def scenario() -> int | None:
+        b = RoomClient(stack.base_url, room.slug, token=bob[1])
+        await b.connect()
+        await _in_thread(moderation_apply, actor=alice[0], action="ban", source="command", room=room,
+                         user_id=bob[0].pk)  # fmt: skip
+        # no frame, no ping: the stack re-reads every socket's standing (ACCESS_RECHECK_SECONDS)
+        await b.wait_for(lambda c: c._reader.done(), timeout=30)
+        return b.close_code
+
+    assert run_async(scenario()) == 4403
+
+
 def test_a_kick_closes_with_4410_even_unannounced_and_the_member_may_come_back(
     stack, room, alice, bob, monkeypatch
 ):
