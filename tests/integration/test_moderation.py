@@ -417,3 +417,33 @@ def test_one_statement_reads_the_standing_of_many_sockets(room, alice, bob):
     again = sockets_standing(sockets=[sockets[0], sockets[1]])
     assert [code for code, _ in again] == [4401, 4401]
     assert ModerationAction.objects.filter(action="ban", source="command").count() == 1
+
+
+def test_a_locked_room_refuses_retries_and_tool_answers_and_roles_rule_retries(room, alice, bob):
+    from agents.models import Turn
+    from rooms.turns import TurnRefused, turn_queue
+
+    membership_join(room=room, user=bob[0])
+    asked = Message.objects.create(room=room, seq=1, role="user", author=alice[0], content="q")
+    turn = Turn.objects.create(room=room, queue_seq=1, trigger_message=asked, status="interrupted")
+
+    def refusal(fn, **kwargs) -> str:
+        with pytest.raises(TurnRefused) as refused:
+            fn(room=room, **kwargs)
+        return refused.value.code
+
+    queue = turn_queue()
+    assert refusal(queue.retry, user=bob[0], turn_id=turn.pk) == "forbidden"  # not Bob's turn
+    moderation_apply(actor=alice[0], action="lock", source="command", room=room)
+    room.refresh_from_db()
+    assert refusal(queue.retry, user=bob[0], turn_id=turn.pk) == "locked"
+    assert refusal(queue.tool_decide, user=bob[0], call_id="1", approved=True, reason=None) == "locked"
+    assert refusal(queue.tool_result, user=bob[0], call_id="1", output=1, error=None) == "locked"
+    moderation_apply(actor=alice[0], action="unlock", source="command", room=room)
+    moderation_apply(
+        actor=alice[0], action="role", source="command", room=room, user_id=bob[0].pk, role="viewer"
+    )
+    room.refresh_from_db()
+    assert refusal(queue.tool_decide, user=bob[0], call_id="1", approved=True, reason=None) == "read_only"
+    turn.refresh_from_db()
+    assert turn.status == "interrupted"  # nothing changed
