@@ -9,7 +9,9 @@ also re-read their standing (rooms.standing), so a lost broadcast does not leave
 
 Hiding or deleting a message redacts its text everywhere it is stored for clients: the stored
 event frames of its `message` / `message_update` events (what replay sends) lose `content` and
-`html`; a delete also drops its stream chunks and its content column. Unhide restores the
+`html`; a delete also drops its stream chunks and its content column, and blanks the input and
+output in the stored events of the answer's tool calls (the agents' own ToolCall rows are left to
+their retention). Unhide restores the
 content from the row (a hidden message keeps it; a deleted one does not).
 """
 
@@ -46,6 +48,8 @@ from rooms.protocol import (
     RoomEvent,
     RoomStateData,
     RoomUpdateEvent,
+    ToolCallEvent,
+    ToolUpdateEvent,
     UserRef,
 )
 from rooms.selectors import display_name, message_wire
@@ -197,6 +201,27 @@ _MESSAGE_FRAMES = """
 """
 
 
+_CALL_FRAMES = """
+    SELECT id, type, frame FROM rooms_roomevent
+     WHERE room_id = %s AND type IN ('tool_call', 'tool_update')
+       AND (frame::jsonb #>> '{call,message_id}')::bigint = %s
+"""
+
+
+def call_frames_redact(*, room_id: int, message_id: int) -> int:
+    """Blank the input, output and error of the stored tool call events of a deleted answer."""
+    with connection.cursor() as cursor:
+        cursor.execute(_CALL_FRAMES, [room_id, message_id])
+        rows = cursor.fetchall()
+        for event_id, kind, frame in rows:
+            model = ToolCallEvent if kind == "tool_call" else ToolUpdateEvent
+            event = model.model_validate_json(frame)
+            event.call.input, event.call.output = {}, None
+            event.call.error = "deleted by a moderator" if event.call.error else None
+            cursor.execute("UPDATE rooms_roomevent SET frame = %s WHERE id = %s", [event.encode(), event_id])
+    return len(rows)
+
+
 def message_frames_redact(*, room_id: int, message_id: int) -> int:
     """Blank `content` and `html` in the stored frames of a message's events (what replay
     sends); re-encoded by their frame models, so the text stays as pydantic writes it."""
@@ -252,6 +277,7 @@ def _delete(request: _Request) -> _Change:
     message.save(update_fields=["content", "status", "status_before_hidden", "updated_at"])
     chunks, _ = StreamChunk.objects.filter(message=message).delete()
     message_frames_redact(room_id=message.room_id, message_id=message.pk)
+    call_frames_redact(room_id=message.room_id, message_id=message.pk)
     reports_resolve_for(actor=request.actor, message_id=message.pk, resolution="deleted")
     after = {"status": message.status, "chunks_deleted": chunks}
     return _Change(message.room_id, "message", message.pk, _message_repr(message), before, after,

@@ -267,7 +267,9 @@ def _messages_page(*, room: Room, through: int, limit: int) -> tuple[list[dict[s
             data["html"] = render_markdown(snap.content)
             data["next_index"] = snap.next_index
         data["turn_status"] = turn_status.get(m.pk)
-        data["tool_calls"] = [c.model_dump() for c in calls_of.get(m.pk, [])]
+        # a moderated answer shows no tool cards either (the live page removes them too)
+        calls = [] if m.status in _REDACTED else calls_of.get(m.pk, [])
+        data["tool_calls"] = [c.model_dump() for c in calls]
         data["initials"] = initials(data["author"]["name"] if data["author"] else "AI")
         data["hue"] = avatar_hue(m.author_id)
         messages.append(data)

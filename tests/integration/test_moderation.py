@@ -107,6 +107,25 @@ def test_delete_leaves_no_chunk_event_or_content_with_the_text(stack, fake, room
     assert refused.value.code == "conflict"
 
 
+def test_deleting_an_answer_blanks_its_tool_calls_in_the_event_log(stack, fake, room, alice):
+    async def scenario() -> int:
+        a = RoomClient(stack.base_url, room.slug, token=alice[1])
+        await a.connect()
+        await a.send('sum it !tool=calculator:{"expression": "918273 + 1"} !say=Done.')
+        await a.wait_for(lambda c: _answered(c, "Done."))
+        await a.close()
+        return next(m.id for m in a.state.messages.values() if m.role == "assistant")
+
+    mid = run_async(scenario())
+    assert RoomEvent.objects.filter(room=room, type="tool_update", frame__contains="918274").exists()
+    asked = Message.objects.get(room=room, role="user")
+    for message_id in (mid, asked.pk):
+        moderation_apply(actor=alice[0], action="delete", source="command", room=room, message_id=message_id)
+    assert not RoomEvent.objects.filter(room=room, frame__contains="91827").exists()
+    page = page_of(alice[0]).get(f"/r/{room.slug}/").content.decode()
+    assert "91827" not in page and "deleted by a moderator" in page
+
+
 def test_a_ban_whose_broadcast_is_lost_still_closes_on_heartbeat_and_refuses_sync(
     stack, room, alice, bob, monkeypatch
 ):
