@@ -51,6 +51,14 @@ def test_a_moderator_hides_a_message_and_the_other_member_sees_it_go(stack, fake
     assert "555-0199" not in b.content()
     assert b.inner_text(f"#m-{message.pk} .body") == "hidden by a moderator"
 
+    errors: list[str] = []
+    a.on("pageerror", lambda exc: errors.append(str(exc)))
+    send(b, "a second one")  # arrives live on the moderator's page, with the same tools
+    a.wait_for_selector("li.msg.role-user:has-text('a second one') .mod-form button[value=hide]")
+    live_id = a.get_attribute("li.msg.role-user:has-text('a second one')", "data-id")
+    assert a.input_value(f"#m-{live_id} .mod-form input[name=message_id]") == live_id
+    assert errors == []
+
     a.click("#room-moderation summary")
     a.click("#lock-room")
     a.wait_for_selector("#locked-banner:not([hidden])")
