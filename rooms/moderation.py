@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from rooms import broadcast
@@ -43,15 +43,13 @@ from rooms.protocol import (
     CLOSE_UNAUTHENTICATED,
     MemberData,
     MemberUpdateEvent,
-    MessageEvent,
     MessageUpdateEvent,
     RoomEvent,
     RoomStateData,
     RoomUpdateEvent,
-    ToolCallEvent,
-    ToolUpdateEvent,
     UserRef,
 )
+from rooms.redaction import call_frames_redact, message_frames_redact
 from rooms.selectors import display_name, message_wire
 from rooms.standing import ModerationRefused, is_moderator, membership_active
 from rooms.turns import turn_queue
@@ -192,49 +190,6 @@ def _message_of(request: _Request) -> Message:
 
 def _message_repr(message: Message) -> str:
     return f"message {message.pk} (#{message.seq} in room {message.room_id})"
-
-
-_MESSAGE_FRAMES = """
-    SELECT id, type, frame FROM rooms_roomevent
-     WHERE room_id = %s AND type IN ('message', 'message_update')
-       AND (frame::jsonb #>> '{message,id}')::bigint = %s
-"""
-
-
-_CALL_FRAMES = """
-    SELECT id, type, frame FROM rooms_roomevent
-     WHERE room_id = %s AND type IN ('tool_call', 'tool_update')
-       AND (frame::jsonb #>> '{call,message_id}')::bigint = %s
-"""
-
-
-def call_frames_redact(*, room_id: int, message_id: int) -> int:
-    """Blank the input, output and error of the stored tool call events of a deleted answer."""
-    with connection.cursor() as cursor:
-        cursor.execute(_CALL_FRAMES, [room_id, message_id])
-        rows = cursor.fetchall()
-        for event_id, kind, frame in rows:
-            model = ToolCallEvent if kind == "tool_call" else ToolUpdateEvent
-            event = model.model_validate_json(frame)
-            event.call.input, event.call.output = {}, None
-            event.call.error = "deleted by a moderator" if event.call.error else None
-            cursor.execute("UPDATE rooms_roomevent SET frame = %s WHERE id = %s", [event.encode(), event_id])
-    return len(rows)
-
-
-def message_frames_redact(*, room_id: int, message_id: int) -> int:
-    """Blank `content` and `html` in the stored frames of a message's events (what replay
-    sends); re-encoded by their frame models, so the text stays as pydantic writes it."""
-    with connection.cursor() as cursor:
-        cursor.execute(_MESSAGE_FRAMES, [room_id, message_id])
-        rows = cursor.fetchall()
-        for event_id, kind, frame in rows:
-            model = MessageEvent if kind == "message" else MessageUpdateEvent
-            event = model.model_validate_json(frame)
-            event.message.content = ""
-            event.message.html = ""
-            cursor.execute("UPDATE rooms_roomevent SET frame = %s WHERE id = %s", [event.encode(), event_id])
-    return len(rows)
 
 
 def _update_event(message: Message) -> MessageUpdateEvent:
