@@ -342,8 +342,14 @@ def _close_member_sockets_on_commit(room_id: int, user_id: int, code: int) -> No
     broadcast.send_to_group_on_commit(broadcast.room_group(room_id), broadcast.kick_message(user_id, code))
 
 
+def _require_member(m: Membership) -> None:
+    if m.pk is None or m.banned_at is not None:
+        raise ModerationRefused("not_found", "that person is not a member of this room")
+
+
 def _mute(request: _Request, muted: bool) -> _Change:
     def apply(m: Membership, room: Room) -> bool:
+        _require_member(m)  # a mute never makes someone a member
         m.muted_at = timezone.now() if muted else None
         return True
 
@@ -352,8 +358,7 @@ def _mute(request: _Request, muted: bool) -> _Change:
 
 def _kick(request: _Request) -> _Change:
     def apply(m: Membership, room: Room) -> bool:
-        if m.pk is None or m.banned_at is not None:
-            raise ModerationRefused("not_found", "that person is not a member of this room")
+        _require_member(m)
         m.kicked_at = timezone.now()
         _close_member_sockets_on_commit(room.pk, m.user_id, CLOSE_KICKED)
         return False
@@ -363,6 +368,9 @@ def _kick(request: _Request) -> _Change:
 
 def _ban(request: _Request, banned: bool) -> _Change:
     def apply(m: Membership, room: Room) -> bool:
+        if not banned and m.pk is None:
+            raise ModerationRefused("not_found", "that person is not banned from this room")
+        # a ban of a non-member keeps a row, so a public room cannot be joined again
         m.banned_at = timezone.now() if banned else None
         if banned:
             _close_member_sockets_on_commit(room.pk, m.user_id, CLOSE_FORBIDDEN)
@@ -376,8 +384,7 @@ def _role(request: _Request) -> _Change:
         raise ModerationRefused("invalid", "role must be moderator, member or viewer")
 
     def apply(m: Membership, room: Room) -> bool:
-        if m.pk is None or m.banned_at is not None:
-            raise ModerationRefused("not_found", "that person is not a member of this room")
+        _require_member(m)
         if request.role == Membership.Role.MODERATOR and not (
             _is_staff(request.actor) or room.owner_id == request.actor.pk
         ):

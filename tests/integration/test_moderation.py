@@ -466,3 +466,29 @@ def test_a_locked_room_refuses_retries_and_tool_answers_and_roles_rule_retries(r
     assert refusal(queue.tool_decide, user=bob[0], call_id="1", approved=True, reason=None) == "read_only"
     turn.refresh_from_db()
     assert turn.status == "interrupted"  # nothing changed
+
+
+def test_moderation_refuses_what_its_actor_may_not_do_and_changes_nothing(room, alice, bob):
+    carol, _ = make_user("Carol")
+    membership_join(room=room, user=bob[0])
+    membership_join(room=room, user=carol)
+
+    def code(actor, action: str, **kwargs) -> str:
+        with pytest.raises(ModerationRefused) as refused:
+            moderation_apply(actor=actor, action=action, source="command", room=room, **kwargs)
+        return refused.value.code
+
+    stranger = make_user("Stranger")[0]
+    assert code(alice[0], "mute", user_id=stranger.pk) == "not_found"  # a mute makes no member
+    assert not Membership.objects.filter(room=room, user=stranger).exists()
+    assert code(bob[0], "lock") == "forbidden"  # a member is not a moderator
+    assert code(alice[0], "ban", user_id=alice[0].pk) == "forbidden"  # no one moderates the owner
+    moderation_apply(actor=alice[0], action="role", source="command", room=room, user_id=bob[0].pk,
+                     role="moderator")  # fmt: skip
+    assert code(bob[0], "role", user_id=carol.pk, role="moderator") == "forbidden"  # the owner makes them
+    moderation_apply(actor=alice[0], action="role", source="command", room=room, user_id=carol.pk,
+                     role="moderator")  # fmt: skip
+    assert code(bob[0], "ban", user_id=carol.pk) == "forbidden"  # a moderator cannot ban a moderator
+    assert code(bob[0], "deactivate", user_id=carol.pk) == "forbidden"  # staff only
+    assert Membership.objects.get(room=room, user=carol).banned_at is None
+    assert ModerationAction.objects.count() == 2  # only the two role changes happened
