@@ -27,7 +27,14 @@ $(PY):
 # The project is not an installable package (packages = []): install its dependency lists,
 # main + [test], read from pyproject.toml. (`pip install -e .` would work too but leaves
 # roomchat.egg-info behind in the work tree.)
-$(STAMP): pyproject.toml | $(PY)
+# Local development settings, written once: DEBUG on and a random SECRET_KEY (settings default
+# to DEBUG off; a deployment sets its own environment, docs/deploy.md).
+.env:
+	@printf '# local development (written by make; not for production)\nDEBUG=true\nSECRET_KEY=%s\n' \
+		"$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(50))')" > $@
+	@echo "wrote .env (DEBUG=true, a random SECRET_KEY) for local development"
+
+$(STAMP): pyproject.toml | $(PY) .env
 	$(PY) -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
 		print("\n".join(p["dependencies"] + p["optional-dependencies"]["test"]))' \
 		> $(VENV)/requirements.txt
@@ -59,10 +66,13 @@ services-stop: ## stop the embedded PostgreSQL and Redis
 services-status: ## show whether the embedded PostgreSQL and Redis are running
 	@$(PY) -m stack services status
 
-lint: $(STAMP) ## ruff check, ruff format --check and mypy (rooms, agents, chatproject, stack); CI runs it before the tests
+lint: $(STAMP) ## ruff check, ruff format --check, mypy, and Django's deployment checks with production settings; CI runs it before the tests
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
+	DEBUG=false ALLOWED_HOSTS=chat.example.com \
+		SECRET_KEY="$$($(PY) -c 'import secrets; print(secrets.token_urlsafe(50))')" \
+		$(PY) manage.py check --deploy --fail-level WARNING
 
 clean-data: services-stop ## stop the embedded services and delete .devdata (database, Redis data, static)
 	rm -rf .devdata

@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.contrib import admin
 from django.http import HttpRequest
 
-from agents.models import ToolCall, Turn
+from agents.models import Agent, RoomAgent, ToolCall, Turn
 
 
 @admin.register(Turn)
@@ -29,3 +29,21 @@ class ToolCallAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj: ToolCall | None = None) -> bool:
         return False
+
+
+@admin.register(Agent)
+class AgentAdmin(admin.ModelAdmin):
+    """Rooms set up as agents (the room's owner does the same on the room's settings page)."""
+
+    list_display = ["name", "room", "enabled", "created_at"]
+    list_filter = ["enabled"]
+    search_fields = ["name", "description"]
+    raw_id_fields = ["room"]
+
+
+@admin.register(RoomAgent)
+class RoomAgentAdmin(admin.ModelAdmin):
+    """Which agents a room's assistant may call."""
+
+    list_display = ["room", "agent", "created_at"]
+    raw_id_fields = ["room", "agent"]

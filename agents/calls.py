@@ -26,7 +26,14 @@ from agents.lease import TakenTurn, lease_fence_locked
 from agents.models import ToolCall
 from rooms.events import NEXT_SEQ, events_append_last
 from rooms.models import Membership, Room
-from rooms.protocol import RoomEvent, ToolCallData, ToolCallEvent, ToolUpdateEvent, UserRef
+from rooms.protocol import (
+    AgentProgressData,
+    RoomEvent,
+    ToolCallData,
+    ToolCallEvent,
+    ToolUpdateEvent,
+    UserRef,
+)
 from rooms.selectors import display_name
 from rooms.turns import TurnRefused
 
@@ -53,6 +60,7 @@ def call_wire(call: ToolCall) -> ToolCallData:
         created_at=call.created_at.isoformat(),
         started_at=call.started_at.isoformat() if call.started_at else None,
         finished_at=call.finished_at.isoformat() if call.finished_at else None,
+        progress=AgentProgressData(**call.progress) if call.progress else None,
     )
 
 
@@ -172,6 +180,17 @@ def _settle_locked(
     return ToolCall.objects.select_related("decided_by").get(pk=call_id)
 
 
+def call_settle_agent_locked(
+    *, call_id: int, state: str, output: Any, error: str, progress: dict[str, Any] | None
+) -> ToolCall | None:
+    """End an `agent` call with its child run's outcome (the parent room's turns locked by the
+    caller): the first writer wins, so the result reaches the parent once. None if it had ended."""
+    return _settle_locked(
+        call_id=call_id, from_states=(ToolCall.State.RUNNING,), state=state, output=output, error=error,
+        **({"progress": progress} if progress is not None else {}),
+    )  # fmt: skip
+
+
 # --- a person's answer (the room's turns locked by the caller) --------------------------------
 
 
@@ -256,9 +275,14 @@ def calls_of_turn(turn_id: int) -> list[ToolCall]:
     )
 
 
+# An `agent` call whose child run was dispatched waits on it like a call on a person.
+AGENT_WAITING = Q(kind=ToolCall.Kind.AGENT, state=ToolCall.State.RUNNING, started_at__isnull=False)
+
+
 def calls_waiting(turn_id: int) -> bool:
-    """Whether a call of the turn waits on a person (the turn then parks)."""
-    return ToolCall.objects.filter(turn_id=turn_id, state__in=ToolCall.WAITING).exists()
+    """Whether a call of the turn waits on a person or on a sub-agent (the turn then parks)."""
+    waiting = Q(state__in=ToolCall.WAITING) | AGENT_WAITING
+    return ToolCall.objects.filter(waiting, turn_id=turn_id).exists()
 
 
 def calls_recover(*, taken: TakenTurn) -> list[ToolCall]:

@@ -27,7 +27,9 @@ class ChunkRow:
 # at all, and the UPDATE holds each turn row's lock until then, so a worker that lost its lease
 # (paused, partitioned) can never add a chunk afterwards: rows of a turn whose (id, generation)
 # is no longer running are not inserted. The insert is idempotent, so a write retried after a
-# lost COMMIT reply cannot fail or duplicate.
+# lost COMMIT reply cannot fail or duplicate. A message deleted while it streams (a moderator)
+# loses its rows instead of failing the whole batch, and with it other rooms' turns: the join
+# skips it, and its key-share lock keeps a delete from landing between the join and the insert.
 _CHUNKS_SQL = """
     WITH input AS (
         SELECT (e->>0)::bigint AS turn_id, (e->>1)::bigint AS generation,
@@ -41,8 +43,11 @@ _CHUNKS_SQL = """
         RETURNING id, cancel_requested
     ), chunk AS (
         INSERT INTO rooms_streamchunk (message_id, index, text)
-        SELECT input.message_id, input.index, input.text FROM input JOIN lease ON lease.id = input.turn_id
-        ORDER BY input.message_id, input.index
+        SELECT input.message_id, input.index, input.text
+          FROM input JOIN lease ON lease.id = input.turn_id
+          JOIN rooms_message m ON m.id = input.message_id
+         ORDER BY input.message_id, input.index
+           FOR KEY SHARE OF m
         ON CONFLICT (message_id, index) DO NOTHING
     )
     SELECT id, cancel_requested FROM lease

@@ -7,14 +7,15 @@ from typing import Any
 
 from django.conf import settings
 
-from agents import calls, turns
+from agents import agent_settings, calls, turns
 from agents.kicks import kick_room_on_commit
+from agents.lease import room_turns_lock
 from agents.models import ToolCall, Turn
 from agents.tools.registry import server_tools
 from rooms.events import Row
 from rooms.models import Room
-from rooms.protocol import RoomEvent, ToolCallData
-from rooms.turns import ToolInfo
+from rooms.protocol import RoomEvent, ToolCallData, TurnData
+from rooms.turns import AgentChoice, AgentSetup, ToolInfo
 
 _MENTION = re.compile(r"(?<![\w@])@(ai|assistant|bot)\b", re.IGNORECASE)
 
@@ -27,10 +28,15 @@ class RoomTurnQueue:
             return False
         return room.ai_trigger == Room.AiTrigger.EVERY or bool(_MENTION.search(content))
 
-    def queue_full(self, *, room: Room) -> bool:
+    def queue_full_locked(self, *, room: Room) -> bool:
         limit = settings.RATE_QUEUED_TURNS_PER_ROOM
         if limit <= 0:
             return False
+        # The room's turn lock, held to the post's commit: every change to the number of queued
+        # turns (a post, a take, a cancel, a recovery) takes it, so this count cannot go stale
+        # before the post's turn is in. (A count alone, or one inside the post's statement,
+        # reads a snapshot from before a concurrent post committed: both took the last place.)
+        room_turns_lock(room.pk)
         return Turn.objects.filter(room=room, status=Turn.Status.QUEUED).count() >= limit
 
     def queued_row(
@@ -59,6 +65,37 @@ class RoomTurnQueue:
             by_message.setdefault(call.message_id, []).append(calls.call_wire(call))
         return by_message
 
+    def turns_read(
+        self,
+        *,
+        room_id: int,
+        turn_ids: list[int] | None = None,
+        trigger_message_ids: list[int] | None = None,
+        before: int | None = None,
+        limit: int = 50,
+    ) -> list[TurnData]:
+        found = Turn.objects.filter(room_id=room_id)
+        if turn_ids is not None:
+            found = found.filter(pk__in=turn_ids)
+        if trigger_message_ids is not None:
+            found = found.filter(trigger_message_id__in=trigger_message_ids)
+        if before is not None:
+            found = found.filter(pk__lt=before)
+        return [turns.turn_wire(t) for t in found.order_by("-pk")[: max(1, limit)]]
+
+    def calls_read(
+        self, *, room_id: int, turn_id: int | None = None, call_id: str | None = None, limit: int = 200
+    ) -> list[ToolCallData]:
+        found = ToolCall.objects.filter(room_id=room_id).select_related("decided_by")
+        if call_id is not None:
+            if not call_id.isdigit() or len(call_id) > 18:
+                return []
+            found = found.filter(pk=int(call_id))
+        if turn_id is not None:
+            found = found.filter(turn_id=turn_id)
+        newest = list(found.order_by("-pk")[: max(1, limit)])
+        return [calls.call_wire(c) for c in sorted(newest, key=lambda c: (c.turn_id, c.step, c.index))]
+
     def tool_result(self, *, room: Room, user: Any, call_id: str, output: Any, error: str | None) -> str:
         return turns.turn_tool_result(room=room, user=user, call_id=call_id, output=output, error=error)
 
@@ -69,6 +106,12 @@ class RoomTurnQueue:
 
     def tool_catalog(self) -> list[ToolInfo]:
         return [ToolInfo(t.name, t.description, t.side_effects, t.ask_first) for t in server_tools().values()]
+
+    def agent_settings(self, *, room: Room) -> tuple[AgentSetup | None, list[AgentChoice]]:
+        return agent_settings.agent_settings(room=room)
+
+    def agent_settings_save(self, *, room: Room, setup: AgentSetup | None, chosen: list[int]) -> None:
+        agent_settings.agent_settings_save(room=room, setup=setup, chosen=chosen)
 
     def cancel(self, *, room: Room, user: Any, turn_id: int) -> str:
         return turns.turn_cancel(room=room, user=user, turn_id=turn_id)

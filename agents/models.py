@@ -43,6 +43,12 @@ class Turn(models.Model):
     # The client tools offered with the triggering message ([{name, description, parameters}]),
     # kept with the turn so a restart or a parked wait does not lose them.
     client_tools = models.JSONField(default=list, blank=True)
+    # A sub-agent's turn: the parent's `agent` call it answers (its run id: one child per call,
+    # so a dispatch after a crash or a retry attaches to it), and how deep in a chain it is.
+    parent_call = models.OneToOneField(
+        "agents.ToolCall", null=True, blank=True, on_delete=models.SET_NULL, related_name="child_turn"
+    )
+    depth = models.IntegerField(default=0, db_default=0)  # raw inserts (a post's) leave it out
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -118,6 +124,8 @@ class ToolCall(models.Model):
     # The length of the message's text when the step ended: the text of step n is
     # content[previous step's offset:this offset] (the model's context is rebuilt from it).
     text_offset = models.IntegerField(default=0)
+    # An `agent` call's child run as its card shows it (agents.subagents.ChildProgress).
+    progress = models.JSONField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)  # committed before the tool runs
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -134,3 +142,33 @@ class ToolCall(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.state})"
+
+
+class Agent(models.Model):
+    """A room set up as an agent: other rooms' assistants may call it as a tool (its turn runs
+    in this room, with the room's system prompt, model and tools)."""
+
+    room = models.OneToOneField(Room, on_delete=models.CASCADE, related_name="agent")
+    # the tool's name as the calling model sees it (`ask_<name>`)
+    name = models.SlugField(max_length=40, unique=True)
+    description = models.CharField(max_length=500)
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"agent {self.name} (room {self.room_id})"
+
+    @property
+    def tool_name(self) -> str:
+        return f"ask_{self.name.replace('-', '_')}"
+
+
+class RoomAgent(models.Model):
+    """An agent a room's assistant may call, chosen by the room's owner."""
+
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="agent_links")
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="caller_links")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["room", "agent"], name="roomagent_unique")]

@@ -27,6 +27,7 @@ from agents.providers.base import (
     TextDelta,
     ToolCallRequest,
 )
+from agents.subagents import ChildProgress, agent_call_waiting, agent_calls_dispatch
 from agents.toolbox import Toolbox, run_server_calls, step_messages, steps_messages, unique_call_ids
 from agents.turns import (
     LeaseLost,
@@ -58,6 +59,7 @@ class TurnContext:
     client_tools: list[dict[str, Any]]
     calls: list[ToolCall]  # this turn's calls so far, every step
     text_so_far: str  # the turn's answer text already written
+    parent_call_id: int | None = None  # a sub-agent's run: the call it answers
 
 
 def context_build(*, taken: TakenTurn) -> TurnContext:
@@ -98,7 +100,9 @@ def context_build(*, taken: TakenTurn) -> TurnContext:
         messages.append(ChatMessage(role="assistant", content=rest))
         messages.append(ChatMessage(role="user", content=CONTINUE_PROMPT))
     initiator = turn.trigger_message.author_id
-    return TurnContext(room, messages, initiator, list(turn.client_tools or []), calls, text)
+    return TurnContext(
+        room, messages, initiator, list(turn.client_tools or []), calls, text, turn.parent_call_id
+    )
 
 
 CONTINUE_PROMPT = (
@@ -131,6 +135,7 @@ class ChunkBatcher:
     ends_with_newline: bool = True
     separate_next: bool = False
     step_text: list[str] = field(default_factory=list)  # this step's text (the model's context)
+    progress: ChildProgress | None = None  # a sub-agent's run: its text goes to the parent's card
     sink: TurnSink = field(init=False)
 
     def __post_init__(self) -> None:
@@ -147,6 +152,8 @@ class ChunkBatcher:
             self.pending_chars += len(text)
             self.chars += len(text)
             self.ends_with_newline = text.endswith("\n")
+            if self.progress is not None:
+                self.progress.add_text(text)
 
     def take_step_text(self) -> str:
         text = "".join(self.step_text)
@@ -251,6 +258,8 @@ def _step_stream(stream: ModelStream, batcher: ChunkBatcher, deadline: float) ->
             next_beat = now + _heartbeat_every()
         if state is not None and state.cancel_requested:
             raise TurnStopped(Turn.Status.CANCELLED, "stopped by a user")
+        if batcher.progress is not None:
+            batcher.progress.maybe_write()
         if drain_requested():  # looked up at most twice a second
             raise TurnStopped("released", "the worker is shutting down")
         if now >= deadline:
@@ -262,7 +271,11 @@ class TurnParked(Exception):
 
 
 def _settle_step(
-    taken: TakenTurn, calls: list[ToolCall], toolbox: Toolbox, deadline: float
+    taken: TakenTurn,
+    calls: list[ToolCall],
+    toolbox: Toolbox,
+    deadline: float,
+    progress: ChildProgress | None = None,
 ) -> list[ToolCall]:
     """Run what can run of a step's calls, then park the turn if some wait on a person;
     returns the step's calls once every one has settled."""
@@ -276,17 +289,25 @@ def _settle_step(
 
     ids = {c.pk for c in calls}
     while True:
+        # sub-agents first: their runs go on while the server calls run (and after, parked)
+        agent_calls_dispatch(taken=taken, calls_of_step=calls, agents=toolbox.agents)
         run_server_calls(taken, calls, toolbox, heartbeat)
         calls = [c for c in calls_of_turn(taken.turn_id) if c.pk in ids]
         for call in calls:  # started here, yet not settled: its settle failed (outcome unknown)
+            if call.kind == ToolCall.Kind.AGENT:
+                continue  # dispatched: it waits on its child run
             if call.state == ToolCall.State.RUNNING and call.started_at is not None:
                 call_settle(
                     taken=taken, call_id=call.pk, state=ToolCall.State.INTERRUPTED, error=OUTCOME_UNKNOWN
                 )
-        calls = [c for c in calls_of_turn(taken.turn_id) if c.pk in ids]
+        own = calls_of_turn(taken.turn_id)
+        calls = [c for c in own if c.pk in ids]
+        if progress is not None:
+            progress.set_calls(own)
+            progress.write()
         if all(c.state in ToolCall.SETTLED for c in calls):
             return calls
-        if any(c.state in ToolCall.WAITING for c in calls):
+        if any(c.state in ToolCall.WAITING or agent_call_waiting(c) for c in calls):
             if db_retry(lambda: turn_park(taken=taken), what="park"):
                 raise TurnParked()
         heartbeat()  # answered meanwhile: an approved call runs on the next round
@@ -305,12 +326,13 @@ def turn_run(*, taken: TakenTurn) -> str:
         batcher.chars = len(ctx.text_so_far)
         batcher.ends_with_newline = ctx.text_so_far.endswith("\n") or not ctx.text_so_far
         toolbox = Toolbox.for_turn(room=room, client_tools=ctx.client_tools)
+        batcher.progress = ChildProgress.for_turn(taken=taken, ctx=ctx)
         step = 1 + max((c.step for c in ctx.calls), default=-1)
         if ctx.calls:  # taken again: a fault, a release, or the answer that unparked it
             recovered = calls_recover(taken=taken)
             last = [c for c in calls_of_turn(taken.turn_id) if c.step == step - 1]
             if recovered or any(c.state not in ToolCall.SETTLED for c in last):
-                _settle_step(taken, last, toolbox, deadline)
+                _settle_step(taken, last, toolbox, deadline, batcher.progress)
                 ctx = context_build(taken=taken)  # with the step's results
                 messages = ctx.messages
             batcher.separate_next = True
@@ -320,7 +342,8 @@ def turn_run(*, taken: TakenTurn) -> str:
         # connection per turn for nothing.
         connection.close()
         provider = get_provider()
-        model = room.ai_model or settings.LLM_MODEL
+        # only a model the server offers (a row written before LLM_MODELS gets the default)
+        model = room.ai_model if room.ai_model in settings.LLM_MODELS else settings.LLM_MODEL
         while True:
             last_step = step >= settings.TURN_MAX_STEPS - 1  # the last one answers without tools
             tools = () if last_step else toolbox.specs()
@@ -338,7 +361,10 @@ def turn_run(*, taken: TakenTurn) -> str:
                 initiator_id=ctx.initiator_id,
             )  # fmt: skip
             made = db_retry(create, what="tool calls")
-            settled = _settle_step(taken, made, toolbox, deadline)
+            if batcher.progress is not None:
+                batcher.progress.set_calls(calls_of_turn(taken.turn_id))
+                batcher.progress.write()
+            settled = _settle_step(taken, made, toolbox, deadline, batcher.progress)
             messages = [*messages, *step_messages(batcher.take_step_text(), settled)]
             step += 1
             batcher.separate_next = True
@@ -362,8 +388,9 @@ def turn_run(*, taken: TakenTurn) -> str:
         log.warning("turn %s: database unavailable, leaving it to recovery: %s", taken.turn_id, exc)
         return "lost"
     except ProviderError as exc:
+        # the provider's own words (and its host) stay in the log; members get a generic reason
         log.warning("turn %s: provider failed: %s", taken.turn_id, exc)
-        status, error = Turn.Status.FAILED, f"model error: {exc}"
+        status, error = Turn.Status.FAILED, f"model error: {exc.public}"
         if not batcher.flush_and_wait():
             return "lost"
     except Exception as exc:  # a bug or a database fault: end the turn in a known state

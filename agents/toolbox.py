@@ -16,6 +16,7 @@ from django.conf import settings
 from django.db import connection
 from jsonschema import Draft202012Validator
 
+from agents.agent_settings import AGENT_TOOL_PARAMETERS, AgentTool, room_agent_tools
 from agents.calls import OUTCOME_UNKNOWN, CallPlan, call_settle, call_start
 from agents.lease import TakenTurn
 from agents.models import ToolCall
@@ -56,17 +57,22 @@ class Toolbox:
     server: dict[str, Tool] = field(default_factory=dict)
     ask_first: set[str] = field(default_factory=set)
     client: dict[str, dict[str, Any]] = field(default_factory=dict)
+    agents: dict[str, AgentTool] = field(default_factory=dict)  # sub-agents, by tool name
 
     @classmethod
     def for_turn(cls, *, room: Room, client_tools: Iterable[dict[str, Any]]) -> Toolbox:
         on, ask = room_tool_names(room)
         tools = server_tools()
-        client = {t["name"]: t for t in client_tools if t.get("name") not in tools}
-        return cls(room=room, server={n: tools[n] for n in on}, ask_first=ask, client=client)
+        agents = {n: a for n, a in room_agent_tools(room=room).items() if n not in tools}
+        client = {
+            t["name"]: t for t in client_tools if t.get("name") not in tools and t.get("name") not in agents
+        }
+        return cls(room=room, server={n: tools[n] for n in on}, ask_first=ask, client=client, agents=agents)
 
     def specs(self) -> tuple[dict[str, Any], ...]:
         """The tools as the model is offered them (OpenAI `tools`)."""
         offered = [t.spec() for t in self.server.values()]
+        offered += [a.spec() for a in self.agents.values()]
         offered += [
             {"type": "function", "function": {"name": t["name"], "description": t.get("description", ""),
                                               "parameters": t["parameters"]}}
@@ -92,6 +98,10 @@ class Toolbox:
         elif tool is not None:
             plan = replace(plan, side_effects=tool.side_effects, idempotent=tool.idempotent)
             schema = tool.parameters
+        elif name in self.agents:
+            # the child may do anything, but a dispatch again attaches to its one run
+            plan = replace(plan, kind=ToolCall.Kind.AGENT, side_effects=True, idempotent=True)
+            schema = AGENT_TOOL_PARAMETERS
         else:
             return replace(plan, error=f"there is no tool named {name!r} in this room")
         problem = _schema_error(schema, args) if isinstance(args, dict) else "the arguments must be an object"
@@ -205,6 +215,8 @@ def result_text(call: ToolCall) -> str:
         return json.dumps(call.output, ensure_ascii=False, default=str)
     if call.state == ToolCall.State.DENIED:
         return f"The call was not run: {call.error}. Answer without it."
+    if call.kind == ToolCall.Kind.AGENT and isinstance(call.output, dict) and "status" in call.output:
+        return "Error: " + json.dumps(call.output, ensure_ascii=False)  # {status, reason, retryable}
     if call.state == ToolCall.State.INTERRUPTED:
         return f"Interrupted: {OUTCOME_UNKNOWN}. Do not assume it ran; say so if it matters."
     return f"Error: {call.error or 'the call failed'}"

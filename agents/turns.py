@@ -29,7 +29,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
-from agents import calls
+from agents import calls, subagents
 from agents.kicks import kick_room_on_commit
 from agents.lease import LeaseLost, LeaseState, TakenTurn, room_turns_lock
 from agents.models import ToolCall, Turn
@@ -247,6 +247,7 @@ def _close_locked(*, turn: Turn, status: str, error: str = "") -> None:
     events.append(turn_event(turn))
     events_append_last(room_id=turn.room_id, events=events)
     kick_room_on_commit(turn.room_id)
+    subagents.agent_links_closed_locked(turn=turn)
 
 
 def _requeue_locked(*, turn: Turn, reason: str) -> None:
@@ -319,7 +320,7 @@ def turn_park(*, taken: TakenTurn) -> bool:
     return True
 
 
-def _unpark_events_locked(turn: Turn) -> list[RoomEvent]:
+def turn_unpark_events_locked(turn: Turn) -> list[RoomEvent]:
     """A parked turn whose calls no longer wait goes back to the head of the queue (its
     `queue_seq` is the oldest); the caller kicks the room after commit."""
     if turn.status != Turn.Status.PARKED or calls.calls_waiting(turn.pk):
@@ -338,7 +339,7 @@ def _person_answers(room: Room, user: Any, answer: Callable[[], tuple[ToolCall, 
         room_turns_lock(room.pk)
         call, events = answer()
         turn = Turn.objects.select_for_update().get(pk=call.turn_id)
-        events += _unpark_events_locked(turn)
+        events += turn_unpark_events_locked(turn)
         events_append_last(room_id=room.pk, events=events)
     return call.state
 
@@ -376,7 +377,7 @@ def turns_expire_waits() -> int:
             room_turns_lock(turn.room_id)
             turn = Turn.objects.select_for_update().get(pk=turn_id)
             events = calls.calls_expire_locked(turn_id=turn_id)
-            events += _unpark_events_locked(turn)
+            events += turn_unpark_events_locked(turn)
             if events:
                 events_append_last(room_id=turn.room_id, events=events)
                 woken += 1
@@ -400,17 +401,21 @@ def turn_cancel(*, room: Room, user: Any, turn_id: int) -> str:
             raise TurnRefused("not_found", f"no turn {turn_id} in this room")
         # a member stops their own turn; owners and moderators any (rooms.standing)
         turn_action_check(room=room, user=user, author_id=turn.trigger_message.author_id)
-        if turn.status == Turn.Status.QUEUED:
-            # A turn queued again after its worker was lost already has a streaming message:
-            # closing it keeps the text so far and ends the message as well.
-            _close_locked(turn=turn, status=Turn.Status.CANCELLED)
-        elif turn.status == Turn.Status.PARKED:
-            _close_locked(turn=turn, status=Turn.Status.CANCELLED)
-        elif turn.status == Turn.Status.RUNNING and not turn.cancel_requested:
-            # The runner sees the flag within one flush or heartbeat and closes the stream.
-            turn.cancel_requested = True
-            turn.save(update_fields=["cancel_requested"])
-        return turn.status
+        return turn_stop_locked(turn=turn)
+
+
+def turn_stop_locked(*, turn: Turn) -> str:
+    """Cancel a queued or parked turn now, or ask its runner to stop (the room's turns locked
+    by the caller); its status after."""
+    if turn.status in (Turn.Status.QUEUED, Turn.Status.PARKED):
+        # A turn queued again after its worker was lost already has a streaming message:
+        # closing it keeps the text so far and ends the message as well.
+        _close_locked(turn=turn, status=Turn.Status.CANCELLED)
+    elif turn.status == Turn.Status.RUNNING and not turn.cancel_requested:
+        # The runner sees the flag within one flush or heartbeat and closes the stream.
+        turn.cancel_requested = True
+        turn.save(update_fields=["cancel_requested"])
+    return turn.status
 
 
 def turn_retry(*, room: Room, user: Any, turn_id: int) -> str:
@@ -537,6 +542,7 @@ def rooms_sweep() -> SweepReport:
     )
     recovered = sum(1 for turn_id in expired if turn_recover_if_expired(turn_id=turn_id))
     turns_expire_waits()
+    subagents.agent_calls_reconcile()
     idle = list(
         Turn.objects.filter(status=Turn.Status.QUEUED)
         .exclude(room__turns__status__in=(Turn.Status.RUNNING, Turn.Status.PARKED))  # leased, or waiting

@@ -1,4 +1,4 @@
-"""ASGI entry point: HTTP pages (and static files) plus the room WebSocket."""
+"""ASGI entry point: HTTP pages (static files included, by middleware) plus the room WebSocket."""
 
 from __future__ import annotations
 
@@ -51,14 +51,13 @@ from django.core.asgi import get_asgi_application
 django_http = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
 from rooms.auth import RoomAuthMiddleware  # noqa: E402
 from rooms.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        "http": ASGIStaticFilesHandler(django_http),
+        "http": django_http,  # static files: the ServeStatic middleware
         "websocket": RoomAuthMiddleware(URLRouter(websocket_urlpatterns)),
     }
 )

@@ -6,22 +6,67 @@ from pathlib import Path
 from typing import Any
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
-_env_file = BASE_DIR / ".env"
-if _env_file.exists():
+# the variables of a .env file, under those already in the environment (ENV_FILE: another file)
+_env_file = Path(env.str("ENV_FILE", default=str(BASE_DIR / ".env")))
+if _env_file.is_file():
     env.read_env(str(_env_file))
 
-DEBUG = env.bool("DEBUG", default=True)
+# Off unless asked for. `make` writes a .env for local development (DEBUG=true and a random
+# SECRET_KEY, used by make run and make test); a deployment sets its own environment.
+DEBUG = env.bool("DEBUG", default=False)
 SECRET_KEY = env.str("SECRET_KEY", default="")
 if not SECRET_KEY:
     if not DEBUG:
-        raise RuntimeError("SECRET_KEY must be set when DEBUG is off")
+        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off (docs/deploy.md)")
     SECRET_KEY = "dev-only-insecure-key-set-SECRET_KEY-in-production"
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+# The exact origins (scheme://host[:port]) a browser's room socket may come from. Unset: the
+# CSRF_TRUSTED_ORIGINS and https:// on each plain name of ALLOWED_HOSTS; `make run` and the test
+# stack set it to the address they serve (http://127.0.0.1:8000 and its localhost twin).
+ALLOWED_ORIGINS = env.list("ALLOWED_ORIGINS", default=[]) or [
+    *CSRF_TRUSTED_ORIGINS,
+    *(f"https://{h}" for h in ALLOWED_HOSTS if h and not h.startswith(".") and h != "*"),
+]
+
+# HTTPS by default once DEBUG is off (the site is expected behind TLS; docs/deploy.md).
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=not DEBUG)
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env.bool("SECURE_COOKIES", default=not DEBUG)
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0 if DEBUG else 31_536_000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=not DEBUG)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
+# Preloading puts the domain on the browsers' built-in HSTS list, a commitment that is hard to
+# undo: only the operator can decide it (SECURE_HSTS_PRELOAD=true), so check --deploy's
+# reminder about it (security.W021) is silenced.
+SILENCED_SYSTEM_CHECKS = ["security.W021"]
+# Behind a proxy that terminates TLS and sets X-Forwarded-Proto (never trust it otherwise).
+if env.bool("TRUST_X_FORWARDED_PROTO", default=False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+# Content-Security-Policy on every response: scripts only from our own files (no inline script,
+# no eval), no plugins, no <base>, no framing. Style attributes stay allowed (the avatar's hue,
+# a markdown table's alignment, the admin's own) but <style> elements and foreign sheets do not.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "style-src-attr": ["'unsafe-inline'"],
+        "img-src": ["'self'", "data:"],
+        "connect-src": ["'self'"],  # the room's WebSocket is same-origin
+        "font-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'none'"],
+        "frame-ancestors": ["'none'"],
+        "form-action": ["'self'"],
+    }
+}
 
 # Without DATABASE_URL / REDIS_URL: the embedded servers' URLs. Settings start nothing: `make
 # run` and the test session start those servers (stack.services) before any process needs them.
@@ -37,12 +82,17 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
+    "csp",
+    "ninja",  # the API's docs page serves its own static files (no CDN)
     "rooms",
     "agents",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # static files, served asynchronously (WhiteNoise's ASGI-capable fork: WhiteNoise itself is
+    # sync-only and under ASGI buffers each file and warns, evansd/whitenoise#179, #531)
+    "servestatic.middleware.ServeStaticMiddleware",
     "rooms.middleware.Utf8FormsOnly",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -50,6 +100,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
 ]
 
 ROOT_URLCONF = "chatproject.urls"
@@ -106,6 +157,14 @@ if DB_IDLE_IN_TRANSACTION_TIMEOUT_MS > 0:
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env.str("REDIS_URL", default=_EMBEDDED_REDIS_URL)
+# Shared by every process (the per-address limits count there); keys under the channel prefix.
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": env.str("CHANNEL_PREFIX", default="chat"),
+    }
+}
 CHANNEL_LAYERS: dict[str, dict[str, Any]] = {
     "default": {
         # The pub/sub layer: one PUBLISH per group send, one subscription per group per
@@ -131,7 +190,12 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
-STATIC_ROOT = BASE_DIR / ".devdata" / "staticfiles"
+STATIC_ROOT = env.path("STATIC_ROOT", default=BASE_DIR / ".devdata" / "staticfiles")
+# collectstatic also writes a gzip copy of each file, which the middleware serves when asked
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "servestatic.storage.CompressedStaticFilesStorage"},
+}
 
 LOGGING = {
     "version": 1,
@@ -179,6 +243,14 @@ TOOL_OUTPUT_MAX_BYTES = env.int("TOOL_OUTPUT_MAX_BYTES", default=32 * 1024)
 CLIENT_TOOLS_MAX = env.int("CLIENT_TOOLS_MAX", default=8)  # client tools offered with one send
 CLIENT_TOOL_SCHEMA_MAX_BYTES = env.int("CLIENT_TOOL_SCHEMA_MAX_BYTES", default=8 * 1024)
 MAX_TURN_ATTEMPTS = env.int("MAX_TURN_ATTEMPTS", default=3)  # runs of one turn, recoveries included
+# Sub-agents (agents/subagents.py): how deep a chain of agents calling agents may go, how many
+# child runs may be open at once (site-wide), how long a parent waits for one, and how often
+# (and how much of) a child's answer so far is copied into the parent's card.
+AGENT_MAX_DEPTH = env.int("AGENT_MAX_DEPTH", default=2)
+AGENT_MAX_RUNNING = env.int("AGENT_MAX_RUNNING", default=16)
+AGENT_CALL_TIMEOUT = env.float("AGENT_CALL_TIMEOUT", default=900.0)
+AGENT_PROGRESS_INTERVAL = env.float("AGENT_PROGRESS_INTERVAL", default=0.5)
+AGENT_PROGRESS_MAX_CHARS = env.int("AGENT_PROGRESS_MAX_CHARS", default=1200)
 # Rate limits (0 turns a limit off): frames per second per socket (burst = 2x), messages per
 # minute per user (all sockets), turns waiting in one room's queue.
 RATE_FRAMES_PER_SECOND = env.float("RATE_FRAMES_PER_SECOND", default=20.0)
@@ -187,11 +259,32 @@ RATE_QUEUED_TURNS_PER_ROOM = env.int("RATE_QUEUED_TURNS_PER_ROOM", default=20)
 # Seconds between re-reads of every live socket's access (a ban whose broadcast was lost still
 # closes it); each socket's frames, `sync` and heartbeat re-check it as well. 0: off.
 ACCESS_RECHECK_SECONDS = env.float("ACCESS_RECHECK_SECONDS", default=20.0)
+# Per client address ("N/h", "N/m"; empty: no limit): each guest account, room and token costs
+# a quota and a queue, so how fast one address may make them is limited.
+RATE_GUESTS = env.str("RATE_GUESTS", default="10/h")
+RATE_SIGNUPS = env.str("RATE_SIGNUPS", default="10/h")
+RATE_ROOMS = env.str("RATE_ROOMS", default="20/h")
+RATE_TOKENS = env.str("RATE_TOKENS", default="20/h")
+# the request header holding the client's address behind a proxy (e.g. HTTP_X_REAL_IP)
+RATELIMIT_IP_META_KEY = env.str("RATELIMIT_IP_META_KEY", default="") or None
+# What a guest (an account with a display name only) may do besides reading and posting.
+GUESTS_MAY_CREATE_ROOMS = env.bool("GUESTS_MAY_CREATE_ROOMS", default=False)
+GUESTS_MAY_CREATE_TOKENS = env.bool("GUESTS_MAY_CREATE_TOKENS", default=False)
+
+# --- The HTTP API (rooms/api/) -----------------------------------------------------------------
+API_IDEMPOTENCY_TTL = env.int("API_IDEMPOTENCY_TTL", default=86_400)  # seconds a key is kept
+API_WAIT_MAX = env.float("API_WAIT_MAX", default=60.0)  # longest long-poll of a submission
+# seconds between a follower's checks of the database when no broadcast came (a lost doorbell)
+API_FOLLOW_POLL = env.float("API_FOLLOW_POLL", default=2.0)
+API_STREAM_KEEPALIVE = env.float("API_STREAM_KEEPALIVE", default=15.0)  # SSE comment when idle
 
 # --- LLM -------------------------------------------------------------------------------------
 LLM_BASE_URL = env.str("LLM_BASE_URL", default="")
 LLM_API_KEY = env.str("LLM_API_KEY", default="")
 LLM_MODEL = env.str("LLM_MODEL", default="gpt-4o-mini")
+# The models a room's owner may pick besides LLM_MODEL (the default); nothing else reaches the
+# provider, whatever a room row says.
+LLM_MODELS = env.list("LLM_MODELS", default=[])
 # "openai" (any OpenAI-compatible server), "demo" (offline, canned), or a dotted class path.
 LLM_PROVIDER = env.str("LLM_PROVIDER", default="openai" if (LLM_BASE_URL or LLM_API_KEY) else "demo")
 LLM_TIMEOUT = env.float("LLM_TIMEOUT", default=60.0)

@@ -4,7 +4,8 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from rooms import views, views_moderation
+from rooms import health, views, views_moderation
+from rooms.api import api
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -23,4 +24,9 @@ urlpatterns = [
     path("tokens/", views.tokens, name="tokens"),
     path("tokens/<int:token_id>/revoke/", views.token_revoke, name="token_revoke"),
     path("admin/", admin.site.urls),
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+    # the HTTP API (/api/..., its docs at /api/docs) and the OpenAI-compatible door (/v1/...);
+    # last: its root path must not shadow the home page
+    path("", api.urls),
 ]

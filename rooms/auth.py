@@ -1,7 +1,8 @@
 """WebSocket authentication: a bearer token for scripts, the session cookie for browsers.
 
-Cookie-authenticated sockets must come from an allowed Origin (the cookie is ambient, so a
-foreign page could otherwise use it). A token is not ambient: a token socket may omit Origin.
+Cookie-authenticated sockets must come from an allowed Origin, compared exactly (scheme, host
+and port: settings.ALLOWED_ORIGINS), since the cookie is ambient and a foreign page could
+otherwise use it. A token is not ambient: a token socket may omit Origin.
 
 The middleware only reads the credentials (no database): the consumer checks them with
 `socket_user` inside its one database visit per connect (rooms/consumers.py). A token is
@@ -24,7 +25,6 @@ from django.contrib.auth.models import AnonymousUser
 from django.db import connection
 from django.http import HttpRequest
 from django.http.cookie import parse_cookie
-from django.http.request import split_domain_port, validate_host
 
 from rooms.models import ApiToken
 from rooms.services import token_hash
@@ -35,21 +35,38 @@ from rooms.services import token_hash
 TOKEN_TOUCH_EVERY = 60
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def normal_origin(origin: str) -> str | None:
+    """`scheme://host[:port]` in lower case, the scheme's default port left out; None if it
+    is not an http(s) origin."""
+    try:
+        parsed = urlparse(origin.strip())
+        port = parsed.port
+    except ValueError:
+        return None
+    scheme, host = parsed.scheme.lower(), (parsed.hostname or "").lower()
+    if scheme not in _DEFAULT_PORTS or not host or parsed.path not in ("", "/") or parsed.username:
+        return None
+    host = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{host}" + (f":{port}" if port and port != _DEFAULT_PORTS[scheme] else "")
+
+
+@functools.cache
+def _allowed_origins(origins: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(o for o in map(normal_origin, origins) if o)
+
+
 def origin_allowed(origin: bytes | None) -> bool:
-    """Whether an Origin header names one of ALLOWED_HOSTS."""
+    """Whether an Origin header is exactly one of ALLOWED_ORIGINS (scheme, host and port)."""
     if origin is None:
         return False
     try:
-        parsed = urlparse(origin.decode("latin1"))
-    except (UnicodeDecodeError, ValueError):
+        seen = normal_origin(origin.decode("ascii"))
+    except UnicodeDecodeError:
         return False
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        return False
-    domain, _port = split_domain_port(parsed.netloc)
-    allowed = list(settings.ALLOWED_HOSTS)
-    if settings.DEBUG and not allowed:
-        allowed = [".localhost", "127.0.0.1", "[::1]"]
-    return bool(domain) and validate_host(domain, allowed)
+    return seen is not None and seen in _allowed_origins(tuple(settings.ALLOWED_ORIGINS))
 
 
 def bearer_token(headers: dict[bytes, bytes]) -> str | None:

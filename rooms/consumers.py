@@ -199,11 +199,6 @@ class RoomConsumer(ReplayMixin, AsyncWebsocketConsumer):
     async def on_send(self, frame: SendFrame) -> None:
         """Post a message (idempotent per client_id); answer with its `ack`."""
         user = self.scope["user"]
-        wait = await ratelimit.message_quota_take(user.pk)
-        if wait is not None:
-            raise FrameError(
-                "rate_limited", "too many messages this minute", frame.client_id, retry_after=wait
-            )
         try:
             result = await self._as_member(
                 services.message_post,
@@ -216,6 +211,8 @@ class RoomConsumer(ReplayMixin, AsyncWebsocketConsumer):
             raise FrameError(
                 "conflict", "client_id was already used for another message", frame.client_id
             ) from None
+        except ratelimit.RateLimited as exc:
+            raise FrameError("rate_limited", str(exc), frame.client_id, retry_after=exc.retry_after) from None
         except services.RoomBusy as exc:
             raise FrameError("rate_limited", str(exc), frame.client_id, retry_after=5.0) from None
         except ModerationRefused as exc:  # locked, muted, slow mode, read-only

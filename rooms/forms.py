@@ -9,7 +9,14 @@ from django.conf import settings
 from django.contrib.auth.forms import UserCreationForm
 
 from rooms.models import Room
-from rooms.turns import ToolInfo, turn_queue
+from rooms.services import models_allowed
+from rooms.turns import AgentSetup, ToolInfo, turn_queue
+
+
+def _model_field() -> forms.ChoiceField:
+    """The owner picks a model from the server's list (LLM_MODELS), never free text."""
+    choices = [("", f"The server's default ({settings.LLM_MODEL})")] + [(m, m) for m in models_allowed()]
+    return forms.ChoiceField(choices=choices, required=False, label="Model")
 
 
 class RoomCreateForm(forms.ModelForm):
@@ -22,6 +29,10 @@ class RoomCreateForm(forms.ModelForm):
             "ai_trigger": "The AI answers",
         }
         widgets = {"system_prompt": forms.Textarea(attrs={"rows": 3})}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["ai_model"] = _model_field()
 
     def clean_title(self) -> str:
         title = self.cleaned_data["title"].strip()
@@ -46,6 +57,10 @@ class RoomSettingsForm(forms.ModelForm):
         ]
         labels = RoomCreateForm.Meta.labels | {"recovery": "If a worker dies mid-answer"}
         widgets = {"system_prompt": forms.Textarea(attrs={"rows": 4})}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["ai_model"] = _model_field()
 
     clean_title = RoomCreateForm.clean_title
 
@@ -90,6 +105,54 @@ class RoomToolsForm(forms.Form):
         """The fields to save (services.room_update), in the catalog's order."""
         order = [t.name for t in self.catalog]
         return {f: [n for n in order if n in self.cleaned_data[f]] for f in self.changed_data}
+
+
+class RoomAgentsForm(forms.Form):
+    """The owner's agent settings of a room (docs/agents.md): the room as an agent other rooms'
+    assistants may call, and the agents this room's assistant may call."""
+
+    is_agent = forms.BooleanField(required=False, label="This room is an agent")
+    agent_name = forms.RegexField(
+        regex=r"^[a-z0-9][a-z0-9-]{0,39}$", required=False, max_length=40, label="Agent name",
+        help_text="Lower-case letters, digits and dashes: the calling model sees the tool ask_<name>.",
+        error_messages={"invalid": "Use lower-case letters, digits and dashes (at most 40)."},
+    )  # fmt: skip
+    agent_description = forms.CharField(required=False, max_length=500, label="What it is good for")
+    agents_on = forms.TypedMultipleChoiceField(
+        required=False, coerce=int, widget=forms.CheckboxSelectMultiple, label="Agents the assistant may call"
+    )
+
+    def __init__(self, data: Any = None, *, room: Room) -> None:
+        self.room = room
+        self.setup, self.choices = turn_queue().agent_settings(room=room)
+        initial: dict[str, Any] = {"agents_on": [c.id for c in self.choices if c.chosen]}
+        if self.setup is not None:
+            initial |= {"is_agent": self.setup.enabled, "agent_name": self.setup.name,
+                        "agent_description": self.setup.description}  # fmt: skip
+        super().__init__(data, initial=initial)
+        self.fields["agents_on"].choices = [(c.id, c.title) for c in self.choices]  # type: ignore[attr-defined]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if data.get("is_agent"):
+            for name in ("agent_name", "agent_description"):
+                if not (data.get(name) or "").strip():
+                    self.add_error(name, "An agent needs a name and a description.")
+        return data
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per agent the owner may choose, with its box as the form holds it."""
+        on = {int(v) for v in self["agents_on"].value() or ()}
+        return [{"agent": c, "on": c.id in on} for c in self.choices]
+
+    def save(self) -> None:
+        """Save through the turn queue; a name already taken becomes the form's error."""
+        data = self.cleaned_data
+        setup = None
+        if data["is_agent"] or self.setup is not None:
+            name = data["agent_name"] or (self.setup.name if self.setup else "")
+            setup = AgentSetup(bool(data["is_agent"]), name, (data["agent_description"] or "").strip())
+        turn_queue().agent_settings_save(room=self.room, setup=setup, chosen=list(data["agents_on"]))
 
 
 class ProfileForm(forms.Form):

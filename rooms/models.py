@@ -251,3 +251,29 @@ class ModerationAction(models.Model):
 
     def __str__(self) -> str:
         return f"{self.action} {self.target_repr}"
+
+
+class ApiIdempotencyKey(models.Model):
+    """An `Idempotency-Key` an API client sent: the request it named and the answer it got.
+
+    The same key again with the same request gets the stored answer; with another request it
+    is refused (409). Keys are per user and live `API_IDEMPOTENCY_TTL` seconds.
+    """
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=200)
+    # what the request was: its route (method and path) and a hash of its validated body
+    endpoint = models.CharField(max_length=300)
+    fingerprint = models.CharField(max_length=64)
+    # the answer, once there is one (a request that failed stored none: it may be sent again)
+    status_code = models.IntegerField(null=True, blank=True)
+    response = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "key"], name="api_idempotency_user_key_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.key} ({self.endpoint})"

@@ -300,6 +300,26 @@ class NoteEvent(_ServerFrame):
     note: NoteData
 
 
+class ChildCallData(_ServerFrame):
+    """One tool call of a sub-agent's run, as its parent's card lists it."""
+
+    name: str
+    state: str
+
+
+class AgentProgressData(_ServerFrame):
+    """An `agent` call's child run as far as it went: where it runs (a link for the members of
+    that room), its status, the tail of its answer so far and its own tool calls."""
+
+    room: str  # the agent room's slug
+    title: str
+    turn_id: int
+    status: str  # the child turn's status
+    text: str
+    truncated: bool = False  # `text` is the answer's end only
+    calls: list[ChildCallData] = []
+
+
 class ToolCallData(_ServerFrame):
     """A tool call as it travels on the wire; `id` is what clients answer with."""
 
@@ -319,6 +339,7 @@ class ToolCallData(_ServerFrame):
     created_at: str
     started_at: str | None = None
     finished_at: str | None = None
+    progress: AgentProgressData | None = None  # `agent` calls: the child run
 
 
 class ToolCallEvent(_ServerFrame):

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 
+import redis
 from django.conf import settings
 from redis.exceptions import RedisError
 
-from rooms.presence import _redis, redis_key
+from rooms.presence import redis_key
 
 log = logging.getLogger(__name__)
 
@@ -40,24 +42,43 @@ def frame_bucket() -> TokenBucket:
     return TokenBucket(rate, max(1.0, 2 * rate))
 
 
-async def message_quota_take(user_id: int) -> float | None:
-    """Count one message against the user's per-minute quota; seconds to wait if it is spent."""
+class RateLimited(Exception):
+    """A limit is spent; `retry_after` seconds until it is not."""
+
+    def __init__(self, detail: str, *, retry_after: float) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
+_client: tuple[int, redis.Redis] | None = None
+
+
+def _redis_sync() -> redis.Redis:
+    """This process's Redis client for the quotas (services run on worker threads)."""
+    global _client
+    if _client is None or _client[0] != os.getpid():
+        _client = (os.getpid(), redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1))
+    return _client[1]
+
+
+def message_quota_spend(*, user_id: int) -> None:
+    """Count one message against the user's per-minute quota, over every path that posts
+    (socket, form, API); raises RateLimited once it is spent."""
     limit = settings.RATE_MESSAGES_PER_MINUTE
     if limit <= 0:
-        return None
+        return
     now = time.time()
     window = int(now // 60)
     key = redis_key("rate", "msg", int(user_id), window)
     try:
-        pipe = _redis().pipeline(transaction=False)
+        pipe = _redis_sync().pipeline(transaction=False)
         pipe.incr(key)
         pipe.expire(key, 120)
-        count, _ = await pipe.execute()
+        count, _ = pipe.execute()
     except RedisError:
-        # Redis is away (a restart): the limit fails open rather than failing the user's send,
-        # which only needs Postgres; the socket stays open.
+        # Redis is away (a restart): the limit fails open rather than failing the user's post,
+        # which only needs Postgres.
         log.warning("message quota unavailable (Redis); allowing the message")
-        return None
+        return
     if count > limit:
-        return (window + 1) * 60 - now
-    return None
+        raise RateLimited("too many messages this minute", retry_after=(window + 1) * 60 - now)

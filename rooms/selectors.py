@@ -402,3 +402,15 @@ def room_notes(*, room: Room, limit: int = 50) -> list[RoomNote]:
     """The room's newest `limit` notes, newest last (the room page's notes panel)."""
     newest = RoomNote.objects.filter(room=room).order_by("-created_at", "-id")[:limit]
     return list(reversed(newest))
+
+
+def user_is_guest(user: Any) -> bool:
+    """A guest account: made from a display name alone (rooms.services.guest_create)."""
+    return bool(user.username.startswith("guest-") and not user.has_usable_password())
+
+
+def user_may_create(*, user: Any, what: str) -> bool:
+    """Whether `user` may create rooms or tokens (`what`): guests only if settings allow it."""
+    if not user_is_guest(user):
+        return True
+    return bool(settings.GUESTS_MAY_CREATE_ROOMS if what == "rooms" else settings.GUESTS_MAY_CREATE_TOKENS)

@@ -9,18 +9,20 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 from django.utils.text import slugify
 
-from rooms import broadcast
+from rooms import broadcast, ratelimit
 from rooms.events import NEXT_SEQ, Fill, Row, events_append_last, sentinel
 from rooms.models import ApiToken, Membership, Message, Room, RoomNote
 from rooms.protocol import MessageEvent, MessageUpdateEvent, NoteData, NoteEvent, RoomEvent
-from rooms.selectors import SocketAccess, message_wire, socket_access
+from rooms.selectors import SocketAccess, message_wire, socket_access, user_may_create
 from rooms.standing import ModerationRefused, post_check
-from rooms.turns import turn_queue
+from rooms.turns import TurnQueue, turn_queue
 
 User = get_user_model()
 
@@ -61,6 +63,18 @@ def message_draft(**fields: Any) -> Message:
 # --- rooms and members ------------------------------------------------------------------------
 
 
+def models_allowed() -> list[str]:
+    """The models a room may name (besides "", the server's default LLM_MODEL)."""
+    return [m for m in settings.LLM_MODELS if m and m != settings.LLM_MODEL]
+
+
+def _checked_model(name: str) -> str:
+    name = name.strip()
+    if name and name != settings.LLM_MODEL and name not in models_allowed():
+        raise ValueError(f"the model {name!r} is not offered on this server")
+    return "" if name == settings.LLM_MODEL else name
+
+
 def room_create(
     *,
     owner: Any,
@@ -72,6 +86,8 @@ def room_create(
     ai_trigger: str = Room.AiTrigger.EVERY,
 ) -> Room:
     """Create a room owned by `owner`, who becomes its first member."""
+    if not user_may_create(user=owner, what="rooms"):
+        raise PermissionDenied("guests may not create rooms here; sign up first")
     base = slugify(title)[:40] or "room"
     with transaction.atomic():
         for _ in range(5):
@@ -84,7 +100,7 @@ def room_create(
             owner=owner,
             visibility=visibility,
             ai_enabled=ai_enabled,
-            ai_model=ai_model.strip(),
+            ai_model=_checked_model(ai_model),
             ai_trigger=ai_trigger,
             **({"system_prompt": system_prompt} if system_prompt is not None else {}),
         )
@@ -94,6 +110,8 @@ def room_create(
 
 def room_update(*, room: Room, **fields: Any) -> Room:
     """Change a room's settings (the owner's form); takes effect from the next turn."""
+    if "ai_model" in fields:
+        fields["ai_model"] = _checked_model(fields["ai_model"])
     for name, value in fields.items():
         setattr(room, name, value)
     room.save(update_fields=list(fields))
@@ -161,11 +179,14 @@ def message_post(
     client_tools: list[dict[str, Any]] | None = None,
 ) -> PostResult:
     """Store a user's message once per client_id, queue the turn it triggers, emit the events.
+    Raises ratelimit.RateLimited past the author's message quota, RoomBusy past the room's queue,
+    ModerationRefused in a locked room, for a viewer, a muted member or too soon in slow mode.
 
-    One statement (one round trip, its own transaction: the room row is locked from its UPDATE
-    to the implicit COMMIT right after), so concurrent posts to one room queue for one round
-    trip each. A resend (same client_id) is not looked up first: the insert's unique index
-    refuses it, and the whole statement with it.
+    The message and its events are one statement (the room row is locked from its UPDATE to
+    the COMMIT right after), so concurrent posts to one room queue for one round trip each. A
+    post that queues a turn first takes the room's turn lock and counts the queue in the same
+    transaction, so the cap holds under concurrent posts. A resend (same client_id) is not
+    looked up first: the insert's unique index refuses it, and the whole statement with it.
     """
     try:  # locked room, viewer, muted, slow mode (rooms.standing): nothing is stored
         post_check(room=room, user=author)
@@ -174,13 +195,32 @@ def message_post(
         if existing is not None:  # a resend of a message stored before still gets its ack
             return existing
         raise
+    ratelimit.message_quota_spend(user_id=author.pk)
     queue = turn_queue()
     wants_turn = queue.wanted(room=room, content=content)
-    if wants_turn and queue.queue_full(room=room):
-        existing = _existing_post(room=room, author=author, client_id=client_id, content=content)
-        if existing is not None:  # a resend of a stored message still gets its ack
-            return existing
-        raise RoomBusy("the assistant has too many questions waiting in this room; try again soon")
+    # a post that queues a turn checks the room's queue and appends in one transaction
+    with transaction.atomic() if wants_turn else contextlib.nullcontext():
+        if wants_turn and queue.queue_full_locked(room=room):
+            existing = _existing_post(room=room, author=author, client_id=client_id, content=content)
+            if existing is not None:  # a resend of a stored message still gets its ack
+                return existing
+            raise RoomBusy("the assistant has too many questions waiting in this room; try again soon")
+        return _post_append(
+            room=room, author=author, client_id=client_id, content=content,
+            client_tools=client_tools, wants_turn=wants_turn, queue=queue,
+        )  # fmt: skip
+
+
+def _post_append(
+    *,
+    room: Room,
+    author: Any,
+    client_id: uuid.UUID,
+    content: str,
+    client_tools: list[dict[str, Any]] | None,
+    wants_turn: bool,
+    queue: TurnQueue,
+) -> PostResult:
     now = timezone.now()
     draft = message_draft(
         room=room, role=Message.Role.USER, author=author, content=content, client_id=client_id, created_at=now
@@ -254,6 +294,8 @@ def token_hash(raw: str) -> str:
 
 def token_create(*, user: Any, name: str) -> tuple[ApiToken, str]:
     """Create an API token; the raw value is returned once and never stored."""
+    if not user_may_create(user=user, what="tokens"):
+        raise PermissionDenied("guests may not create API tokens here; sign up first")
     raw = "rct_" + secrets.token_urlsafe(32)
     token = ApiToken.objects.create(
         user=user, name=name.strip()[:80] or "token", prefix=raw[:10], key_hash=token_hash(raw)

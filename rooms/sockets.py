@@ -115,6 +115,7 @@ def latest_seq_standing(socket: SocketId) -> int:
     return _standing(socket)
 
 
+on_db_threads = _on_db_threads  # rooms.api's database visits run on the same threads
 admit_on_db = _on_db_threads(admit)
 as_standing_member_on_db = _on_db_threads(as_standing_member)
 replay_standing_on_db = _on_db_threads(replay_standing)

@@ -18,7 +18,7 @@ from django.utils.module_loading import import_string
 if TYPE_CHECKING:
     from rooms.events import Row
     from rooms.models import Room
-    from rooms.protocol import RoomEvent, ToolCallData
+    from rooms.protocol import RoomEvent, ToolCallData, TurnData
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,26 @@ class ToolInfo:
     description: str
     side_effects: bool
     ask_first: bool  # its default
+
+
+@dataclass(frozen=True)
+class AgentSetup:
+    """A room set up as an agent (docs/agents.md): its tool's name and what it is good for."""
+
+    enabled: bool
+    name: str
+    description: str
+
+
+@dataclass(frozen=True)
+class AgentChoice:
+    """An agent the room's owner may let the room's assistant call."""
+
+    id: int
+    tool_name: str
+    title: str
+    description: str
+    chosen: bool
 
 
 class TurnRefused(Exception):
@@ -45,8 +65,10 @@ class TurnQueue(Protocol):
     def wanted(self, *, room: Room, content: str) -> bool:
         """Whether this message should get an answer."""
 
-    def queue_full(self, *, room: Room) -> bool:
-        """Whether the room has as many turns waiting as it may (the post is then refused)."""
+    def queue_full_locked(self, *, room: Room) -> bool:
+        """Whether the room has as many turns waiting as it may (the post is then refused).
+        Called inside the post's transaction: the answer holds until it commits (no two
+        concurrent posts both take the last place)."""
 
     def queued_row(
         self, *, room: Room, now: Any, client_tools: list[dict[str, Any]]
@@ -64,6 +86,23 @@ class TurnQueue(Protocol):
     def transcript_calls(self, *, message_ids: list[int]) -> dict[int, list[ToolCallData]]:
         """The tool calls of these (assistant) messages, in order, by message."""
 
+    def turns_read(
+        self,
+        *,
+        room_id: int,
+        turn_ids: list[int] | None = None,
+        trigger_message_ids: list[int] | None = None,
+        before: int | None = None,
+        limit: int = 50,
+    ) -> list[TurnData]:
+        """A room's turns, newest first: these ids, or those these messages triggered, or the
+        newest `limit` (before turn id `before`)."""
+
+    def calls_read(
+        self, *, room_id: int, turn_id: int | None = None, call_id: str | None = None, limit: int = 200
+    ) -> list[ToolCallData]:
+        """A room's tool calls, oldest first: one by id, those of one turn, or the newest `limit`."""
+
     def tool_result(self, *, room: Room, user: Any, call_id: str, output: Any, error: str | None) -> str:
         """A client tool's answer; the call's state after. Raises TurnRefused."""
 
@@ -72,6 +111,12 @@ class TurnQueue(Protocol):
 
     def tool_catalog(self) -> list[ToolInfo]:
         """The server tools there are (the room settings page lists them)."""
+
+    def agent_settings(self, *, room: Room) -> tuple[AgentSetup | None, list[AgentChoice]]:
+        """The room as an agent (None: it is not one), and the agents its owner may choose."""
+
+    def agent_settings_save(self, *, room: Room, setup: AgentSetup | None, chosen: list[int]) -> None:
+        """Save both (only agents among the choices are kept). Raises TurnRefused (a name taken)."""
 
     def cancel(self, *, room: Room, user: Any, turn_id: int) -> str:
         """Stop or withdraw a turn; its status after. Raises TurnRefused."""

@@ -6,6 +6,7 @@ import hmac
 import uuid
 from typing import Any
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
@@ -14,12 +15,14 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
+from django_ratelimit.core import is_ratelimited
 
-from rooms import selectors, services
+from rooms import ratelimit, selectors, services
 from rooms.forms import (
     GuestForm,
     MessageForm,
     ProfileForm,
+    RoomAgentsForm,
     RoomCreateForm,
     RoomSettingsForm,
     RoomToolsForm,
@@ -28,33 +31,53 @@ from rooms.forms import (
 )
 from rooms.models import ApiToken, Room
 from rooms.standing import ModerationRefused
+from rooms.turns import TurnRefused
+
+
+def _address_over(request: HttpRequest, limit: str) -> bool:
+    """Count one creation against the client address's `limit` (a RATE_* setting, read per
+    request); True when it is spent."""
+    rate = getattr(settings, limit)
+    return bool(rate) and is_ratelimited(request, group=limit, key="ip", rate=rate, increment=True)
+
+
+def _too_many(request: HttpRequest, template: str, context: dict[str, Any], what: str) -> HttpResponse:
+    messages.error(request, f"Too many {what} from your address; try again later.")
+    return render(request, template, context, status=429)
 
 
 def home(request: HttpRequest) -> HttpResponse:
     """Your rooms, public rooms, and a form to create one."""
     if not request.user.is_authenticated:
         return render(request, "home.html", {})
+    may_create = selectors.user_may_create(user=request.user, what="rooms")
     form = RoomCreateForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
-        room = services.room_create(owner=request.user, **form.cleaned_data)
-        return redirect("room", slug=room.slug)
-    return render(
-        request,
-        "home.html",
-        {
-            "form": form,
-            "my_rooms": selectors.rooms_for_user(user=request.user),
-            "public_rooms": selectors.rooms_public(exclude_user=request.user),
-        },
-    )
+    context = {
+        "form": form if may_create else None,
+        "my_rooms": selectors.rooms_for_user(user=request.user),
+        "public_rooms": selectors.rooms_public(exclude_user=request.user),
+    }
+    if request.method == "POST":
+        if not may_create:
+            messages.error(request, "Guests may not create rooms here; sign up first.")
+            return render(request, "home.html", context, status=403)
+        if form.is_valid():
+            if _address_over(request, "RATE_ROOMS"):
+                return _too_many(request, "home.html", context, "new rooms")
+            room = services.room_create(owner=request.user, **form.cleaned_data)
+            return redirect("room", slug=room.slug)
+    return render(request, "home.html", context)
 
 
-def _room_or_refuse(request: HttpRequest, slug: str) -> Room | HttpResponse:
+def _room_or_refuse(request: HttpRequest, slug: str, *, join: bool = False) -> Room | HttpResponse:
+    """The room if the user may see it. A public room is joined only by an explicit action
+    (`join`: a POST, or the page's socket connecting), never by a page view: a cross-site link
+    or image must not make its visitor a member."""
     room = selectors.room_by_slug(slug=slug)
     if room is None:
         raise Http404("No such room")
     access = selectors.room_access(room=room, user=request.user)
-    if access == "can_join":
+    if access == "can_join" and join:
         services.membership_join(room=room, user=request.user)
     elif access == "denied":
         return render(request, "forbidden.html", {"room_title": ""}, status=403)
@@ -106,13 +129,20 @@ def room_settings(request: HttpRequest, slug: str) -> HttpResponse:
         return render(request, "forbidden.html", {"room_title": found.title}, status=403)
     form = RoomSettingsForm(request.POST or None, instance=found)
     tools = RoomToolsForm(request.POST or None, room=found)
-    if request.method == "POST" and form.is_valid() and tools.is_valid():
-        changes = {f: form.cleaned_data[f] for f in form.changed_data} | tools.changes()
-        if changes:
-            services.room_update(room=found, **changes)
-        messages.success(request, "Room settings saved.")
-        return redirect("room", slug=slug)
-    return render(request, "room_settings.html", {"room": found, "form": form, "tools": tools})
+    agents = RoomAgentsForm(request.POST or None, room=found)
+    if request.method == "POST" and form.is_valid() and tools.is_valid() and agents.is_valid():
+        try:
+            agents.save()
+        except TurnRefused as refused:
+            agents.add_error("agent_name", str(refused))
+        else:
+            changes = {f: form.cleaned_data[f] for f in form.changed_data} | tools.changes()
+            if changes:
+                services.room_update(room=found, **changes)
+            messages.success(request, "Room settings saved.")
+            return redirect("room", slug=slug)
+    context = {"room": found, "form": form, "tools": tools, "agents": agents}
+    return render(request, "room_settings.html", context)
 
 
 @login_required
@@ -142,7 +172,7 @@ def room_earlier(request: HttpRequest, slug: str) -> HttpResponse:
 @require_POST
 def room_post(request: HttpRequest, slug: str) -> HttpResponse:
     """The composer without JavaScript: the same service as the socket's `send`."""
-    found = _room_or_refuse(request, slug)
+    found = _room_or_refuse(request, slug, join=True)
     if isinstance(found, HttpResponse):
         return found
     form = MessageForm(request.POST)
@@ -159,8 +189,10 @@ def room_post(request: HttpRequest, slug: str) -> HttpResponse:
         )
     except services.ClientIdConflict:
         messages.error(request, "That message was already sent with different text.")
+    except ratelimit.RateLimited as exc:
+        messages.error(request, f"Not sent: {exc} (try again in {exc.retry_after:.0f} s).")
     except (ModerationRefused, services.RoomBusy) as exc:  # locked, muted, slow mode, read-only
-        messages.error(request, str(exc))
+        messages.error(request, f"Not sent: {exc}.")
     return redirect("room", slug=slug)
 
 
@@ -177,6 +209,8 @@ def room_invite(request: HttpRequest, slug: str, token: str) -> HttpResponse:
 def signup(request: HttpRequest) -> HttpResponse:
     form = SignupForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
+        if _address_over(request, "RATE_SIGNUPS"):
+            return _too_many(request, "signup.html", {"form": form}, "sign-ups")
         user = form.save()
         login(request, user, backend="django.contrib.auth.backends.ModelBackend")
         return redirect("home")
@@ -187,6 +221,8 @@ def guest(request: HttpRequest) -> HttpResponse:
     """Join as a guest with just a display name."""
     form = GuestForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
+        if _address_over(request, "RATE_GUESTS"):
+            return _too_many(request, "guest.html", {"form": form}, "guest accounts")
         user = services.guest_create(display_name=form.cleaned_data["display_name"])
         login(request, user, backend="django.contrib.auth.backends.ModelBackend")
         target = request.GET.get("next", "")
@@ -212,20 +248,23 @@ def profile(request: HttpRequest) -> HttpResponse:
 @login_required
 def tokens(request: HttpRequest) -> HttpResponse:
     """List, create and revoke API tokens."""
+    may_create = selectors.user_may_create(user=request.user, what="tokens")
     form = TokenForm(request.POST or None)
-    new_token = None
-    if request.method == "POST" and form.is_valid():
-        _, new_token = services.token_create(user=request.user, name=form.cleaned_data["name"])
-        form = TokenForm()
-    return render(
-        request,
-        "tokens.html",
-        {
-            "form": form,
-            "new_token": new_token,
-            "tokens": ApiToken.objects.filter(user=request.user.pk).order_by("-created_at"),
-        },
-    )
+    context: dict[str, Any] = {
+        "form": form if may_create else None,
+        "new_token": None,
+        "tokens": ApiToken.objects.filter(user=request.user.pk).order_by("-created_at"),
+    }
+    if request.method == "POST":
+        if not may_create:
+            messages.error(request, "Guests may not create API tokens here; sign up first.")
+            return render(request, "tokens.html", context, status=403)
+        if form.is_valid():
+            if _address_over(request, "RATE_TOKENS"):
+                return _too_many(request, "tokens.html", context, "new tokens")
+            _, context["new_token"] = services.token_create(user=request.user, name=form.cleaned_data["name"])
+            context["form"] = TokenForm()
+    return render(request, "tokens.html", context)
 
 
 @login_required

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from stack import services
-from stack.processes import StackConfig, stack_processes
+from stack.export import FORMATS, export
+from stack.processes import StackConfig, served_origins, stack_processes
 from stack.supervisor import ROOT, Plan, pids_of, run, say, wait_http
 
 
@@ -73,6 +74,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             what = ", ".join(started) or "none (already running)"
             say(f"embedded services ready in {time.monotonic() - t0:.1f}s; started: {what}")
         env.setdefault("DJANGO_SETTINGS_MODULE", "chatproject.settings")
+        env.setdefault("ALLOWED_ORIGINS", ",".join(served_origins(args.host, args.port)))
         env["PYTHONUNBUFFERED"] = "1"
         say(f"DATABASE_URL={env['DATABASE_URL']}  REDIS_URL={env['REDIS_URL']}")
         _manage(["migrate", "--noinput"], env)
@@ -161,6 +163,14 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("services", help="the embedded PostgreSQL and Redis")
     s.add_argument("action", choices=["start", "stop", "status", "env"])
     s.add_argument("--data-dir", type=Path, default=services.DEFAULT_DATA_DIR)
+    e = sub.add_parser("export", help="the processes for a production process manager (docs/deploy.md)")
+    e.add_argument("format", choices=FORMATS)
+    e.add_argument("--host", default="0.0.0.0")
+    e.add_argument("--port", type=int, default=8000, help="of the first ASGI process (then +1, +2...)")
+    e.add_argument("--asgi", type=int, default=2)
+    e.add_argument("--workers", type=int, default=2)
+    e.add_argument("--concurrency", type=int, default=16)
+    e.add_argument("--schedule", default="/var/lib/chat/celerybeat-schedule")
     b = sub.add_parser("supervise", help="run a supervisor plan file (stack.supervisor.Supervisor)")
     b.add_argument("plan", type=Path)
     args = parser.parse_args(argv)
@@ -170,6 +180,13 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_run(args)
     if args.command == "services":
         return cmd_services(args)
+    if args.command == "export":
+        config = StackConfig(
+            host=args.host, port=args.port, asgi=args.asgi, workers=args.workers,
+            concurrency=args.concurrency, schedule=Path(args.schedule),
+        )  # fmt: skip
+        print(export(args.format, config, workdir=ROOT), end="")
+        return 0
     return run(Plan.load(args.plan))
 
 

@@ -44,6 +44,15 @@ class StackConfig:
     schedule: Path = Path(".devdata/celerybeat-schedule")
 
 
+def served_origins(host: str, port: int) -> list[str]:
+    """The browser origins of a site served on host:port (its ALLOWED_ORIGINS by default)."""
+    names = {"0.0.0.0": ["127.0.0.1", "localhost"], "": ["127.0.0.1", "localhost"],
+             "127.0.0.1": ["127.0.0.1", "localhost"], "::": ["[::1]", "localhost"],
+             "::1": ["[::1]", "localhost"], "localhost": ["localhost", "127.0.0.1"]}  # fmt: skip
+    hosts = names.get(host, [f"[{host}]" if ":" in host else host])
+    return [f"http://{h}:{port}" for h in hosts]
+
+
 def celery_argv(
     kind: str,
     *,

@@ -69,6 +69,13 @@ def _isolated_run(django_db_setup: Any) -> Iterator[None]:
     settings.LEASE_TIMEOUT = 3.0
     settings.SWEEP_INTERVAL = 1.0
     settings.TURN_TIME_LIMIT = 60.0
+    # as the test stack's (tests/stack.py): tests post in bursts; the quota's tests set their own
+    settings.RATE_MESSAGES_PER_MINUTE = 600
+    # every test client comes from one address: the per-address limits' tests set their own
+    settings.RATE_GUESTS = settings.RATE_SIGNUPS = settings.RATE_ROOMS = settings.RATE_TOKENS = ""
+    from django.core.cache import cache
+
+    cache.key_prefix = f"test{run}"  # counts of earlier runs in the shared Redis do not apply
     yield
     from agents.writer import writer
 

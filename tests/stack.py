@@ -17,7 +17,7 @@ from typing import Any
 import psutil
 from django.conf import settings
 
-from stack.processes import Process, StackConfig, stack_processes
+from stack.processes import Process, StackConfig, served_origins, stack_processes
 from stack.supervisor import Supervisor, wait_http
 from tests.fakellm import FakeLLM
 
@@ -145,13 +145,18 @@ def stack_start(**overrides: Any) -> Stack:
         RATE_MESSAGES_PER_MINUTE="600",
         RATE_QUEUED_TURNS_PER_ROOM="8",
         ACCESS_RECHECK_SECONDS="2",  # the server re-reads every socket's access (test_moderation.py)
+        RATE_GUESTS="",
+        RATE_SIGNUPS="",
+        RATE_ROOMS="",
+        RATE_TOKENS="",
         LOG_LEVEL="INFO",
         # the slow tools a test kills a worker in the middle of (tests/tools.py)
         AGENT_TOOLS_EXTRA="tests.tools.Launch,tests.tools.SlowLookup",
     )
+    port = free_port()
+    env["ALLOWED_ORIGINS"] = ",".join(served_origins("127.0.0.1", port))
     env.update({k: str(v) for k, v in overrides.items()})
     logdir = Path(tempfile.mkdtemp(prefix=f"stack-{run_id}-"))
-    port = free_port()
     config = StackConfig(
         port=port,
         server=env.get("ASGI_SERVER") or "daphne",

@@ -57,11 +57,17 @@ StreamEvent = TextDelta | ToolCallRequest | StepEnd
 
 
 class ProviderError(Exception):
-    """The model call failed; `retryable` says whether a new attempt could succeed."""
+    """The model call failed; `retryable` says whether a new attempt could succeed.
 
-    def __init__(self, message: str, *, retryable: bool = False) -> None:
+    The message (`str(exc)`) is for the server's log: it may name the model host and repeat
+    what the provider said. `public` is what members of the room are told."""
+
+    GENERIC = "the model call failed"
+
+    def __init__(self, message: str, *, retryable: bool = False, public: str = "") -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.public = public or self.GENERIC
 
 
 class ModelStream(ABC):

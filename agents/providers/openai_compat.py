@@ -39,6 +39,8 @@ T = TypeVar("T")
 _CLOSED: Any = object()  # returned by _read() when the stream was closed on purpose
 _END: Any = object()
 _RETRYABLE_STATUS = {408, 409, 425, 429}
+_REPORTED = "the model service reported an error"
+_MALFORMED = "the model service sent a malformed answer"
 _HINTS = {
     401: " Check LLM_API_KEY.",
     403: " Check LLM_API_KEY and the model's access rights.",
@@ -67,7 +69,9 @@ class OpenAICompatibleProvider(Provider):
         self.client = openai.OpenAI(
             base_url=self.base_url, api_key=api_key or "not-needed", max_retries=0, timeout=timeout
         )
-        self.host = urlparse(str(self.client.base_url)).netloc or "api.openai.com"
+        # host[:port] only: a base URL's user:password@ never reaches a log line or an error
+        url = urlparse(str(self.client.base_url))
+        self.host = (f"{url.hostname}:{url.port}" if url.port else url.hostname) or "api.openai.com"
         self.label = f"{default_model} via {self.host}"
 
     def stream(self, request: ModelRequest) -> ModelStream:
@@ -99,11 +103,16 @@ class OpenAICompatibleProvider(Provider):
             return ProviderError(
                 f"The model server at {self.host} did not answer within {self.timeout:g}s.",
                 retryable=True,
+                public="the model did not answer in time",
             )
         if isinstance(exc, openai.APIConnectionError) or _is_a(exc, "TransportError"):
             cause = exc.__cause__ or exc.__context__
             detail = f": {cause}" if cause else "."
-            return ProviderError(f"Could not reach the model server at {self.host}{detail}", retryable=True)
+            return ProviderError(
+                f"Could not reach the model server at {self.host}{detail}",
+                retryable=True,
+                public="the model service could not be reached",
+            )
         if isinstance(exc, openai.APIStatusError):
             status = exc.status_code
             body = exc.body
@@ -112,10 +121,13 @@ class OpenAICompatibleProvider(Provider):
             return ProviderError(
                 f"The model server at {self.host} returned HTTP {status}: {detail}{_HINTS.get(status, '')}",
                 retryable=status >= 500 or status in _RETRYABLE_STATUS,
+                public=f"the model service refused the request (HTTP {status})",
             )
         if isinstance(exc, openai.APIError):  # an error event inside a 200 stream
             return ProviderError(
-                f"The model server at {self.host} reported an error: {exc.message}", retryable=True
+                f"The model server at {self.host} reported an error: {exc.message}",
+                retryable=True,
+                public=_REPORTED,
             )
         return ProviderError(f"Unexpected error from the model server at {self.host}: {exc!r}")
 
@@ -269,16 +281,20 @@ def _sse_chunks(read_line: Callable[[], Any], host: str) -> Iterator[Any]:
         except ValueError:
             chunk = None
         if not isinstance(chunk, dict):
-            raise ProviderError(f"The model server at {host} sent a malformed event: {text[:100]!r}")
+            raise ProviderError(
+                f"The model server at {host} sent a malformed event: {text[:100]!r}", public=_MALFORMED
+            )
         if chunk.get("error") and (kind in ("", "error")):
             error = chunk["error"]
             message = error.get("message") if isinstance(error, dict) else str(error)
             raise ProviderError(
-                f"The model server at {host} reported an error: {message or 'unknown'}", retryable=True
+                f"The model server at {host} reported an error: {message or 'unknown'}",
+                retryable=True,
+                public=_REPORTED,
             )
         yield chunk
     if data:  # a last event without its blank line
-        raise ProviderError(f"The model server at {host} ended the stream mid-event")
+        raise ProviderError(f"The model server at {host} ended the stream mid-event", public=_MALFORMED)
 
 
 class _ToolCalls:

@@ -94,6 +94,7 @@ class ChaosRun:
         self.probes: list[dict[str, Any]] = []
         self.answers_done = asyncio.Event()
         self.answerers: list[asyncio.Task[None]] = []
+        self.agent_room_ids: list[int] = []
 
     # --- setup ------------------------------------------------------------------------------
 
@@ -178,7 +179,25 @@ class ChaosRun:
                     room = room_create(owner=owner, title=f"chaos {r:02d}")
                     Room.objects.filter(pk=room.pk).update(recovery=recovery)
                 specs.append(ClientSpec(name, room.pk, room.slug, user.pk, token, user == owner))
+        self.agent_room_ids = self._make_agents([s.room_id for s in specs])
         return specs
+
+    def _make_agents(self, room_ids: list[int]) -> list[int]:
+        """Two public rooms set up as agents (no client in them), which every room may call."""
+        from django.contrib.auth import get_user_model
+
+        from agents.models import Agent, RoomAgent
+        from rooms.services import room_create
+
+        owner = get_user_model().objects.create_user(username=f"agents-{self.run_id}", password=None)
+        agents = []
+        for name in ("researcher", "analyst"):
+            room = room_create(owner=owner, title=f"chaos {name}", system_prompt=f"You are the {name}.")
+            agents.append(Agent.objects.create(room=room, name=name, description=f"The {name}."))
+        RoomAgent.objects.bulk_create(
+            [RoomAgent(room_id=r, agent=a) for r in sorted(set(room_ids)) for a in agents]
+        )
+        return [a.room_id for a in agents]
 
     def _make_clients(self, specs: list[Any]) -> None:
         from bench.chaos.driver import ChaosClient
@@ -377,6 +396,7 @@ class ChaosRun:
             for c in self.clients
         ]
         rooms = load_rooms(sorted({c.spec.room_id for c in self.clients}))
+        agent_rooms = load_rooms(self.agent_room_ids)
         assert self.injector is not None
         bound = self.args.lease_timeout + 1.0 + self.args.recovery_slack  # SWEEP_INTERVAL is 1 s
         report = Checker(
@@ -388,6 +408,7 @@ class ChaosRun:
             db_outages=[(e["t"], e["hold_s"]) for e in self.injector.timeline if e["kind"] == "pg_refuse"],
             tool_kills=self.injector.tool_kills,
             parked_kills=self.injector.parked_kills,
+            agent_rooms=agent_rooms,
         ).run()
         queue = [n for _, n in self.queue_samples]
         lease_lost = self._count_in_logs(r"lease lost")
@@ -405,6 +426,7 @@ class ChaosRun:
             "recoveries": self.injector.recoveries,
             "tool_kills": self.injector.tool_kills,
             "parked_kills": self.injector.parked_kills,
+            "agent_kills": self.injector.agent_kills,
             "probes": self.probes,
             **report.stats,
             "timings": self.timings,
@@ -552,6 +574,11 @@ def render_table(result: dict[str, Any]) -> str:
             "turns ever parked: how they ended",
             ", ".join(f"{k} {v}" for k, v in tools["parked_endings"].items()),
         )
+    )
+    agents = f"{tools['agent_calls']} / {tools['agent_child_runs']} / {len(result['agent_kills'])}"
+    rows.append(("agent calls / child runs / kills during a child run", agents))
+    rows.append(
+        ("agent calls by state", ", ".join(f"{k} {v}" for k, v in tools["agent_calls_by_state"].items()))
     )
     rows.append(("calls compared client = db", str(tools["calls_compared"])))
     rows.append(("frames received / checked", f"{result['frames_received']} / {result['frames_checked']}"))

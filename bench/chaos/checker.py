@@ -73,6 +73,8 @@ CHECKS = {
     "m": "every call settled",
     "n": "parked turns never recovered",
     "o": "clients' calls == database",
+    "p": "no duplicate child runs",
+    "q": "every parent call settled or parked",
     "z": "the run exercised every room and client",
 }
 
@@ -149,6 +151,7 @@ def load_rooms(room_ids: list[int]) -> dict[int, RoomData]:
         "started_at",
         "finished_at",
         "error",
+        "parent_call_id",
     ):
         rooms[t["room_id"]].turns[t["id"]] = t
     message_room = {mid: m["room_id"] for r in rooms.values() for mid, m in r.messages.items()}
@@ -167,6 +170,8 @@ def load_rooms(room_ids: list[int]) -> dict[int, RoomData]:
             "state": call.state,
             "error": call.error,
             "finished_at": call.finished_at,
+            "started_at": call.started_at,
+            "output": call.output,
             "wire": json.loads(call_wire(call).model_dump_json()),
         }
     for note_id, room_id, call_id in RoomNote.objects.filter(room_id__in=room_ids).values_list(
@@ -217,6 +222,7 @@ class Checker:
         db_outages: list[tuple[float, float]] | None = None,
         tool_kills: list[dict[str, Any]] | None = None,
         parked_kills: list[dict[str, Any]] | None = None,
+        agent_rooms: dict[int, RoomData] | None = None,
     ) -> None:
         self.records = records
         self.rooms = rooms
@@ -226,6 +232,7 @@ class Checker:
         self.db_outages = db_outages or []  # (t, seconds) the database refused connections
         self.tool_kills = tool_kills or []  # calls whose worker was killed mid-run
         self.parked_kills = parked_kills or []  # kills while turns were parked
+        self.agent_rooms = agent_rooms or {}  # the rooms set up as agents: child runs, no clients
         self.report = CheckReport()
         self.tool_stats: Counter[str] = Counter()
         self.parked_endings: Counter[str] = Counter()
@@ -251,6 +258,16 @@ class Checker:
             self.check_side_effects(room)
             self.check_calls_settled(room)
             self.check_parked(room)
+        for room in self.agent_rooms.values():  # what clients did not see: the database's checks
+            self.check_assistant_messages(room)
+            self.check_terminal(room)
+            self.check_order(room)
+            self.check_chunks(room)
+            self.check_side_effects(room)
+            self.check_calls_settled(room)
+            self.check_parked(room)
+        self.check_child_runs()
+        self.check_parent_calls()
         self.check_tool_kills()
         self.check_probes()
         self.check_recoveries()
@@ -621,9 +638,81 @@ class Checker:
                 continue
             if state in WAITING_CALL and turn.get("status") == "parked":
                 continue
+            if call["kind"] == "agent" and call["started_at"] and turn.get("status") == "parked":
+                continue  # waits on its child run (check q looks at the child)
             history = self.turn_history(room, call["turn_id"])
             self.fail("m", room, "-", f"{call['name']} call {call['id']} is {state}; its turn "
                       f"{call['turn_id']} is {turn.get('status')}: {history}")  # fmt: skip
+
+    # --- p, q: sub-agents ---------------------------------------------------------------------
+
+    def _agent_calls(self) -> dict[int, tuple[RoomData, dict[str, Any]]]:
+        rooms = [*self.rooms.values(), *self.agent_rooms.values()]
+        return {cid: (room, c) for room in rooms for cid, c in room.calls.items() if c["kind"] == "agent"}
+
+    def _child_runs(self) -> dict[int, list[tuple[RoomData, dict[str, Any]]]]:
+        runs: dict[int, list[tuple[RoomData, dict[str, Any]]]] = defaultdict(list)
+        for room in [*self.rooms.values(), *self.agent_rooms.values()]:
+            for t in room.turns.values():
+                if t["parent_call_id"] is not None:
+                    runs[t["parent_call_id"]].append((room, t))
+        return runs
+
+    def check_child_runs(self) -> None:
+        """One child run per agent call, each a turn of an agent's room with one task message;
+        a call that is `done` carries its child's final answer; it settled in one event."""
+        calls, runs = self._agent_calls(), self._child_runs()
+        for room in self.agent_rooms.values():
+            tasks = [m for m in room.messages.values() if m["role"] == "user"]
+            triggers = Counter(t["trigger_message_id"] for t in room.turns.values())
+            for m in tasks:
+                if triggers[m["id"]] != 1:
+                    self.fail("p", room, "-", f"task message {m['id']} started {triggers[m['id']]} runs")
+            for t in room.turns.values():
+                if t["parent_call_id"] is None or t["parent_call_id"] not in calls:
+                    self.fail("p", room, "-", f"turn {t['id']} of an agent room answers no known call")
+        for call_id, (room, call) in calls.items():
+            children = runs.get(call_id, [])
+            self.tool_stats["agent_calls"] += 1
+            self.tool_stats["agent_child_runs"] += len(children)
+            if len(children) > 1:
+                ids = [t["id"] for _, t in children]
+                self.fail("p", room, "-", f"agent call {call_id} has {len(children)} child runs: {ids}")
+            settles = 0
+            for _seq, (type_, text) in sorted(room.events.items()):
+                if type_ == "tool_update":
+                    wire = json.loads(text)["call"]
+                    settles += wire["id"] == str(call_id) and wire["state"] in SETTLED_CALL
+            if call["state"] in SETTLED_CALL and settles != 1:
+                self.fail("p", room, "-", f"agent call {call_id} settled in {settles} events")
+            if call["state"] == "done":
+                if len(children) != 1:
+                    self.fail("p", room, "-", f"agent call {call_id} is done with {len(children)} child runs")
+                    continue
+                child_room, child = children[0]
+                answer = child_room.messages.get(child["assistant_message_id"] or -1, {}).get("content")
+                if child["status"] != "done" or (call["output"] or {}).get("answer") != answer:
+                    self.fail("p", room, "-", f"agent call {call_id} is done but its child {child['id']} is "
+                              f"{child['status']} or answered otherwise")  # fmt: skip
+
+    def check_parent_calls(self) -> None:
+        """Every agent call settled, or waits (dispatched) with its turn parked on an open child;
+        a child that failed, was cancelled or interrupted never reads as done."""
+        runs = self._child_runs()
+        for call_id, (room, call) in self._agent_calls().items():
+            children = runs.get(call_id, [])
+            turn = room.turns.get(call["turn_id"], {})
+            self.tool_stats[f"agent_calls_{call['state']}"] += 1
+            if call["state"] in SETTLED_CALL:
+                if call["state"] == "done" and any(t["status"] != "done" for _, t in children):
+                    self.fail("q", room, "-", f"agent call {call_id} is done, its child is not")
+                continue
+            waiting = call["state"] == "running" and call["started_at"] and turn.get("status") == "parked"
+            open_child = any(t["status"] not in TERMINAL for _, t in children)
+            if not (waiting and open_child):
+                child = ", ".join(f"{t['id']} {t['status']}" for _, t in children) or "none"
+                detail = f"agent call {call_id} is {call['state']} (turn {turn.get('status')}, child {child})"
+                self.fail("q", room, "-", f"{detail}: neither settled nor parked on its child")
 
     def check_parked(self, room: RoomData) -> None:
         histories: dict[int, list[tuple[int, str, int]]] = defaultdict(list)
@@ -700,6 +789,13 @@ class Checker:
             "parked_then_failed_after_running_again": s["parked_then_failed_after_running_again"],
             "parked_then_interrupted_after_running_again": s["parked_then_interrupted_after_running_again"],
             "calls_compared": s["calls_compared"],
+            "agent_calls": s["agent_calls"],
+            "agent_child_runs": s["agent_child_runs"],
+            "agent_calls_by_state": {
+                k.removeprefix("agent_calls_"): v
+                for k, v in sorted(s.items())
+                if k.startswith("agent_calls_") and k != "agent_calls_compared"
+            },
         }
 
     # --- numbers ----------------------------------------------------------------------------

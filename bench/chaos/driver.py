@@ -8,7 +8,9 @@ record (`client.frames`) and its `RoomState` (with `last_seq`) across reconnects
 
 A share of the messages make the fake model call a tool: `calculator` (a server read),
 `slow_lookup` (a slow server read), `launch` (a slow server side effect), `chaos_echo` (a client
-tool this client offers in its `send` and answers with `tool_result`) and `note` (asks first:
+tool this client offers in its `send` and answers with `tool_result`), `ask_researcher` or
+`ask_analyst` (a sub-agent: a child run in an agent room, now and then with a slow read of its
+own) and `note` (asks first:
 the asker or the room's owner answers with `tool_approval`, approve or deny; now and then both
 do and the second is refused). Answers come after a random delay, sometimes after the client
 dropped its socket and reconnected, and keep coming through the settle phase.
@@ -40,7 +42,16 @@ CLIENT_TOOL = {
 }
 # what the fake model is told to call, by weight (server read, slow read, slow side effect,
 # client tool, ask-first side effect)
-TOOL_KINDS: dict[str, int] = {"calculator": 2, "slow_lookup": 1, "launch": 3, "client": 2, "note": 2}
+TOOL_KINDS: dict[str, int] = {
+    "calculator": 2,
+    "slow_lookup": 1,
+    "launch": 3,
+    "client": 2,
+    "note": 2,
+    "agent": 3,
+}
+# the sub-agents every chaos room may call (rooms set up as agents by the run, bench/chaos/__main__.py)
+AGENT_TOOLS = ("ask_researcher", "ask_analyst")
 
 
 @dataclass(frozen=True)
@@ -226,6 +237,12 @@ class ChaosClient:
             args = {"label": label, "seconds": seconds}
         elif kind == "note":
             args = {"text": f"note {label}"}
+        elif kind == "agent":
+            # the child run streams in the agent's room; now and then it calls a slow read itself
+            task = f"task {label} !tokens={self.rng.randint(5, 60)} !delay={self.rng.randint(5, 40)}"
+            if self.rng.random() < 0.3:
+                task += f" !tool=slow_lookup:{json.dumps({'key': label, 'seconds': seconds})}"
+            return f" !tool={self.rng.choice(AGENT_TOOLS)}:{json.dumps({'task': task})}", None
         else:
             return f" !tool={CLIENT_TOOL['name']}:{json.dumps({'text': label})}", [CLIENT_TOOL]
         return f" !tool={kind}:{json.dumps(args)}", None

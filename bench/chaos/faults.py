@@ -39,6 +39,7 @@ SYSTEM_FAULTS: dict[str, int] = {  # kind -> weight
     "pg_refuse": 1,
     "kill_during_tool": 6,
     "kill_while_parked": 3,
+    "kill_during_agent": 3,
 }
 CLIENT_FAULTS: dict[str, int] = {"drop_client": 3, "pause_reads": 2}
 SLOW_TOOLS = ("launch", "slow_lookup")  # tests/tools.py: what kill_during_tool kills inside of
@@ -75,6 +76,23 @@ def _running_tool_calls() -> list[tuple[int, str, int, int, str, int]]:
             )
             .exclude(turn__lease_owner="")
             .values_list("pk", "name", "turn_id", "room_id", "turn__lease_owner", "turn__lease_generation")
+        )
+    except Exception:
+        connection.close()
+        raise
+
+
+def _running_child_runs() -> list[tuple[int, int, str, int]]:
+    """(turn id, room id, lease owner, generation) of every sub-agent turn running now."""
+    from django.db import connection
+
+    from agents.models import Turn
+
+    try:
+        return list(
+            Turn.objects.filter(status="running", parent_call__isnull=False)
+            .exclude(lease_owner="")
+            .values_list("pk", "room_id", "lease_owner", "lease_generation")
         )
     except Exception:
         connection.close()
@@ -125,6 +143,7 @@ class FaultInjector:
     recoveries: list[dict[str, Any]] = field(default_factory=list)  # one per worker fault
     tool_kills: list[dict[str, Any]] = field(default_factory=list)  # calls whose worker was killed
     parked_kills: list[dict[str, Any]] = field(default_factory=list)  # kills while turns were parked
+    agent_kills: list[dict[str, Any]] = field(default_factory=list)  # kills during a child run
     _stopped_pids: set[int] = field(default_factory=set)
     _refusing: bool = False
     _watchers: set[asyncio.Task[None]] = field(default_factory=set)
@@ -264,6 +283,44 @@ class FaultInjector:
             self.apps.start(worker)
         return {"call": call_id, "tool": name, "turn": turn_id, "room": room_id, "pid": pid,
                 "worker": worker, "whole_worker": not is_child}  # fmt: skip
+
+    async def kill_during_agent(self, wait: float = 6.0) -> dict[str, Any] | None:
+        """SIGKILL the worker running a sub-agent's child turn (its parent is parked on it, or
+        still waits on its step in the same worker): the pool process of a prefork worker, or
+        the whole threads worker (started again). Waits up to `wait` seconds for one."""
+        deadline = time.monotonic() + wait
+        host = socket.gethostname()
+        while True:
+            try:
+                runs = await sync_to_async(_running_child_runs, thread_sensitive=True)()
+            except Exception:
+                runs = []
+            candidates = []
+            for turn_id, room_id, owner, generation in runs:
+                owner_host, _, pid_text = owner.rpartition(":")
+                if owner_host != host or not pid_text.isdigit() or int(pid_text) in self._stopped_pids:
+                    continue
+                pid = int(pid_text)
+                child_of = self.apps.worker_of_child(pid)
+                worker = child_of or next((w for w in AppProcesses.WORKERS if self.apps.pid(w) == pid), None)
+                if worker is not None:
+                    candidates.append((turn_id, room_id, generation, pid, worker, child_of is not None))
+            if candidates or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.2)
+        if not candidates:
+            return None
+        turn_id, room_id, generation, pid, worker, is_child = self.rng.choice(candidates)
+        if is_child:
+            os.kill(pid, signal.SIGKILL)
+        else:
+            await asyncio.to_thread(self.apps.stop, worker, signal.SIGKILL)
+        self.watch_recovery("kill_during_agent", turn_id, room_id, generation)
+        self.agent_kills.append({"turn": turn_id, "room": room_id, "wall": time.time()})
+        if not is_child:
+            await asyncio.sleep(self.rng.uniform(0.2, 1.5))
+            self.apps.start(worker)
+        return {"turn": turn_id, "room": room_id, "pid": pid, "worker": worker, "whole_worker": not is_child}
 
     async def kill_while_parked(self, wait: float = 6.0) -> dict[str, Any] | None:
         """While turns are parked (waiting on a person, no lease), SIGKILL a worker, the

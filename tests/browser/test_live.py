@@ -9,6 +9,7 @@ from rooms.models import Message
 from tests.browser.test_markdown import SETUP_JS
 from tests.browser.test_user_story import room_url, send, wait_live, wait_turns
 from tests.browser.test_xss import no_script_ran
+from tests.browser.waits import wait_js
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -143,9 +144,7 @@ def test_two_people_see_who_is_here_and_who_is_typing(stack, fake, room, alice, 
     a.type("#content", "Hel")
     b.wait_for_selector("#typing >> text=Alice is typing…")
     b.close()
-    a.wait_for_function(
-        "![...document.querySelectorAll('#presence li')].some(li => li.textContent.includes('Bob'))"
-    )
+    wait_js(a, "![...document.querySelectorAll('#presence li')].some(li => li.textContent.includes('Bob'))")
 
 
 def test_keyboard_enter_sends_shift_enter_breaks_the_line_escape_stops(stack, fake, room, alice, page_for):

@@ -12,6 +12,7 @@ import pytest
 from rooms.models import Message
 from rooms.services import message_post
 from tests.browser.test_user_story import room_url, send, wait_live, wait_turns
+from tests.browser.waits import wait_js
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -48,7 +49,7 @@ def test_messages_typed_offline_wait_in_the_outbox_and_are_sent_once(stack, fake
     wait_live(a)
     a.context.set_offline(True)
     a.evaluate("window.roomClient.socket() && window.roomClient.socket().close()")
-    a.wait_for_function("document.body.dataset.wsState !== 'live'")
+    wait_js(a, "document.body.dataset.wsState !== 'live'")
     send(a, "written offline one !say=got one")
     send(a, "written offline two !say=got two")
     assert a.locator("li.msg.pending").count() == 2
@@ -56,7 +57,7 @@ def test_messages_typed_offline_wait_in_the_outbox_and_are_sent_once(stack, fake
     a.context.set_offline(False)
     a.evaluate("window.dispatchEvent(new Event('online'))")
     wait_live(a)
-    a.wait_for_function("document.querySelectorAll('li.msg.pending').length === 0")
+    wait_js(a, "document.querySelectorAll('li.msg.pending').length === 0")
     wait_turns(room, 2)
     for text in ("written offline one !say=got one", "written offline two !say=got two"):
         assert Message.objects.filter(room=room, content=text).count() == 1
@@ -93,7 +94,7 @@ def test_load_earlier_pages_up_through_a_long_transcript(stack, room, alice, pag
     wait_live(a)
     assert a.locator("li.msg").count() == 100
     a.click("#load-earlier")
-    a.wait_for_function("document.querySelectorAll('li.msg').length === 130")
+    wait_js(a, "document.querySelectorAll('li.msg').length === 130")
     assert a.locator("li.msg .body").first.inner_text().strip() == "message 0"
     assert a.locator("#load-earlier").count() == 0
 

@@ -9,6 +9,7 @@ import pytest
 
 from agents.models import Turn
 from rooms.models import Message
+from tests.browser.waits import wait_js
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -18,7 +19,7 @@ def room_url(stack, room) -> str:
 
 
 def wait_live(page) -> None:
-    page.wait_for_function("document.body.dataset.wsState === 'live'")
+    wait_js(page, "document.body.dataset.wsState === 'live'")
 
 
 def send(page, text: str) -> None:
@@ -87,9 +88,7 @@ def test_queue_three_messages_then_stop_the_running_answer(stack, fake, room, al
     answers = list(Message.objects.filter(room=room, role="assistant").order_by("seq"))
     assert answers[0].status == "cancelled" and answers[0].content
     assert [m.content for m in answers[1:]] == ["reply 1", "reply 2", "reply 3"]
-    a.wait_for_function(
-        "document.querySelectorAll('li.msg.role-assistant[data-status=complete]').length === 3"
-    )
+    wait_js(a, "document.querySelectorAll('li.msg.role-assistant[data-status=complete]').length === 3")
     texts = [t.strip() for t in assistant_bodies(a)]
     assert texts[1:] == ["reply 1", "reply 2", "reply 3"]
     assert texts[0] == answers[0].content.strip()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from tests.browser.test_user_story import room_url, send, wait_live, wait_turns
+from tests.browser.waits import wait_js
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -44,8 +47,9 @@ def test_hostile_user_and_model_content_renders_inert_live_and_after_reload(
         first_line = payload.replace("\n", " ")
         send(a, f"{payload}\n!say={first_line}")
         wait_turns(room, i + 1)
-    b.wait_for_function(
-        f"document.querySelectorAll('li.msg.role-assistant[data-status=complete]').length === {len(PAYLOADS)}"
+    wait_js(
+        b,
+        f"document.querySelectorAll('li.msg.role-assistant[data-status=complete]').length === {len(PAYLOADS)}",
     )
     for page in (a, b):
         no_script_ran(page)
@@ -54,3 +58,27 @@ def test_hostile_user_and_model_content_renders_inert_live_and_after_reload(
         wait_live(page)
         no_script_ran(page)
     assert dialogs == []
+
+
+def test_the_page_runs_under_a_csp_that_refuses_inline_and_foreign_scripts(stack, room, alice, page_for):
+    from tests.browser.conftest import CSP_VIOLATIONS
+
+    page = page_for(alice[0])
+    response = page.goto(room_url(stack, room))
+    policy = response.headers["content-security-policy"]
+    for directive in ("script-src 'self'", "object-src 'none'", "base-uri 'none'"):
+        assert directive in policy, policy
+    wait_live(page)
+    # a script that got into the DOM by any path (not through our sanitizers) does not run
+    page.evaluate(
+        "() => { const s = document.createElement('script'); s.textContent = 'window.__xss = 1';"
+        " document.body.append(s); const f = document.createElement('script');"
+        " f.src = 'https://evil.example/x.js'; document.body.append(f); }"
+    )
+    deadline = time.monotonic() + 10
+    while len(CSP_VIOLATIONS) < 2 and time.monotonic() < deadline:
+        page.wait_for_timeout(50)
+    assert page.evaluate("window.__xss === undefined")
+    assert any("inline script" in v for v in CSP_VIOLATIONS), CSP_VIOLATIONS
+    assert any("evil.example" in v for v in CSP_VIOLATIONS), CSP_VIOLATIONS
+    CSP_VIOLATIONS.clear()  # provoked on purpose

@@ -1412,7 +1412,8 @@ def test_http_room_create_fuzz(alice: tuple[Any, str]) -> None:
         "title": st.text(min_size=1, max_size=120).filter(str.strip),
         "visibility": st.sampled_from(["public", "private"]),
         "ai_enabled": st.sampled_from(["on", "true", ""]),
-        "ai_model": st.text(max_size=40),
+        # the server's list (LLM_MODELS) or anything else, which must be refused
+        "ai_model": st.sampled_from(["", django_settings.LLM_MODEL]) | st.text(max_size=40),
         "system_prompt": st.text(max_size=200),
         "ai_trigger": st.sampled_from(["every", "mention"]),
     }
@@ -1430,6 +1431,7 @@ def test_http_room_create_fuzz(alice: tuple[Any, str]) -> None:
             assert (
                 room.owner_id == alice[0].pk and "\x00" not in room.title + room.ai_model + room.system_prompt
             )
+            assert room.ai_model == "" or room.ai_model in django_settings.LLM_MODELS
             assert after[1] == before[1] + 1 and after[2] == before[2] + 1
         else:
             assert after == before, (

@@ -187,6 +187,18 @@ def test_http_errors_map_to_provider_error(fake_llm, provider, code: int, retrya
     assert info.value.retryable is retryable
     assert f"HTTP {code}" in str(info.value) and "Fake failure" in str(info.value)
     assert len(fake_llm.requests) == 1  # SDK retries are off
+    # what members see: the status, not the provider's words nor its host
+    assert info.value.public == f"the model service refused the request (HTTP {code})"
+
+
+def test_credentials_in_the_base_url_never_reach_an_error(fake_llm):
+    host_port = fake_llm.base_url.split("//", 1)[1].split("/", 1)[0]
+    url = fake_llm.base_url.replace("//", "//alice:s3cret@", 1)
+    provider = OpenAICompatibleProvider(url, "", "fake-model", timeout=10)
+    with pytest.raises(ProviderError) as info:
+        list(provider.stream(req("!fail=401")))
+    assert host_port in str(info.value) and "s3cret" not in str(info.value)
+    assert "s3cret" not in provider.label and host_port not in info.value.public
 
 
 def test_unreachable_server_is_retryable():

@@ -14,8 +14,8 @@ from agents.models import Turn
 from agents.providers.base import ProviderError, TextDelta
 from agents.providers.scripted import ScriptedProvider
 from agents.turns import LeaseLost, rooms_sweep, turn_cancel, turn_retry, turn_take_next
-from rooms.models import Message, RoomEvent, StreamChunk
-from rooms.services import ClientIdConflict, message_post
+from rooms.models import Message, Room, RoomEvent, StreamChunk
+from rooms.services import ClientIdConflict, message_post, room_update
 from rooms.turns import TurnRefused
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -80,13 +80,16 @@ def test_turns_are_taken_in_fifo_order_and_only_one_at_a_time(room, alice, scrip
 
 
 def test_a_provider_error_fails_the_turn_and_keeps_the_partial_text(room, alice, scripted):
-    scripted.add([TextDelta("partial "), ProviderError("boom", retryable=True)])
+    failure = ProviderError("boom at llm.internal:8443", retryable=True, public="the model did not answer")
+    scripted.add([TextDelta("partial "), failure])
     post(room, alice[0], "hi")
     taken = turn_take_next(room_id=room.pk, owner="test")
     assert runner.turn_run(taken=taken) == "failed"
     message = Message.objects.get(pk=taken.message_id)
     assert (message.status, message.content) == ("failed", "partial ")
-    assert "boom" in Turn.objects.get(pk=taken.turn_id).error
+    # members are told the public reason; the provider's words and host stay in the log
+    error = Turn.objects.get(pk=taken.turn_id).error
+    assert error == "model error: the model did not answer" and "llm.internal" not in error
 
 
 def test_cancel_requested_stops_the_runner_and_closes_the_stream(room, alice, scripted):
@@ -248,17 +251,15 @@ def test_the_queue_refuses_more_turns_than_the_room_limit(room, alice, scripted,
 
 
 def test_the_message_quota_counts_per_user_per_minute(settings):
-    from rooms.ratelimit import TokenBucket, message_quota_take
-    from tests.conftest import run_async
+    from rooms.ratelimit import RateLimited, TokenBucket, message_quota_spend
 
     settings.RATE_MESSAGES_PER_MINUTE = 3
     user_id = int(uuid.uuid4().int % 10**9)
-
-    async def take(n: int) -> list:
-        return [await message_quota_take(user_id) for _ in range(n)]
-
-    results = run_async(take(4))
-    assert results[:3] == [None, None, None] and 0 < results[3] <= 60
+    for _ in range(3):
+        message_quota_spend(user_id=user_id)
+    with pytest.raises(RateLimited) as spent:
+        message_quota_spend(user_id=user_id)
+    assert 0 < spent.value.retry_after <= 60
     bucket = TokenBucket(rate=10, burst=2)
     assert [bucket.take() is None for _ in range(3)] == [True, True, False]
 
@@ -429,3 +430,88 @@ def test_a_hundred_runners_ask_redis_about_draining_once_per_interval(monkeypatc
         t.join()
     assert len(calls) == 1
     assert drain.drain_requested() is False and len(calls) == 1  # within the interval: cached
+
+
+def test_a_room_gets_only_a_model_the_server_offers(room, alice, scripted, settings):
+    settings.LLM_MODEL, settings.LLM_MODELS = "house-model", ["cheap-model"]
+    with pytest.raises(ValueError, match="not offered"):
+        room_update(room=room, ai_model="gpt-4-very-expensive")
+    room.refresh_from_db()
+    assert room.ai_model == ""
+    room_update(room=room, ai_model="cheap-model")
+    Room.objects.filter(pk=room.pk).update(ai_model="written-before-the-list")  # an old row
+    for _ in range(2):  # the old row's model, then an offered one
+        scripted.add("ok")
+        post(room, alice[0], "hi")
+        taken = turn_take_next(room_id=room.pk, owner="test")
+        assert runner.turn_run(taken=taken) == "done"
+        Room.objects.filter(pk=room.pk).update(ai_model="cheap-model")
+    assert [r.model for r in scripted.requests] == ["house-model", "cheap-model"]
+
+
+def test_a_message_deleted_while_it_streams_does_not_fail_the_other_turns_chunks(room, alice, scripted):
+    from agents.chunks import ChunkRow, chunks_write_unsent
+    from rooms.services import room_create
+
+    other = room_create(owner=alice[0], title="Other")
+    post(room, alice[0], "one")
+    post(other, alice[0], "two")
+    first = turn_take_next(room_id=room.pk, owner="w1")
+    second = turn_take_next(room_id=other.pk, owner="w2")
+    Message.objects.filter(pk=first.message_id).delete()  # a moderator deletes the answer
+    held = chunks_write_unsent([ChunkRow(first, 0, "gone"), ChunkRow(second, 0, "kept")])
+    assert second.turn_id in held
+    assert list(StreamChunk.objects.values_list("message_id", "text")) == [(second.message_id, "kept")]
+
+
+def test_two_concurrent_posts_cannot_both_take_the_queues_last_place(room, alice, bob, scripted, settings):
+    import threading
+
+    from django.db import connection, transaction
+
+    from rooms.services import RoomBusy, membership_join
+
+    settings.RATE_QUEUED_TURNS_PER_ROOM = 2
+    membership_join(room=room, user=bob[0])
+    post(room, alice[0], "1")  # one place left
+    first_in, release = threading.Event(), threading.Event()
+    outcome: dict[str, object] = {}
+
+    def first() -> None:  # takes the last place and holds its transaction open
+        try:
+            with transaction.atomic():
+                post(room, alice[0], "2")
+                first_in.set()
+                release.wait(30)
+        finally:
+            connection.close()
+
+    def second() -> None:
+        try:
+            outcome["second"] = post(room, bob[0], "3")
+        except RoomBusy as exc:
+            outcome["second"] = exc
+        finally:
+            connection.close()
+
+    a = threading.Thread(target=first)
+    a.start()
+    assert first_in.wait(30)
+    b = threading.Thread(target=second)
+    b.start()
+    # the second post is waiting on a lock the first holds (its count or its statement)
+    with connection.cursor() as cursor:
+        for _ in range(600):
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+            )
+            if cursor.fetchone()[0]:
+                break
+            b.join(0.05)
+    release.set()
+    a.join(30)
+    b.join(30)
+    assert isinstance(outcome["second"], RoomBusy), outcome
+    assert Turn.objects.filter(room=room, status="queued").count() == 2
+    assert not Message.objects.filter(room=room, content="3").exists()

@@ -342,9 +342,34 @@ export function createRoomView(root, me, actions) {
     }
     details.append(summary, io);
     card.append(details);
+    if (call.progress) card.append(agentProgress(call.progress));
     const acts = callActions(call);
     if (acts) card.append(acts);
     return card;
+  }
+
+  // An agent call's child run, live: a link to the agent's room, its status, its own calls and
+  // the end of its answer so far (text only; the agent's room shows it rendered).
+  function agentProgress(p) {
+    const box = el('div', 'agent-progress');
+    box.dataset.status = p.status;
+    const head = el('p', 'agent-head');
+    const link = el('a', 'agent-room', p.title);
+    link.href = `/r/${encodeURIComponent(p.room)}/`;
+    head.append(link, ' ', el('span', 'agent-status', p.status));
+    box.append(head);
+    if (p.calls && p.calls.length) {
+      const list = el('ul', 'agent-calls');
+      for (const c of p.calls) {
+        const li = el('li');
+        li.dataset.state = c.state;
+        li.append(el('span', 'tool-name', c.name), ` ${c.state}`);
+        list.append(li);
+      }
+      box.append(list);
+    }
+    if (p.text) box.append(el('p', 'agent-text', `${p.truncated ? '…' : ''}${p.text}`));
+    return box;
   }
 
   // What a person can do about a call now: approve or deny it, pick an option, or just wait.
@@ -427,7 +452,9 @@ export function createRoomView(root, me, actions) {
     else if (label === 'waiting…') setStatusLabel(li, STATUS_LABEL.streaming);
   }
 
-  const WAITING_CARDS = '.tool-call:is([data-state="awaiting_approval"], [data-state="waiting_client"])';
+  // (an agent call that runs waits on the agent's room, as a parked turn does on a person)
+  const WAITING_CARDS = '.tool-call:is([data-state="awaiting_approval"], [data-state="waiting_client"], '
+    + '[data-kind="agent"][data-state="running"])';
   function showCall({ call }) {
     const li = byId(call.message_id);
     if (li) placeCall(li, call); // else: outside the loaded window

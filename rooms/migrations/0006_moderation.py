@@ -7,7 +7,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("rooms", "0004_message_content_search"),
+        ("rooms", "0005_api_idempotency"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
