@@ -329,6 +329,12 @@ def test_invite_link_for_moderators_only_rotates_and_settings_are_404_to_strange
     assert page_of(stranger).get(f"/r/{private.slug}/join/{old}/").status_code == 403
     assert not Membership.objects.filter(room=private, user=stranger).exists()
     assert private.invite_token in page_of(alice[0]).get(f"/r/{private.slug}/").content.decode()
+    # the room page's member tools: the same service
+    page_of(alice[0]).post(
+        f"/r/{private.slug}/moderate/", {"action": "role", "user_id": bob[0].pk, "role": "viewer"}
+    )
+    assert Membership.objects.get(room=private, user=bob[0]).role == "viewer"
+    assert page_of(stranger).post(f"/r/{private.slug}/moderate/", {"action": "lock"}).status_code == 404
 
 
 def test_admin_forms_and_actions_go_through_the_service(stack, room, alice, bob):
