@@ -141,3 +141,21 @@ class RoomTurnQueue:
 
     def retry(self, *, room: Room, user: Any, turn_id: int) -> str:
         return turns.turn_retry(room=room, user=user, turn_id=turn_id)
+
+    def moderator_stop(self, *, room: Room) -> int:
+        return turns.turns_stop_all(room_id=room.pk)
+
+    def moderator_clear(self, *, room: Room) -> int:
+        return turns.turns_withdraw_queued(room_id=room.pk)
+
+    def overview(self, *, limit: int) -> dict[str, Any]:
+        counts: dict[str, dict[int, int]] = {"running": {}, "queued": {}, "parked": {}}
+        active = Turn.objects.filter(status__in=list(counts)).order_by().values_list("room_id", "status")
+        for room_id, status in active:
+            counts[status][room_id] = counts[status].get(room_id, 0) + 1
+        attention = (
+            Turn.objects.filter(status__in=(Turn.Status.FAILED, Turn.Status.PARKED))
+            .order_by("-created_at")
+            .values("id", "room_id", "status", "error", "created_at")[:limit]
+        )
+        return {**counts, "attention": list(attention)}

@@ -72,7 +72,7 @@ def context_build(*, taken: TakenTurn) -> TurnContext:
     own_seq = Message.objects.values_list("seq", flat=True).get(pk=taken.message_id)
     rows = list(
         Message.objects.filter(room=room, seq__lt=own_seq)
-        .exclude(status=Message.Status.HIDDEN)
+        .exclude(status__in=(Message.Status.HIDDEN, Message.Status.DELETED))  # moderated: never context
         .exclude(role=Message.Role.USER, seq__gt=trigger_seq)  # queued after us: not ours yet
         .exclude(role=Message.Role.ASSISTANT, content="")
         .select_related("author")

@@ -39,6 +39,7 @@ from rooms.models import Message, Room, StreamChunk
 from rooms.protocol import MessageEvent, RoomEvent, TurnData, TurnEvent
 from rooms.selectors import message_wire
 from rooms.services import NEW_MESSAGE_ID, message_draft, message_row, message_update_saved
+from rooms.standing import tool_answer_check, turn_action_check
 from rooms.turns import TurnRefused
 
 log = logging.getLogger(__name__)
@@ -333,9 +334,10 @@ def turn_unpark_events_locked(turn: Turn) -> list[RoomEvent]:
     return [turn_event(turn)]
 
 
-def _person_answers(room: Room, answer: Callable[[], tuple[ToolCall, list[RoomEvent]]]) -> str:
+def _person_answers(room: Room, user: Any, answer: Callable[[], tuple[ToolCall, list[RoomEvent]]]) -> str:
     """A person's answer to a call, serialised with the turn's park by the room's turn lock;
     unparks the turn once nothing else waits. The call's state after."""
+    tool_answer_check(room=room, user=user)  # locked rooms and viewers (rooms.standing)
     with transaction.atomic():
         room_turns_lock(room.pk)
         call, events = answer()
@@ -349,6 +351,7 @@ def turn_tool_result(*, room: Room, user: Any, call_id: str, output: Any, error:
     """A client tool's answer (from the person whose message started the turn)."""
     return _person_answers(
         room,
+        user,
         lambda: calls.call_answer_locked(room=room, user=user, call_id=call_id, output=output, error=error),
     )
 
@@ -358,6 +361,7 @@ def turn_tool_decision(*, room: Room, user: Any, call_id: str, approved: bool, r
     the turn next)."""
     return _person_answers(
         room,
+        user,
         lambda: calls.call_decide_locked(
             room=room, user=user, call_id=call_id, approved=approved, reason=reason
         ),
@@ -398,9 +402,8 @@ def turn_cancel(*, room: Room, user: Any, turn_id: int) -> str:
         )
         if turn is None:
             raise TurnRefused("not_found", f"no turn {turn_id} in this room")
-        if turn.status == Turn.Status.QUEUED:
-            if turn.trigger_message.author_id != user.pk and room.owner_id != user.pk:
-                raise TurnRefused("forbidden", "only its author or the owner can withdraw it")
+        # a member stops their own turn; owners and moderators any (rooms.standing)
+        turn_action_check(room=room, user=user, author_id=turn.trigger_message.author_id)
         return turn_stop_locked(turn=turn)
 
 
@@ -422,9 +425,15 @@ def turn_retry(*, room: Room, user: Any, turn_id: int) -> str:
     """Continue an interrupted or failed answer (any member may ask; never after side effects)."""
     with transaction.atomic():
         room_turns_lock(room.pk)
-        turn = Turn.objects.select_for_update().filter(pk=turn_id, room=room).first()
+        turn = (
+            Turn.objects.select_for_update()
+            .select_related("trigger_message")
+            .filter(pk=turn_id, room=room)
+            .first()
+        )
         if turn is None:
             raise TurnRefused("not_found", f"no turn {turn_id} in this room")
+        turn_action_check(room=room, user=user, author_id=turn.trigger_message.author_id, retry=True)
         if turn.status not in (Turn.Status.INTERRUPTED, Turn.Status.FAILED):
             raise TurnRefused(
                 "conflict", f"turn {turn_id} is {turn.status}: only interrupted or failed turns retry"
@@ -434,6 +443,8 @@ def turn_retry(*, room: Room, user: Any, turn_id: int) -> str:
         events: list[RoomEvent] = []
         if turn.assistant_message_id:
             message = Message.objects.get(pk=turn.assistant_message_id)
+            if message.status in (Message.Status.HIDDEN, Message.Status.DELETED):
+                raise TurnRefused("conflict", f"this answer was {message.status} by a moderator")
             message.status = Message.Status.STREAMING
             events.append(message_update_saved(message=message, turn_id=turn.pk))
         turn.status = Turn.Status.QUEUED
@@ -446,6 +457,34 @@ def turn_retry(*, room: Room, user: Any, turn_id: int) -> str:
         events_append_last(room_id=room.pk, events=events)
         kick_room_on_commit(room.pk)
         return turn.status
+
+
+def turns_stop_all(*, room_id: int) -> int:
+    """A moderator stops the room's running turn (as a cancel) and ends a parked one; the
+    caller checked who may. How many."""
+    with transaction.atomic():
+        room_turns_lock(room_id)
+        stopped = 0
+        for turn in Turn.objects.select_for_update().filter(
+            room_id=room_id, status__in=(Turn.Status.RUNNING, Turn.Status.PARKED)
+        ):
+            if turn.status == Turn.Status.PARKED:
+                _close_locked(turn=turn, status=Turn.Status.CANCELLED, error="stopped by a moderator")
+            elif not turn.cancel_requested:
+                turn.cancel_requested = True
+                turn.save(update_fields=["cancel_requested"])
+            stopped += 1
+    return stopped
+
+
+def turns_withdraw_queued(*, room_id: int) -> int:
+    """A moderator clears the room's queue: every queued turn ends cancelled. How many."""
+    with transaction.atomic():
+        room_turns_lock(room_id)
+        queued = list(Turn.objects.select_for_update().filter(room_id=room_id, status=Turn.Status.QUEUED))
+        for turn in queued:
+            _close_locked(turn=turn, status=Turn.Status.CANCELLED, error="withdrawn by a moderator")
+    return len(queued)
 
 
 # --- recovery: a worker that vanished --------------------------------------------------------

@@ -88,7 +88,7 @@ _EMBEDDED_REDIS_URL = f"redis://127.0.0.1:{env.int('EMBEDDED_REDIS_PORT', defaul
 
 INSTALLED_APPS = [
     "daphne",
-    "django.contrib.admin",
+    "rooms.admin_apps.ModerationAdminConfig",  # django.contrib.admin, with the moderation dashboard
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -298,6 +298,9 @@ WEBHOOK_INBOUND_MAX_BYTES = env.int("WEBHOOK_INBOUND_MAX_BYTES", default=64 * 10
 # Webhook URLs on private, loopback or link-local addresses (the site's own network): refused
 # unless allowed; allowed by default only with DEBUG (local receivers in development and tests).
 WEBHOOK_ALLOW_PRIVATE = env.bool("WEBHOOK_ALLOW_PRIVATE", default=DEBUG)
+# Seconds between re-reads of every live socket's access (a ban whose broadcast was lost still
+# closes it); each socket's frames, `sync` and heartbeat re-check it as well. 0: off.
+ACCESS_RECHECK_SECONDS = env.float("ACCESS_RECHECK_SECONDS", default=20.0)
 # Per client address ("N/h", "N/m"; empty: no limit): each guest account, room and token costs
 # a quota and a queue, so how fast one address may make them is limited.
 RATE_GUESTS = env.str("RATE_GUESTS", default="10/h")

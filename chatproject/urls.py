@@ -6,7 +6,7 @@ from django.urls import path
 
 from agents import observe, schedule_views
 from agents.mcp import views as mcp_views
-from rooms import health, views
+from rooms import health, views, views_moderation
 from rooms.api import api
 from rooms.webhooks import inbound as webhooks_in
 from rooms.webhooks import views as webhooks_views
@@ -18,6 +18,8 @@ urlpatterns = [
     path("r/<slug:slug>/settings/", views.room_settings, name="room_settings"),
     path("r/<slug:slug>/mcp/", mcp_views.room_mcp, name="room_mcp"),
     path("r/<slug:slug>/earlier/", views.room_earlier, name="room_earlier"),
+    path("r/<slug:slug>/moderate/", views_moderation.room_moderate, name="room_moderate"),
+    path("r/<slug:slug>/report/", views_moderation.room_report, name="room_report"),
     path("profile/", views.profile, name="profile"),
     path("r/<slug:slug>/join/<str:token>/", views.room_invite, name="room_invite"),
     path("signup/", views.signup, name="signup"),

@@ -55,6 +55,7 @@ class EphemeralEnvelope(TypedDict):
 class KickEnvelope(TypedDict):
     type: Literal["room.kick"]
     user_id: int
+    code: int  # the close code (rooms.protocol): banned, kicked, deactivated
 
 
 class RevokedEnvelope(TypedDict):
@@ -81,9 +82,9 @@ def ephemeral_message(text: str, sender: str = "") -> EphemeralEnvelope:
     return {"type": "room.ephemeral", "text": text, "sender": sender}
 
 
-def kick_message(user_id: int) -> KickEnvelope:
-    """Close this user's sockets in the room (a ban)."""
-    return {"type": "room.kick", "user_id": user_id}
+def kick_message(user_id: int, code: int = 4403) -> KickEnvelope:
+    """Close this user's sockets in the room with `code` (a ban: 4403)."""
+    return {"type": "room.kick", "user_id": user_id, "code": code}
 
 
 def revoked_message(token_id: int) -> RevokedEnvelope:

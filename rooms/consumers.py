@@ -20,7 +20,7 @@ from urllib.parse import parse_qs
 from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from rooms import broadcast, metrics, presence, ratelimit, selectors, services, shutdown
+from rooms import broadcast, metrics, moderation, presence, ratelimit, selectors, services, shutdown, watch
 from rooms.auth import has_credentials
 from rooms.hub import JOIN_TIMEOUT, HubUnavailable, get_hub
 from rooms.protocol import (
@@ -30,7 +30,9 @@ from rooms.protocol import (
     CLOSE_UNAUTHENTICATED,
     CancelFrame,
     FrameError,
+    ModerateFrame,
     PingFrame,
+    ReportFrame,
     RetryFrame,
     SendFrame,
     SyncFrame,
@@ -44,7 +46,15 @@ from rooms.protocol import (
     typing_frame,
 )
 from rooms.replay import ReplayMixin
-from rooms.sockets import admit_on_db, as_member_on_db, latest_seq_on_db
+from rooms.selectors import Replay
+from rooms.sockets import (
+    AccessLost,
+    admit_on_db,
+    as_standing_member_on_db,
+    latest_seq_standing_on_db,
+    replay_standing_on_db,
+)
+from rooms.standing import ModerationRefused, SocketId
 from rooms.turns import TurnRefused, turn_queue
 
 log = logging.getLogger(__name__)
@@ -67,6 +77,7 @@ class RoomConsumer(ReplayMixin, AsyncWebsocketConsumer):
     channel_layer_alias = "rooms.hub"
     _groups: tuple[str, ...] = ()
     _ended = False
+    socket_id: SocketId | None = None  # who this socket is, re-checked while it lives
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         self.channel_name = f"socket.{uuid.uuid4().hex}"  # this socket in presence and typing
@@ -113,6 +124,9 @@ class RoomConsumer(ReplayMixin, AsyncWebsocketConsumer):
         # one more dict held per idle socket)
         self.scope.update(user=admission.user, token_id=admission.token_id)
         self.room_id = admission.room_id
+        self.socket_id = SocketId(
+            admission.room_id, admission.user.pk, admission.token_id, admission.admitted_at
+        )
         user_data = selectors.user_data(admission.user)
         assert user_data is not None  # an admitted socket has a user
         self.user_data = user_data
@@ -120,6 +134,7 @@ class RoomConsumer(ReplayMixin, AsyncWebsocketConsumer):
         self.typing_at = 0.0
         self.bucket = ratelimit.frame_bucket()
         shutdown.track(self)
+        watch.watch(self)
         assert admission.replay is not None
         metrics.SOCKETS.inc()  # until disconnect (room_id is set from here on)
         await self._send_replay(admission.replay, since)
@@ -132,6 +147,7 @@ class RoomConsumer(ReplayMixin, AsyncWebsocketConsumer):
             return
         metrics.SOCKETS.dec()
         shutdown.forget(self)
+        watch.unwatch(self)
         try:
             await presence.presence_leave(self.room_id, self.channel_name)
         except Exception:  # Redis may be the reason we are closing
@@ -170,15 +186,23 @@ class RoomConsumer(ReplayMixin, AsyncWebsocketConsumer):
             await getattr(self, f"on_{frame.type}")(frame)  # one handler per client frame type
         except FrameError as exc:
             await self.send(text_data=error_frame(exc.code, exc.detail, exc.ref, exc.retry_after))
+        except AccessLost as exc:  # banned, kicked, removed, deactivated, revoked: even unannounced
+            await self.close(code=exc.code)
+
+    async def _as_member(self, action: Callable[..., Any], /, **kwargs: Any) -> Any:
+        """Run a service for this socket's member if the socket still stands (AccessLost if not)."""
+        assert self.socket_id is not None
+        return await as_standing_member_on_db(self.socket_id, action, **kwargs)
+
+    async def _replay_read(self, since: int) -> Replay:
+        assert self.socket_id is not None
+        return await replay_standing_on_db(self.socket_id, since)
 
     async def on_send(self, frame: SendFrame) -> None:
         """Post a message (idempotent per client_id); answer with its `ack`."""
         user = self.scope["user"]
         try:
-            result = await as_member_on_db(
-                self.room_id,
-                user,
-                frame.client_id,
+            result = await self._as_member(
                 services.message_post,
                 author=user,
                 client_id=frame.client_id,
@@ -193,6 +217,8 @@ class RoomConsumer(ReplayMixin, AsyncWebsocketConsumer):
             raise FrameError("rate_limited", str(exc), frame.client_id, retry_after=exc.retry_after) from None
         except services.RoomBusy as exc:
             raise FrameError("rate_limited", str(exc), frame.client_id, retry_after=5.0) from None
+        except ModerationRefused as exc:  # locked, muted, slow mode, read-only
+            raise FrameError(exc.code, str(exc), frame.client_id, retry_after=exc.retry_after) from None
         await self.send(text_data=ack_frame(frame.client_id, result.message_id, result.seq))
 
     async def on_cancel(self, frame: CancelFrame) -> None:
@@ -206,7 +232,7 @@ class RoomConsumer(ReplayMixin, AsyncWebsocketConsumer):
     async def _turn_action(self, action: Callable[..., Any], turn_id: int) -> None:
         user = self.scope["user"]
         try:
-            await as_member_on_db(self.room_id, user, turn_id, action, user=user, turn_id=turn_id)
+            await self._as_member(action, user=user, turn_id=turn_id)
         except TurnRefused as exc:
             raise FrameError(exc.code, str(exc), turn_id) from None
 
@@ -226,7 +252,8 @@ class RoomConsumer(ReplayMixin, AsyncWebsocketConsumer):
 
     async def on_ping(self, frame: PingFrame) -> None:
         """Answer with the room's latest seq; refresh this socket's presence."""
-        latest = await latest_seq_on_db(room_id=self.room_id)
+        assert self.socket_id is not None
+        latest = await latest_seq_standing_on_db(self.socket_id)  # the heartbeat re-checks access
         await self.send(text_data=pong_frame(latest))
         await presence.presence_touch(self.room_id, self.channel_name, self.user_data)
 
@@ -245,9 +272,31 @@ class RoomConsumer(ReplayMixin, AsyncWebsocketConsumer):
     async def _call_action(self, action: Callable[..., Any], call_id: str, **kwargs: Any) -> None:
         user = self.scope["user"]
         try:
-            await as_member_on_db(self.room_id, user, call_id, action, user=user, call_id=call_id, **kwargs)
+            await self._as_member(action, user=user, call_id=call_id, **kwargs)
         except TurnRefused as exc:
             raise FrameError(exc.code, str(exc), call_id) from None
+
+    async def on_report(self, frame: ReportFrame) -> None:
+        """Flag a message for the moderators (any member)."""
+        user = self.scope["user"]
+        try:
+            await self._as_member(
+                moderation.report_create, user=user, message_id=frame.message_id, reason=frame.reason
+            )
+        except ModerationRefused as exc:
+            raise FrameError(exc.code, str(exc), frame.message_id) from None
+
+    async def on_moderate(self, frame: ModerateFrame) -> None:
+        """An owner's or moderator's action (rooms.moderation checks who may)."""
+        ref = frame.message_id or frame.user_id
+        try:
+            await self._as_member(
+                _moderate, actor=self.scope["user"], action=frame.action, source="socket",
+                reason=frame.reason, message_id=frame.message_id, user_id=frame.user_id,
+                seconds=frame.seconds, role=frame.role, stop_turns=frame.action == "lock",
+            )  # fmt: skip
+        except ModerationRefused as exc:
+            raise FrameError(exc.code, str(exc), ref) from None
 
     async def send(
         self, text_data: str | None = None, bytes_data: bytes | None = None, close: bool = False
@@ -270,9 +319,9 @@ class RoomConsumer(ReplayMixin, AsyncWebsocketConsumer):
             await self.send(text_data=text)
 
     async def room_kick(self, message: dict[str, Any]) -> None:
-        """A member was banned: close their sockets."""
+        """A member was banned, kicked or deactivated: close their sockets with its code."""
         if message["user_id"] == self.scope["user"].pk:
-            await self.close(code=CLOSE_FORBIDDEN)
+            await self.close(code=message.get("code", CLOSE_FORBIDDEN))
 
     async def user_revoked(self, message: dict[str, Any]) -> None:
         """A token was revoked: close the sockets it opened."""
@@ -282,3 +331,7 @@ class RoomConsumer(ReplayMixin, AsyncWebsocketConsumer):
     async def room_ephemeral(self, message: dict[str, Any]) -> None:
         if message.get("sender") != self.channel_name:
             await self.send(text_data=message["text"])
+
+
+def _moderate(*, room: Any, **kwargs: Any) -> Any:
+    return moderation.moderation_apply(room=room, **kwargs)

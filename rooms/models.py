@@ -51,6 +51,10 @@ class Room(models.Model):
     # first. None: the site's defaults (settings.AGENT_TOOLS_ON, each tool's own `ask_first`).
     tools_on = models.JSONField(null=True, blank=True, default=None)
     tools_ask_first = models.JSONField(null=True, blank=True, default=None)
+    # Moderation (rooms.moderation only): a locked room is read-only; slow mode lets each
+    # member post once per `slow_mode_seconds` (owners and moderators are exempt).
+    locked_at = models.DateTimeField(null=True, blank=True)
+    slow_mode_seconds = models.PositiveIntegerField(default=0, db_default=0)
     # The newest room event's seq; incremented under the row lock by services.
     last_seq = models.BigIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -69,12 +73,17 @@ class Membership(models.Model):
         OWNER = "owner", "Owner"
         MODERATOR = "moderator", "Moderator"
         MEMBER = "member", "Member"
+        VIEWER = "viewer", "Read-only viewer"
 
     room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="memberships")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
     role = models.CharField(max_length=16, choices=Role.choices, default=Role.MEMBER)
     # A banned member keeps the row (so a public room can't be re-joined) and loses all access.
     banned_at = models.DateTimeField(null=True, blank=True)
+    # Muted: reads, cannot post. Kicked: sockets opened before this moment are closed (the
+    # check holds even if the kick's broadcast is lost); a new connect is welcome.
+    muted_at = models.DateTimeField(null=True, blank=True)
+    kicked_at = models.DateTimeField(null=True, blank=True)
     joined_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -97,6 +106,7 @@ class Message(models.Model):
         FAILED = "failed"
         INTERRUPTED = "interrupted"
         HIDDEN = "hidden"
+        DELETED = "deleted"
 
     room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="messages")
     seq = models.BigIntegerField()
@@ -105,6 +115,8 @@ class Message(models.Model):
     content = models.TextField(blank=True, default="")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.COMPLETE)
     client_id = models.UUIDField(null=True, blank=True)
+    # the status a hidden message had, restored when it is unhidden (rooms.moderation)
+    status_before_hidden = models.CharField(max_length=16, blank=True, default="", db_default="")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -189,6 +201,56 @@ class ApiToken(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"
+
+
+class MessageReport(models.Model):
+    """A member's flag on a message, queued for the moderators (the admin's reports)."""
+
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="reports")
+    reporter = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    reason = models.CharField(max_length=500)
+    created_at = models.DateTimeField(auto_now_add=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    resolved_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    resolution = models.CharField(max_length=32, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["created_at"], condition=Q(resolved_at__isnull=True), name="report_open_idx")
+        ]
+
+    def __str__(self) -> str:
+        return f"report on message {self.message_id}: {self.reason[:40]}"
+
+
+class ModerationAction(models.Model):
+    """The audit log: one row per moderation action, written by rooms.moderation only."""
+
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    action = models.CharField(max_length=32)
+    room = models.ForeignKey(Room, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    target_type = models.CharField(max_length=16)  # message, room, member, user, token, report
+    target_id = models.BigIntegerField()
+    target_repr = models.CharField(max_length=200)
+    before = models.JSONField(default=dict)
+    after = models.JSONField(default=dict)
+    reason = models.CharField(max_length=500, blank=True)
+    source = models.CharField(max_length=16)  # admin, room, socket, command
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["room", "-created_at"], name="moderation_room_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.target_repr}"
 
 
 class ApiIdempotencyKey(models.Model):

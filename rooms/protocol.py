@@ -16,6 +16,7 @@ CLOSE_BAD_REQUEST = 4400
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
+CLOSE_KICKED = 4410  # a moderator disconnected you; you may come back (not automatically)
 
 # --- client to server ---------------------------------------------------------------------
 
@@ -125,14 +126,48 @@ class ToolApprovalFrame(_Frame):
     reason: Annotated[str, Field(max_length=500)] | None = None
 
 
+class ReportFrame(_Frame):
+    """Any member flags a message for the moderators."""
+
+    type: Literal["report"]
+    message_id: Annotated[int, Field(ge=1, le=2**62)]
+    reason: Annotated[str, Field(min_length=1, max_length=500)]
+
+
+class ModerateFrame(_Frame):
+    """An owner's or moderator's action from the room (rooms.moderation checks who may)."""
+
+    type: Literal["moderate"]
+    action: Literal[
+        "hide", "unhide", "delete", "lock", "unlock", "stop", "clear_queue", "slow_mode",
+        "mute", "unmute", "kick", "ban", "unban", "role",
+    ]  # fmt: skip
+    message_id: Annotated[int, Field(ge=1, le=2**62)] | None = None  # hide, unhide, delete
+    user_id: Annotated[int, Field(ge=1, le=2**62)] | None = None  # mute ... role
+    seconds: Annotated[int, Field(ge=0, le=86400)] | None = None  # slow_mode (0: off)
+    role: Literal["moderator", "member", "viewer"] | None = None  # role
+    reason: Annotated[str, Field(max_length=500)] = ""
+
+
 ClientFrame = Annotated[
     SendFrame | CancelFrame | RetryFrame | SyncFrame | TypingFrame | PingFrame | ToolResultFrame
-    | ToolApprovalFrame,
+    | ToolApprovalFrame | ReportFrame | ModerateFrame,
     Field(discriminator="type"),
 ]  # fmt: skip
 _client_adapter: TypeAdapter[ClientFrame] = TypeAdapter(ClientFrame)
 CLIENT_TYPES = frozenset(
-    {"send", "cancel", "retry", "sync", "typing", "ping", "tool_result", "tool_approval"}
+    {
+        "send",
+        "cancel",
+        "retry",
+        "sync",
+        "typing",
+        "ping",
+        "tool_result",
+        "tool_approval",
+        "report",
+        "moderate",
+    }
 )
 
 
@@ -319,7 +354,38 @@ class ToolUpdateEvent(_ServerFrame):
     call: ToolCallData
 
 
-RoomEvent = MessageEvent | MessageUpdateEvent | TurnEvent | NoteEvent | ToolCallEvent | ToolUpdateEvent
+class RoomStateData(_ServerFrame):
+    """A room's moderation state: locked (read-only), slow mode (seconds between posts, 0: off)."""
+
+    locked: bool
+    slow_mode_seconds: int
+
+
+class RoomUpdateEvent(_ServerFrame):
+    type: Literal["room_update"] = "room_update"
+    seq: int
+    room: RoomStateData
+
+
+class MemberData(_ServerFrame):
+    """A member's standing in the room."""
+
+    user: UserRef
+    role: str  # owner, moderator, member, viewer
+    muted: bool
+    banned: bool
+
+
+class MemberUpdateEvent(_ServerFrame):
+    type: Literal["member_update"] = "member_update"
+    seq: int
+    member: MemberData
+
+
+RoomEvent = (
+    MessageEvent | MessageUpdateEvent | TurnEvent | NoteEvent | ToolCallEvent | ToolUpdateEvent
+    | RoomUpdateEvent | MemberUpdateEvent
+)  # fmt: skip
 """A change to a room, stored in its log with the next `seq` (rooms.events) before it is sent."""
 
 
@@ -377,12 +443,14 @@ class TypingEventFrame(_ServerFrame):
 
 ServerFrame = Annotated[
     MessageEvent | MessageUpdateEvent | TurnEvent | NoteEvent | ToolCallEvent | ToolUpdateEvent
-    | AckFrame | ErrorFrame | DeltaFrame | SnapshotFrame | ReadyFrame | PongFrame | PresenceFrame
-    | TypingEventFrame,
+    | RoomUpdateEvent | MemberUpdateEvent | AckFrame | ErrorFrame | DeltaFrame | SnapshotFrame
+    | ReadyFrame | PongFrame | PresenceFrame | TypingEventFrame,
     Field(discriminator="type"),
 ]  # fmt: skip
 _server_adapter: TypeAdapter[ServerFrame] = TypeAdapter(ServerFrame)
-ROOM_EVENT_TYPES = ("message", "message_update", "turn", "note", "tool_call", "tool_update")
+ROOM_EVENT_TYPES = (
+    "message", "message_update", "turn", "note", "tool_call", "tool_update", "room_update", "member_update",
+)  # fmt: skip
 
 
 def parse_server_frame(text: str) -> ServerFrame:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from rooms import metrics, selectors
 from rooms.protocol import ready_frame, snapshot_frame
 from rooms.shutdown import CLOSE_RESTART
-from rooms.sockets import replay_on_db
+from rooms.sockets import AccessLost, replay_on_db
 
 log = logging.getLogger(__name__)
 _BACKLOG_MAX = 10_000  # broadcasts held for one socket during a replay; beyond, replay again
@@ -59,6 +59,10 @@ class ReplayMixin:
         self.last_seq = max(replay.last, since)
         await self.send(text_data=ready_frame(self.last_seq))
 
+    async def _replay_read(self, since: int) -> selectors.Replay:
+        """The events after `since` from the database (the consumer also checks its standing)."""
+        return await replay_on_db(room_id=self.room_id, since=since)
+
     async def _replay_then_live(self, since: int | None) -> None:
         """Replay after `since` (a `sync`; None: catch up after last_seq), then go live."""
         if self._replaying is None:  # made on first use: most sockets never sync
@@ -68,7 +72,7 @@ class ReplayMixin:
                 self._backlog = deque()
             if since is not None:
                 self._stale = False
-                await self._send_replay(await replay_on_db(room_id=self.room_id, since=since), since)
+                await self._send_replay(await self._replay_read(since), since)
             else:
                 self._stale = True
             await self._drain_backlog()
@@ -83,9 +87,7 @@ class ReplayMixin:
             if not self._stale:
                 break
             self._stale = False
-            await self._send_replay(
-                await replay_on_db(room_id=self.room_id, since=self.last_seq), self.last_seq
-            )
+            await self._send_replay(await self._replay_read(self.last_seq), self.last_seq)
         self._backlog = None
 
     def _catch_up(self) -> None:
@@ -99,6 +101,8 @@ class ReplayMixin:
     async def _catch_up_or_close(self) -> None:
         try:
             await self._replay_then_live(None)
+        except AccessLost as exc:  # the broadcast that should have closed it was lost
+            await self.close(code=exc.code)
         except Exception:  # e.g. the database is away: the client reconnects with `since`
             log.exception("catch-up of a socket in room %s failed; closing it", self.room_id)
             await self.close(code=CLOSE_RESTART)

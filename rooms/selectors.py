@@ -29,9 +29,20 @@ def user_data(user: Any) -> dict[str, Any] | None:
     return None if user is None else {"id": user.pk, "name": display_name(user)}
 
 
+_REDACTED = (Message.Status.HIDDEN, Message.Status.DELETED)
+
+
 def message_wire(message: Message, *, turn_id: int | None = None) -> MessageData:
     """A message as it travels on the wire (docs/protocol.md)."""
     author = message.author if message.author_id else None
+    if message.status in _REDACTED:  # hidden or deleted: no client gets its text
+        return MessageData(
+            id=message.pk, seq=message.seq, role=message.role,
+            author=None if author is None else UserRef(id=author.pk, name=display_name(author)),
+            content="", html="", status=message.status,
+            client_id=str(message.client_id) if message.client_id else None, turn_id=turn_id,
+            created_at=message.created_at.isoformat(),
+        )  # fmt: skip
     return MessageData(
         id=message.pk,
         seq=message.seq,
@@ -236,7 +247,6 @@ def transcript_before(*, room: Room, before: int, limit: int = 100) -> Transcrip
 def _messages_page(*, room: Room, through: int, limit: int) -> tuple[list[dict[str, Any]], bool]:
     rows = list(
         Message.objects.filter(room=room, seq__lte=through)
-        .exclude(status=Message.Status.HIDDEN)
         .select_related("author")
         .order_by("-seq")[: limit + 1]
     )
@@ -257,7 +267,9 @@ def _messages_page(*, room: Room, through: int, limit: int) -> tuple[list[dict[s
             data["html"] = render_markdown(snap.content)
             data["next_index"] = snap.next_index
         data["turn_status"] = turn_status.get(m.pk)
-        data["tool_calls"] = [c.model_dump() for c in calls_of.get(m.pk, [])]
+        # a moderated answer shows no tool cards either (the live page removes them too)
+        calls = [] if m.status in _REDACTED else calls_of.get(m.pk, [])
+        data["tool_calls"] = [c.model_dump() for c in calls]
         data["initials"] = initials(data["author"]["name"] if data["author"] else "AI")
         data["hue"] = avatar_hue(m.author_id)
         messages.append(data)
@@ -313,7 +325,7 @@ def messages_search(
     """
     rows = (
         Message.objects.filter(room_id=room_id, role__in=[Message.Role.USER, Message.Role.ASSISTANT])
-        .exclude(status__in=[Message.Status.HIDDEN, Message.Status.STREAMING])
+        .exclude(status__in=[Message.Status.HIDDEN, Message.Status.DELETED, Message.Status.STREAMING])
         .exclude(content="")
         .select_related("author")
         .order_by("-seq")

@@ -21,6 +21,7 @@ from rooms.events import NEXT_SEQ, Fill, Row, events_append_last, sentinel
 from rooms.models import ApiToken, Membership, Message, Room, RoomNote
 from rooms.protocol import MessageEvent, MessageUpdateEvent, NoteData, NoteEvent, RoomEvent
 from rooms.selectors import SocketAccess, message_wire, socket_access, user_may_create
+from rooms.standing import ModerationRefused, post_check
 from rooms.turns import TurnQueue, turn_queue
 
 User = get_user_model()
@@ -178,7 +179,8 @@ def message_post(
     client_tools: list[dict[str, Any]] | None = None,
 ) -> PostResult:
     """Store a user's message once per client_id, queue the turn it triggers, emit the events.
-    Raises ratelimit.RateLimited past the author's message quota, RoomBusy past the room's queue.
+    Raises ratelimit.RateLimited past the author's message quota, RoomBusy past the room's queue,
+    ModerationRefused in a locked room, for a viewer, a muted member or too soon in slow mode.
 
     The message and its events are one statement (the room row is locked from its UPDATE to
     the COMMIT right after), so concurrent posts to one room queue for one round trip each. A
@@ -186,6 +188,13 @@ def message_post(
     transaction, so the cap holds under concurrent posts. A resend (same client_id) is not
     looked up first: the insert's unique index refuses it, and the whole statement with it.
     """
+    try:  # locked room, viewer, muted, slow mode (rooms.standing): nothing is stored
+        post_check(room=room, user=author)
+    except ModerationRefused:
+        existing = _existing_post(room=room, author=author, client_id=client_id, content=content)
+        if existing is not None:  # a resend of a message stored before still gets its ack
+            return existing
+        raise
     ratelimit.message_quota_spend(user_id=author.pk)
     queue = turn_queue()
     wants_turn = queue.wanted(room=room, content=content)

@@ -15,10 +15,13 @@ from typing import Any, TypeVar
 
 from channels.db import database_sync_to_async
 from django.conf import settings
+from django.utils import timezone
 
 from rooms import selectors, services
 from rooms.auth import socket_user
+from rooms.models import Room
 from rooms.protocol import CLOSE_FORBIDDEN, CLOSE_NOT_FOUND, CLOSE_UNAUTHENTICATED, FrameError
+from rooms.standing import SocketId, socket_standing, sockets_standing
 
 _T = TypeVar("_T")
 
@@ -47,6 +50,7 @@ class Admission:
     token_id: int | None = None
     room_id: int = 0
     replay: selectors.Replay | None = None
+    admitted_at: Any = None  # when its access was checked (a later kick closes it)
 
 
 def admit(
@@ -54,6 +58,7 @@ def admit(
 ) -> Admission:
     """A connect's one database visit: the user, the room and their access (joining a public
     room), then, once `subscribe` returns (Redis confirmed), the replay after `since`."""
+    admitted_at = timezone.now()
     user, token_id = socket_user(scope)
     if not user.is_authenticated:
         return Admission(CLOSE_UNAUTHENTICATED)
@@ -64,7 +69,7 @@ def admit(
         return Admission(CLOSE_FORBIDDEN)
     subscribe(found.room_id, user.pk, token_id)  # before reading: nothing falls between replay and live
     replay = selectors.replay_after(room_id=found.room_id, since=since)
-    return Admission(0, user, token_id, found.room_id, replay)
+    return Admission(0, user, token_id, found.room_id, replay, admitted_at)
 
 
 def as_member(room_id: int, user: Any, ref: Any, action: Callable[..., _T], /, **kwargs: Any) -> _T:
@@ -76,8 +81,46 @@ def as_member(room_id: int, user: Any, ref: Any, action: Callable[..., _T], /, *
     return action(room=room, **kwargs)
 
 
+class AccessLost(Exception):
+    """The socket lost its right to the room (ban, kick, removal, deactivation, revoked token):
+    it is closed with `code`, whether or not the broadcast that said so arrived."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def _standing(socket: SocketId) -> int:
+    code, latest = socket_standing(socket=socket)
+    if code:
+        raise AccessLost(code)
+    return latest
+
+
+def as_standing_member(socket: SocketId, action: Callable[..., _T], /, **kwargs: Any) -> _T:
+    """`action(room=..., **kwargs)` if the socket still stands (every write frame): raises
+    AccessLost otherwise. The room is read fresh (its lock and slow mode)."""
+    _standing(socket)
+    return action(room=Room.objects.get(pk=socket.room_id), **kwargs)
+
+
+def replay_standing(socket: SocketId, since: int) -> selectors.Replay:
+    """The replay after `since` (a `sync`, a catch-up) if the socket still stands."""
+    _standing(socket)
+    return selectors.replay_after(room_id=socket.room_id, since=since)
+
+
+def latest_seq_standing(socket: SocketId) -> int:
+    """The heartbeat: the room's latest seq if the socket still stands (one statement)."""
+    return _standing(socket)
+
+
 on_db_threads = _on_db_threads  # rooms.api's database visits run on the same threads
 admit_on_db = _on_db_threads(admit)
+as_standing_member_on_db = _on_db_threads(as_standing_member)
+replay_standing_on_db = _on_db_threads(replay_standing)
+latest_seq_standing_on_db = _on_db_threads(latest_seq_standing)
+sockets_standing_on_db = _on_db_threads(sockets_standing)
 replay_on_db = _on_db_threads(selectors.replay_after)
 as_member_on_db = _on_db_threads(as_member)
 latest_seq_on_db = _on_db_threads(selectors.room_latest_seq)

@@ -135,6 +135,17 @@ class TurnQueue(Protocol):
     def retry(self, *, room: Room, user: Any, turn_id: int) -> str:
         """Continue an interrupted or failed turn; its status after. Raises TurnRefused."""
 
+    def moderator_stop(self, *, room: Room) -> int:
+        """Stop the room's running or parked turn (rooms.moderation checked who may); how many."""
+
+    def moderator_clear(self, *, room: Room) -> int:
+        """Withdraw every queued turn of the room (rooms.moderation checked who may); how many."""
+
+    def overview(self, *, limit: int) -> dict[str, Any]:
+        """For the moderation dashboard: running and queued turns by room id
+        (`{"running": {room_id: n}, "queued": {...}}`) and the newest failed or parked turns
+        (`"attention": [{id, room_id, status, error, created_at}]`)."""
+
 
 @functools.cache
 def turn_queue() -> TurnQueue:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import uuid
 from typing import Any
 
@@ -29,6 +30,7 @@ from rooms.forms import (
     TokenForm,
 )
 from rooms.models import ApiToken, Room
+from rooms.standing import ModerationRefused
 from rooms.turns import TurnRefused
 
 
@@ -90,8 +92,9 @@ def room(request: HttpRequest, slug: str) -> HttpResponse:
         return found
     transcript = selectors.transcript(room=found)
     selectors.calls_named(messages=transcript.messages)
+    can_moderate = selectors.user_can_moderate(room=found, user=request.user)
     invite_url = None
-    if found.visibility == Room.Visibility.PRIVATE:
+    if found.visibility == Room.Visibility.PRIVATE and can_moderate:  # owners and moderators only
         invite_url = request.build_absolute_uri(reverse("room_invite", args=[found.slug, found.invite_token]))
     return render(
         request,
@@ -106,8 +109,9 @@ def room(request: HttpRequest, slug: str) -> HttpResponse:
             "client_id": uuid.uuid4(),
             "me": selectors.user_data(request.user),
             # who sees Approve / Deny on every card (a call's asker sees them on their own)
-            "can_moderate": selectors.user_can_moderate(room=found, user=request.user),
+            "can_moderate": can_moderate,
             "notes": selectors.room_notes(room=found),
+            "my_membership": selectors.membership_of(room=found, user=request.user),
         },
     )
 
@@ -116,6 +120,11 @@ def room(request: HttpRequest, slug: str) -> HttpResponse:
 def room_settings(request: HttpRequest, slug: str) -> HttpResponse:
     """The owner's page for a room's settings, AI included."""
     found = get_object_or_404(Room, slug=slug)
+    if (
+        found.visibility == Room.Visibility.PRIVATE
+        and selectors.membership_of(room=found, user=request.user) is None
+    ):
+        raise Http404("No such room")  # a 403 would confirm that the private room exists
     if found.owner_id != request.user.pk:
         return render(request, "forbidden.html", {"room_title": found.title}, status=403)
     form = RoomSettingsForm(request.POST or None, instance=found)
@@ -150,6 +159,7 @@ def room_earlier(request: HttpRequest, slug: str) -> HttpResponse:
         request,
         "includes/messages.html",
         {
+            "room": found,
             "messages": selectors.calls_named(messages=page.messages),
             "has_earlier": page.has_earlier,
             "me": selectors.user_data(request.user),
@@ -181,7 +191,7 @@ def room_post(request: HttpRequest, slug: str) -> HttpResponse:
         messages.error(request, "That message was already sent with different text.")
     except ratelimit.RateLimited as exc:
         messages.error(request, f"Not sent: {exc} (try again in {exc.retry_after:.0f} s).")
-    except services.RoomBusy as exc:
+    except (ModerationRefused, services.RoomBusy) as exc:  # locked, muted, slow mode, read-only
         messages.error(request, f"Not sent: {exc}.")
     return redirect("room", slug=slug)
 
@@ -190,7 +200,7 @@ def room_post(request: HttpRequest, slug: str) -> HttpResponse:
 def room_invite(request: HttpRequest, slug: str, token: str) -> HttpResponse:
     """Join a room through its invite link."""
     found = get_object_or_404(Room, slug=slug)
-    if token != found.invite_token:
+    if not hmac.compare_digest(token.encode(), found.invite_token.encode()):  # constant time
         return render(request, "forbidden.html", {"room_title": ""}, status=403)
     services.membership_join(room=found, user=request.user)
     return redirect("room", slug=slug)

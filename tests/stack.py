@@ -144,6 +144,7 @@ def stack_start(**overrides: Any) -> Stack:
         RATE_FRAMES_PER_SECOND="200",
         RATE_MESSAGES_PER_MINUTE="600",
         RATE_QUEUED_TURNS_PER_ROOM="8",
+        ACCESS_RECHECK_SECONDS="2",  # the server re-reads every socket's access (test_moderation.py)
         RATE_GUESTS="",
         RATE_SIGNUPS="",
         RATE_ROOMS="",

@@ -24,6 +24,7 @@ const MAX_FRAME_BYTES = 64 * 1024; // CHAT_MAX_FRAME_BYTES default
 const PERMANENT = {
   4401: 'Not signed in (or your session ended). Log in and reload the page.',
   4403: 'You are not a member of this room. Ask the owner for the invite link.',
+  4410: 'A moderator disconnected you from this room. Reload the page to come back.',
   4404: 'This room does not exist any more.',
 };
 

@@ -43,6 +43,10 @@ def test_every_server_frame_kind_arrives_and_matches_its_model(stack, fake, room
         call = next(f["call"] for f in a.frames if f["type"] == "tool_call")
         await a.send_raw(json.dumps({"type": "tool_approval", "call_id": call["id"], "approved": True}))
         await a.wait_for(lambda c: any(f["type"] == "note" for f in c.frames), timeout=20)
+        # moderation from the room: room_update (slow mode), member_update (a mute)
+        await a.send_raw(json.dumps({"type": "moderate", "action": "slow_mode", "seconds": 5}))
+        await a.send_raw(json.dumps({"type": "moderate", "action": "mute", "user_id": bob[0].pk}))
+        await a.wait_for(lambda c: any(f["type"] == "member_update" for f in c.frames), timeout=20)
         await asyncio.sleep(0.2)
         for c in (a, b, late):
             await c.close()

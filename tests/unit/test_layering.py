@@ -45,4 +45,4 @@ def test_every_client_frame_type_has_its_own_handler() -> None:
     types = {model.model_fields["type"].annotation.__args__[0] for model in typing.get_args(union)}
     missing = {t for t in types if not callable(getattr(RoomConsumer, f"on_{t}", None))}
     assert missing == set()
-    assert len(types) == 8
+    assert len(types) == 10

@@ -22,7 +22,7 @@ from agents.tools.registry import server_tools
 from agents.tools.search import RoomSearch
 from rooms.models import SEARCH_CONFIG, Message, RoomEvent, RoomNote
 from rooms.protocol import NoteEvent, parse_server_frame
-from rooms.services import message_post, room_create, room_update
+from rooms.services import membership_join, message_post, room_create, room_update
 
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -196,6 +196,7 @@ def transcript(room, alice, bob):
     """A room where Bob talked about Porto yesterday, and other messages that must not match."""
     room_update(room=room, ai_enabled=False)  # no turns queued by these posts
     alice_user, bob_user = alice[0], bob[0]
+    membership_join(room=room, user=bob_user)  # only members post (rooms.standing)
     other = room_create(owner=bob_user, title="Other room", ai_enabled=False)
     return {
         "old": say(room, bob_user, "Porto was lovely last year", ago=timedelta(days=3)),

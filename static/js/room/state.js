@@ -55,7 +55,7 @@ export class RoomState {
     const out = { sync: false, changes: [], outboxChanged: false };
     switch (frame.type) {
       case 'message': case 'message_update': case 'turn':
-      case 'tool_call': case 'tool_update': case 'note':
+      case 'tool_call': case 'tool_update': case 'note': case 'room_update': case 'member_update':
         this.roomEvent(frame, out); break;
       case 'delta': this.delta(frame, out); break;
       case 'snapshot': this.snapshot(frame, out); break;
@@ -80,6 +80,8 @@ export class RoomState {
     else if (f.type === 'message_update') this.messageUpdate(f.message, out);
     else if (f.type === 'turn') this.turn(f.turn, out);
     else if (f.type === 'note') this.note(f.note, out);
+    else if (f.type === 'room_update') out.changes.push({ type: 'room_update', room: f.room });
+    else if (f.type === 'member_update') out.changes.push({ type: 'member_update', member: f.member });
     else this.call(f.call, out, f.type === 'tool_call');
   }
 
@@ -87,7 +89,7 @@ export class RoomState {
   message(m, out) {
     const mine = Boolean(m.client_id && m.author && m.author.id === this.me);
     if (mine && this.outbox.delete(m.client_id)) out.outboxChanged = true; // stored: no re-send
-    if (m.status === 'hidden') {
+    if (m.status === 'hidden' || m.status === 'deleted') { // moderated: no text is kept
       this.forget(m.id);
       out.changes.push({ type: 'message', message: m, mine });
       return;
@@ -104,7 +106,7 @@ export class RoomState {
 
   // {type: 'message_update', message}: its status or content changed (final, hidden, retried).
   messageUpdate(m, out) {
-    if (m.status === 'hidden') {
+    if (m.status === 'hidden' || m.status === 'deleted') { // moderated: no text is kept
       this.forget(m.id);
     } else {
       const known = this.messages.get(m.id);

@@ -22,6 +22,8 @@ const STATE_TEXT = {
   reconnecting: 'Reconnecting…',
   offline: 'Offline',
 };
+const MODERATED = { hidden: 'hidden by a moderator', deleted: 'deleted by a moderator' };
+
 const STATUS_LABEL = {
   streaming: 'answering…',
   cancelled: 'stopped',
@@ -188,7 +190,10 @@ export function createRoomView(root, me, actions) {
     meta.append(el('span', 'author', authorName(m)), ' ', time, ' ',
       el('span', 'status', STATUS_LABEL[m.status] || ''));
     const body = el('div', 'body');
-    if (m.status === 'streaming') {
+    if (MODERATED[m.status]) {
+      body.classList.add('moderated');
+      body.textContent = MODERATED[m.status];
+    } else if (m.status === 'streaming') {
       body.classList.add('streaming');
       startStream(m.id, body, m.content || '');
     } else {
@@ -199,7 +204,52 @@ export function createRoomView(root, me, actions) {
     if (calls.length) li.append(el('div', 'tool-calls'));
     li.append(body);
     for (const call of calls) placeCall(li, call);
+    addMessageTools(li, m.id);
     return li;
+  }
+
+  // Hide / unhide / delete (owners and moderators) and report: the server's own markup, cloned.
+  function addMessageTools(li, id) {
+    const tpl = document.getElementById('msg-tools-template');
+    if (!tpl || li.querySelector('.msg-tools')) return;
+    const tools = tpl.content.firstElementChild.cloneNode(true);
+    for (const input of tools.querySelectorAll('input[name="message_id"]')) input.value = id;
+    const reason = tools.querySelector('input[name="reason"]');
+    if (reason) { reason.id = `report-${id}`; tools.querySelector('label[for]')?.setAttribute('for', reason.id); }
+    li.append(tools);
+  }
+
+  // A moderator hid or deleted a message: its place stays, its text goes.
+  function showModerated(li, m) {
+    endStream(m.id);
+    li.dataset.status = m.status;
+    li.removeAttribute('aria-busy');
+    setStatusLabel(li, '');
+    li.querySelector('.retry')?.remove();
+    li.querySelector('.tool-calls')?.remove();
+    const body = bodyOf(li);
+    body.className = 'body moderated';
+    body.textContent = MODERATED[m.status];
+  }
+
+  // A room_update: locked (read-only) and slow mode.
+  function showRoomState({ room }) {
+    const banner = document.getElementById('locked-banner');
+    if (banner) banner.hidden = !room.locked;
+    if (!root.dataset.canModerate) { els.input.disabled = room.locked; els.send.disabled = room.locked; }
+    const slow = document.getElementById('slow-banner');
+    if (slow) {
+      slow.hidden = !room.slow_mode_seconds;
+      const secs = document.getElementById('slow-seconds');
+      if (secs) secs.textContent = String(room.slow_mode_seconds);
+    }
+  }
+
+  // A member_update about me: muted or read-only means the composer cannot send.
+  function showMember({ member }) {
+    if (member.user.id !== me.id) return;
+    const silenced = member.muted || member.role === 'viewer';
+    if (silenced) notice(member.muted ? 'muted' : 'read_only', member.muted ? 'A moderator muted you in this room.' : 'You can now only read this room.');
   }
 
   // Insert in seq order; optimistic (pending) messages always stay at the bottom.
@@ -468,7 +518,6 @@ export function createRoomView(root, me, actions) {
   function showMessage({ message: m, mine, nextIndex }) {
     // The element to replace: a duplicate, or our own optimistic copy (matched by client_id).
     const old = byId(m.id) || (mine ? $(`pending-${m.client_id}`) : null);
-    if (m.status === 'hidden') { old?.remove(); return; }
     if (old && old.dataset.status === 'streaming' && m.status !== 'streaming') endStream(m.id);
     const li = buildMessage(m);
     if (m.status === 'streaming') li.dataset.nextIndex = nextIndex ?? 0;
@@ -480,7 +529,12 @@ export function createRoomView(root, me, actions) {
   function updateMessage({ message: m }) {
     const li = byId(m.id);
     if (!li) return; // outside the loaded window
-    if (m.status === 'hidden') { li.remove(); endStream(m.id); return; }
+    if (MODERATED[m.status]) { showModerated(li, m); return; }
+    if (MODERATED[li.dataset.status]) { // unhidden: the whole row again, with its text
+      const fresh = buildMessage(m);
+      li.replaceWith(fresh);
+      return;
+    }
     li.dataset.status = m.status;
     setStatusLabel(li, STATUS_LABEL[m.status]);
     li.querySelector('.retry')?.remove();
@@ -604,7 +658,7 @@ export function createRoomView(root, me, actions) {
   const SHOW = {
     message: showMessage, message_update: updateMessage, turn: showTurn, text: showText,
     ack: showAck, error: showError, presence: showPresence, typing: showTyping,
-    tool_call: showCall, note: showNote,
+    tool_call: showCall, note: showNote, room_update: showRoomState, member_update: showMember,
   };
   // Show the changes of one frame.
   function apply(changes) {
