@@ -237,7 +237,7 @@ def test_the_owner_turns_tools_off_and_on_and_sets_ask_first(stack, fake, room, 
     wait_live(a)
     room.refresh_from_db()
     assert "search_room" not in room.tools_on and "calculator" in room.tools_on
-    assert set(room.tools_ask_first) == {"calculator", "note"}
+    assert set(room.tools_ask_first) == {"calculator", "note", "schedule"}  # the tools' own defaults + one
     # a calculator call now asks first
     send(a, 'Sum? !tool=calculator:{"expression": "2+2"} !say=Four.')
     a.wait_for_selector(f"{card(a, 'calculator')}[data-state=awaiting_approval] button.approve")

@@ -164,8 +164,9 @@ def _depth(value: Any) -> int:
 class RoomContext:
     """What the model needs to know about the fuzzed room."""
 
-    own_turns: dict[int, str] = field(default_factory=dict)  # turn id in the room -> status
-    foreign_queued: set[int] = field(default_factory=set)  # queued turns of someone else
+    own_turns: dict[int, str] = field(default_factory=dict)  # the fuzzer's turns in the room -> status
+    # turns of someone else in the room: a member stops or retries only their own turns
+    foreign_turns: dict[int, str] = field(default_factory=dict)
     other_room_turns: set[int] = field(default_factory=set)
     conflict_client_id: str = ""
     conflict_content: str = ""
@@ -222,9 +223,9 @@ def expected_codes(obj: Any, ctx: RoomContext) -> set[str]:
         expected = {OK} if earlier is None or earlier == obj["content"] else {"conflict"}
         # Unpaired surrogates cannot be stored as UTF-8: refusing them is fine, crashing is not.
         return expected | ({"invalid"} if surrogates else set())
+    if kind in ("cancel", "retry") and obj["turn_id"] in ctx.foreign_turns:
+        return {"forbidden"}
     if kind == "cancel":
-        if obj["turn_id"] in ctx.foreign_queued:
-            return {"forbidden"}
         return {OK} if obj["turn_id"] in ctx.own_turns else {"not_found"}
     if kind == "retry":
         status = ctx.own_turns.get(obj["turn_id"])
@@ -919,20 +920,21 @@ def bob() -> tuple[Any, str]:  # overrides conftest's, faster
 
 @pytest.fixture
 def fuzz_room(stack: Any, alice: tuple[Any, str], bob: tuple[Any, str]) -> Any:
-    """Alice's public room with the AI off (so accidental sends start no turn), turns Bob may not
-    touch, and Alice's private room Bob is not in."""
+    """Alice's public room with the AI off (so accidental sends start no turn), Alice's turns
+    Bob may not touch, Bob's own turns, and Alice's private room Bob is not in."""
     room = room_create(owner=alice[0], title="Fuzz room", ai_enabled=False)
     Membership.objects.create(room=room, user=bob[0])
     running = _frozen_turn(room, alice[0], "running")
     queued = _frozen_turn(room, alice[0], "queued")
     done = _frozen_turn(room, alice[0], "done")
+    bobs = {t.pk: t.status for t in (_frozen_turn(room, bob[0], s) for s in ("queued", "done"))}
     private = room_create(owner=alice[0], title="Private", visibility="private", ai_enabled=False)
     _frozen_turn(private, alice[0], "running")
     other_queued = _frozen_turn(private, alice[0], "queued")
     other_done = _frozen_turn(private, alice[0], "done")
     ctx = RoomContext(
-        own_turns={running.pk: "running", queued.pk: "queued", done.pk: "done"},
-        foreign_queued={queued.pk},
+        own_turns=bobs,
+        foreign_turns={running.pk: "running", queued.pk: "queued", done.pk: "done"},
         other_room_turns={other_queued.pk, other_done.pk},
         conflict_client_id=str(uuid.uuid4()),
         conflict_content="the original text",
@@ -969,7 +971,7 @@ def test_websocket_fuzz_every_frame_gets_a_typed_answer_and_rejected_frames_stor
     room, _private, ctx = fuzz_room
     log = DaphneLog(stack)
     sock = FuzzSocket(stack, room.slug, bob[1])
-    turn_ids = sorted(ctx.own_turns) + sorted(ctx.other_room_turns) + [2**62, 10**9]
+    turn_ids = sorted(ctx.own_turns) + sorted(ctx.foreign_turns) + sorted(ctx.other_room_turns) + [2**62, 10**9]
     start = CASES["ws"]
     try:
         seed = WsCase(
@@ -998,7 +1000,7 @@ def test_websocket_fuzz_every_frame_gets_a_typed_answer_and_rejected_frames_stor
 
 # The cases the brief names, each sent once whatever hypothesis draws (a fixed corpus).
 def _corpus(ctx: RoomContext, own_ids: list[int]) -> list[WsCase]:
-    queued = next(iter(ctx.foreign_queued))
+    queued = next(t for t, s in ctx.foreign_turns.items() if s == "queued")
     cases = [
         WsCase(
             "seed-again",
