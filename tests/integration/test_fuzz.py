@@ -971,7 +971,9 @@ def test_websocket_fuzz_every_frame_gets_a_typed_answer_and_rejected_frames_stor
     room, _private, ctx = fuzz_room
     log = DaphneLog(stack)
     sock = FuzzSocket(stack, room.slug, bob[1])
-    turn_ids = sorted(ctx.own_turns) + sorted(ctx.foreign_turns) + sorted(ctx.other_room_turns) + [2**62, 10**9]
+    turn_ids = (
+        sorted(ctx.own_turns) + sorted(ctx.foreign_turns) + sorted(ctx.other_room_turns) + [2**62, 10**9]
+    )
     start = CASES["ws"]
     try:
         seed = WsCase(

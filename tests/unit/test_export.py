@@ -18,7 +18,15 @@ def _isolated_run() -> None:
 def test_exported_processes_are_make_runs_with_asgi_servers_on_consecutive_ports():
     config = StackConfig(host="0.0.0.0", port=9000, asgi=2, workers=2)
     exported = export_processes(config)
-    assert [p.name for p in exported] == ["web.1", "web.2", "worker.1", "worker.2", "sweeper", "beat", "hooks"]
+    assert [p.name for p in exported] == [
+        "web.1",
+        "web.2",
+        "worker.1",
+        "worker.2",
+        "sweeper",
+        "beat",
+        "hooks",
+    ]
     assert exported[0].argv[-5:] == ["-b", "0.0.0.0", "-p", "9000", "chatproject.asgi:application"]
     assert exported[1].argv[-5:] == ["-b", "0.0.0.0", "-p", "9001", "chatproject.asgi:application"]
     # the Celery processes are exactly make run's, with unique node names
