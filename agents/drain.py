@@ -17,7 +17,7 @@ from typing import Any
 import redis
 from celery.signals import worker_shutting_down
 
-from agents.kicks import redis_sync
+from rooms.presence import redis_sync
 
 log = logging.getLogger(__name__)
 _CHECK_EVERY = 0.5  # seconds

@@ -16,23 +16,12 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 import redis
-from django.conf import settings
 from django.db import transaction
 
-from rooms.presence import redis_key
+from rooms.presence import redis_key, redis_sync
 
 log = logging.getLogger(__name__)
 PENDING_TTL = 30  # seconds
-
-_client: tuple[int, redis.Redis] | None = None
-
-
-def redis_sync() -> redis.Redis:
-    """This process's synchronous Redis client (made again after a fork)."""
-    global _client
-    if _client is None or _client[0] != os.getpid():
-        _client = (os.getpid(), redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1))
-    return _client[1]
 
 
 def _pending_key(room_id: int) -> str:

@@ -21,8 +21,7 @@ from agents.schedules import (
     schedules_of_room,
 )
 from rooms.models import Room
-from rooms.selectors import room_access
-from rooms.services import membership_join
+from rooms.views import room_or_refuse
 
 
 class ScheduleForm(forms.Form):
@@ -48,15 +47,8 @@ class ScheduleForm(forms.Form):
 
 
 def _member_room(request: HttpRequest, slug: str) -> Room | HttpResponse:
-    """The room, as the room page allows it: a public room is read by anyone and joined by a
-    POST (never by a page view, which a cross-site link can cause)."""
-    room = get_object_or_404(Room, slug=slug)
-    access = room_access(room=room, user=request.user)
-    if access == "can_join" and request.method == "POST":
-        membership_join(room=room, user=request.user)
-    elif access == "denied":
-        return render(request, "forbidden.html", {"room_title": room.title}, status=403)
-    return room
+    """The room, as the room page allows it (a public room is joined by a POST, never a view)."""
+    return room_or_refuse(request, slug, join=request.method == "POST")
 
 
 @login_required

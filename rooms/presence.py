@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 import weakref
 from typing import Any
 
+import redis
 import redis.asyncio as aioredis
 from django.conf import settings
 from redis.exceptions import RedisError
@@ -84,6 +86,18 @@ def _state() -> _Presence:
 def _redis() -> aioredis.Redis:
     """This event loop's Redis client (rooms.ratelimit shares it)."""
     return _state().redis
+
+
+_sync_client: tuple[int, redis.Redis] | None = None
+
+
+def redis_sync() -> redis.Redis:
+    """This process's synchronous Redis client, for code on worker threads (the quotas, the
+    turn queue's kicks); made again after a fork."""
+    global _sync_client
+    if _sync_client is None or _sync_client[0] != os.getpid():
+        _sync_client = (os.getpid(), redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1))
+    return _sync_client[1]
 
 
 def redis_key(*parts: object) -> str:

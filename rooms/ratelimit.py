@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 
-import redis
 from django.conf import settings
 from redis.exceptions import RedisError
 
-from rooms.presence import redis_key
+from rooms.presence import redis_key, redis_sync
 
 log = logging.getLogger(__name__)
 
@@ -50,17 +48,6 @@ class RateLimited(Exception):
         self.retry_after = retry_after
 
 
-_client: tuple[int, redis.Redis] | None = None
-
-
-def _redis_sync() -> redis.Redis:
-    """This process's Redis client for the quotas (services run on worker threads)."""
-    global _client
-    if _client is None or _client[0] != os.getpid():
-        _client = (os.getpid(), redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1))
-    return _client[1]
-
-
 def message_quota_spend(*, user_id: int) -> None:
     """Count one message against the user's per-minute quota, over every path that posts
     (socket, form, API); raises RateLimited once it is spent."""
@@ -71,7 +58,7 @@ def message_quota_spend(*, user_id: int) -> None:
     window = int(now // 60)
     key = redis_key("rate", "msg", int(user_id), window)
     try:
-        pipe = _redis_sync().pipeline(transaction=False)
+        pipe = redis_sync().pipeline(transaction=False)
         pipe.incr(key)
         pipe.expire(key, 120)
         count, _ = pipe.execute()

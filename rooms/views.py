@@ -69,7 +69,7 @@ def home(request: HttpRequest) -> HttpResponse:
     return render(request, "home.html", context)
 
 
-def _room_or_refuse(request: HttpRequest, slug: str, *, join: bool = False) -> Room | HttpResponse:
+def room_or_refuse(request: HttpRequest, slug: str, *, join: bool = False) -> Room | HttpResponse:
     """The room if the user may see it. A public room is joined only by an explicit action
     (`join`: a POST, or the page's socket connecting), never by a page view: a cross-site link
     or image must not make its visitor a member."""
@@ -87,7 +87,7 @@ def _room_or_refuse(request: HttpRequest, slug: str, *, join: bool = False) -> R
 @login_required
 def room(request: HttpRequest, slug: str) -> HttpResponse:
     """The room: its transcript rendered at a seq, then live over the WebSocket."""
-    found = _room_or_refuse(request, slug)
+    found = room_or_refuse(request, slug)
     if isinstance(found, HttpResponse):
         return found
     transcript = selectors.transcript(room=found)
@@ -148,7 +148,7 @@ def room_settings(request: HttpRequest, slug: str) -> HttpResponse:
 @login_required
 def room_earlier(request: HttpRequest, slug: str) -> HttpResponse:
     """Older messages of a room as HTML rows, for "load earlier" (before=<seq>)."""
-    found = _room_or_refuse(request, slug)
+    found = room_or_refuse(request, slug)
     if isinstance(found, HttpResponse):
         return found
     before = request.GET.get("before", "")
@@ -172,7 +172,7 @@ def room_earlier(request: HttpRequest, slug: str) -> HttpResponse:
 @require_POST
 def room_post(request: HttpRequest, slug: str) -> HttpResponse:
     """The composer without JavaScript: the same service as the socket's `send`."""
-    found = _room_or_refuse(request, slug, join=True)
+    found = room_or_refuse(request, slug, join=True)
     if isinstance(found, HttpResponse):
         return found
     form = MessageForm(request.POST)
