@@ -11,6 +11,7 @@ spans. Nothing it does can fail a turn: an error here is logged and dropped.
 from __future__ import annotations
 
 import functools
+import hmac
 import logging
 import os
 import re
@@ -214,7 +215,12 @@ def _forget_dead_processes(directory: Path) -> None:
 
 def metrics_view(request: HttpRequest) -> HttpResponse:
     """Every process's metrics added up, and the database's gauges, in Prometheus's format."""
-    if settings.METRICS_TOKEN and request.headers.get("Authorization") != f"Bearer {settings.METRICS_TOKEN}":
+    if not settings.METRICS_TOKEN:
+        if not settings.DEBUG:  # open only in development: a deployment names its scraper's token
+            return HttpResponse("set METRICS_TOKEN to read /metrics\n", status=403, content_type="text/plain")
+    elif not hmac.compare_digest(
+        request.headers.get("Authorization", "").encode(), f"Bearer {settings.METRICS_TOKEN}".encode()
+    ):
         return HttpResponse("a bearer token is needed\n", status=401, content_type="text/plain")
     directory = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
     _forget_dead_processes(directory)

@@ -198,3 +198,14 @@ def test_guest_signup_room_and_token_creation_are_limited_per_client_address(set
         for i in range(2)
     ]
     assert signups == [302, 429] and not User.objects.filter(username="u1").exists()
+
+
+def test_metrics_need_a_token_outside_development(settings):
+    settings.DEBUG, settings.METRICS_TOKEN = False, ""
+    refused = Client().get("/metrics")
+    assert refused.status_code == 403 and b"METRICS_TOKEN" in refused.content
+    settings.METRICS_TOKEN = "scrape-me"
+    assert Client().get("/metrics").status_code == 401
+    assert Client().get("/metrics", HTTP_AUTHORIZATION="Bearer wrong").status_code == 401
+    read = Client().get("/metrics", HTTP_AUTHORIZATION="Bearer scrape-me")
+    assert read.status_code == 200 and b"roomchat_" in read.content
