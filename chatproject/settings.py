@@ -225,7 +225,15 @@ LOGGING = {
 # --- The room actor -------------------------------------------------------------------------
 CHAT_MAX_FRAME_BYTES = env.int("CHAT_MAX_FRAME_BYTES", default=64 * 1024)
 CHAT_MAX_MESSAGE_CHARS = env.int("CHAT_MAX_MESSAGE_CHARS", default=16_000)
+# A socket's replay (connect with `since`, `sync`, catch-up) is read and sent in batches of
+# CHAT_REPLAY_BATCH events; one replay may go back at most CHAT_REPLAY_MAX_EVENTS events and send
+# CHAT_REPLAY_MAX_BYTES of them: past either, the socket is closed with 4413 and the page reloads
+# (a fresh transcript). What one socket can make a process hold is bounded by these.
 CHAT_REPLAY_BATCH = env.int("CHAT_REPLAY_BATCH", default=500)
+CHAT_REPLAY_MAX_EVENTS = env.int("CHAT_REPLAY_MAX_EVENTS", default=5000)
+CHAT_REPLAY_MAX_BYTES = env.int("CHAT_REPLAY_MAX_BYTES", default=8 * 1024 * 1024)
+# Open room sockets one user may hold in one ASGI process (0: no limit); one more is closed 4429.
+SOCKETS_PER_USER = env.int("SOCKETS_PER_USER", default=32)
 # The turn queue rooms hand their messages to (rooms.turns.TurnQueue); rooms never import it.
 ROOM_TURN_QUEUE = "agents.hook.RoomTurnQueue"
 TURN_TIME_LIMIT = env.float("TURN_TIME_LIMIT", default=300.0)  # seconds per turn
@@ -276,8 +284,10 @@ MCP_RETRY_MIN = env.float("MCP_RETRY_MIN", default=1.0)  # back-off between conn
 MCP_RETRY_MAX = env.float("MCP_RETRY_MAX", default=30.0)  # doubling up to this (the breaker)
 MCP_CATALOG_TTL = env.float("MCP_CATALOG_TTL", default=300.0)  # seconds between tool list refreshes
 # Rate limits (0 turns a limit off): frames per second per socket (burst = 2x), messages per
-# minute per user (all sockets), turns waiting in one room's queue.
+# minute per user (all sockets), turns waiting in one room's queue; `sync` frames per minute
+# per socket (each one reads the database: burst = a quarter of it, at least 1).
 RATE_FRAMES_PER_SECOND = env.float("RATE_FRAMES_PER_SECOND", default=20.0)
+RATE_SYNCS_PER_MINUTE = env.float("RATE_SYNCS_PER_MINUTE", default=12.0)
 RATE_MESSAGES_PER_MINUTE = env.int("RATE_MESSAGES_PER_MINUTE", default=30)
 RATE_QUEUED_TURNS_PER_ROOM = env.int("RATE_QUEUED_TURNS_PER_ROOM", default=20)
 # Scheduled turns (agents/schedules.py): the shortest interval, schedules per room, and the

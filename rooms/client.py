@@ -143,6 +143,7 @@ class RoomClient:
         self.ws: Any = None
         self.ready = asyncio.Event()
         self.close_code: int | None = None
+        self._background: set[asyncio.Task[None]] = set()
         self._reader: asyncio.Task[None] | None = None
         self.on_frame: Callable[[dict[str, Any]], None] | None = None
 
@@ -183,6 +184,10 @@ class RoomClient:
                     self.unacked_tools.pop(frame["client_id"], None)
                 elif kind == "error":
                     self.errors.append(frame)
+                    if frame.get("ref") == "sync":  # syncs have their own rate: ask again later
+                        asyncio.get_running_loop().call_later(
+                            float(frame.get("retry_after") or 1.0), self._sync_again
+                        )
                 if self.state.apply(frame):
                     await self._send({"type": "sync", "since": self.state.last_seq})
                 if kind == "ready":
@@ -196,6 +201,14 @@ class RoomClient:
             pass
         finally:
             self.close_code = self.ws.close_code if self.ws is not None else None
+
+    def _sync_again(self) -> None:
+        if self.ws is not None and self.close_code is None:
+            task = asyncio.get_running_loop().create_task(
+                self._send({"type": "sync", "since": self.state.last_seq})
+            )
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     async def _send(self, frame: dict[str, Any]) -> None:
         try:

@@ -53,6 +53,7 @@ from rooms.sockets import (
     as_standing_member_on_db,
     latest_seq_standing_on_db,
     replay_standing_on_db,
+    socket_release,
 )
 from rooms.standing import ModerationRefused, SocketId
 from rooms.turns import TurnRefused, turn_queue
@@ -78,6 +79,7 @@ class RoomConsumer(ReplayMixin, AsyncWebsocketConsumer):
     _groups: tuple[str, ...] = ()
     _ended = False
     socket_id: SocketId | None = None  # who this socket is, re-checked while it lives
+    _claimed_by = 0  # the user whose SOCKETS_PER_USER count this socket holds (0: none)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         self.channel_name = f"socket.{uuid.uuid4().hex}"  # this socket in presence and typing
@@ -85,6 +87,7 @@ class RoomConsumer(ReplayMixin, AsyncWebsocketConsumer):
             await super().__call__(scope, receive, send)
         finally:  # however the socket ended
             self._leave_hub()
+            self._release()
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels first closes stale DB connections on asgiref's single DB thread, for every
@@ -120,6 +123,7 @@ class RoomConsumer(ReplayMixin, AsyncWebsocketConsumer):
         if admission.close_code:
             await self.close(code=admission.close_code)
             return
+        self._claimed_by = admission.user.pk  # released when the socket ends
         # in place: this scope is already the router's copy for this socket (a copy would be
         # one more dict held per idle socket)
         self.scope.update(user=admission.user, token_id=admission.token_id)
@@ -133,16 +137,22 @@ class RoomConsumer(ReplayMixin, AsyncWebsocketConsumer):
         self.delta_floor = {}
         self.typing_at = 0.0
         self.bucket = ratelimit.frame_bucket()
+        self.sync_bucket = ratelimit.sync_bucket()
         shutdown.track(self)
         watch.watch(self)
         assert admission.replay is not None
         metrics.SOCKETS.inc()  # until disconnect (room_id is set from here on)
-        await self._send_replay(admission.replay, since)
-        await self._drain_backlog()
+        try:
+            await self._send_replay(admission.replay, since)
+            await self._drain_backlog()
+        except AccessLost as exc:  # too far behind (4413), or it lost access between batches
+            await self.close(code=exc.code)
+            return
         await presence.presence_join(self.room_id, self.channel_name, self.user_data)
 
     async def disconnect(self, code: int) -> None:
         self._leave_hub()
+        self._release()
         if not self.room_id:
             return
         metrics.SOCKETS.dec()
@@ -164,6 +174,12 @@ class RoomConsumer(ReplayMixin, AsyncWebsocketConsumer):
         if self._groups:
             get_hub().leave(self, *self._groups)
             self._groups = ()
+
+    def _release(self) -> None:
+        """Give back this socket's place in its user's SOCKETS_PER_USER (once)."""
+        if self._claimed_by:
+            socket_release(self._claimed_by)
+            self._claimed_by = 0
 
     def _since_param(self) -> int | None:
         query = parse_qs(self.scope.get("query_string", b"").decode("latin1"))
@@ -194,9 +210,9 @@ class RoomConsumer(ReplayMixin, AsyncWebsocketConsumer):
         assert self.socket_id is not None
         return await as_standing_member_on_db(self.socket_id, action, **kwargs)
 
-    async def _replay_read(self, since: int) -> Replay:
+    async def _replay_read(self, since: int, start: int | None = None) -> Replay:
         assert self.socket_id is not None
-        return await replay_standing_on_db(self.socket_id, since)
+        return await replay_standing_on_db(self.socket_id, since, start)
 
     async def on_send(self, frame: SendFrame) -> None:
         """Post a message (idempotent per client_id); answer with its `ack`."""
@@ -237,7 +253,11 @@ class RoomConsumer(ReplayMixin, AsyncWebsocketConsumer):
             raise FrameError(exc.code, str(exc), turn_id) from None
 
     async def on_sync(self, frame: SyncFrame) -> None:
-        """Replay after `since` on this socket, as a fresh connect would."""
+        """Replay after `since` on this socket, as a fresh connect would (at its own rate: each
+        one reads the database; the refusal's `ref` is "sync")."""
+        wait = self.sync_bucket.take()
+        if wait is not None:
+            raise FrameError("rate_limited", "too many syncs; retry later", "sync", retry_after=wait)
         await self._replay_then_live(frame.since)
 
     async def on_typing(self, frame: TypingFrame) -> None:

@@ -17,6 +17,8 @@ CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
 CLOSE_KICKED = 4410  # a moderator disconnected you; you may come back (not automatically)
+CLOSE_RELOAD = 4413  # the replay after `since` is too long: reload the page, then connect
+CLOSE_TOO_MANY_SOCKETS = 4429  # this user holds SOCKETS_PER_USER sockets in this process
 
 # --- client to server ---------------------------------------------------------------------
 

@@ -40,6 +40,11 @@ def frame_bucket() -> TokenBucket:
     return TokenBucket(rate, max(1.0, 2 * rate))
 
 
+def sync_bucket() -> TokenBucket:
+    per_minute = settings.RATE_SYNCS_PER_MINUTE
+    return TokenBucket(per_minute / 60.0, max(1.0, per_minute / 4))
+
+
 class RateLimited(Exception):
     """A limit is spent; `retry_after` seconds until it is not."""
 

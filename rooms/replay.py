@@ -3,6 +3,11 @@
 A connect, a `sync` or a lost broadcast (a seq gap, a Redis reconnect) sends the room's events
 after the socket's last seq from the database; broadcasts that arrive meanwhile wait in a
 backlog and are applied after it, in order, each room event once. The consumer mixes this in.
+
+A replay is read and sent in batches (CHAT_REPLAY_BATCH events), so a socket far behind holds
+one batch, not the room's history; one that is more than CHAT_REPLAY_MAX_EVENTS behind, or
+whose replay passes CHAT_REPLAY_MAX_BYTES, is closed with 4413 (ReplayTooLong): the client
+reloads the page, which starts from a fresh transcript.
 """
 
 from __future__ import annotations
@@ -12,10 +17,12 @@ import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from django.conf import settings
+
 from rooms import metrics, selectors
 from rooms.protocol import ready_frame, snapshot_frame
 from rooms.shutdown import CLOSE_RESTART
-from rooms.sockets import AccessLost, replay_on_db
+from rooms.sockets import AccessLost, ReplayTooLong, replay_on_db
 
 log = logging.getLogger(__name__)
 _BACKLOG_MAX = 10_000  # broadcasts held for one socket during a replay; beyond, replay again
@@ -50,18 +57,32 @@ class ReplayMixin:
         async def close(self, code: int | bool | None = None, reason: str | None = None) -> None: ...
 
     async def _send_replay(self, replay: selectors.Replay, since: int) -> None:
-        metrics.REPLAY_EVENTS.observe(len(replay.events))
-        for _seq, text in replay.events:
-            await self.send(text_data=text)
+        """Send the replay after `since`, starting with its first batch, reading the next batch
+        only once this one is out; then the snapshots and `ready`. ReplayTooLong past a cap."""
+        sent_bytes = sent_events = 0
+        while True:
+            if replay.too_far:
+                raise ReplayTooLong()
+            for _seq, text in replay.events:
+                await self.send(text_data=text)
+                sent_bytes += len(text)
+            sent_events += len(replay.events)
+            if not replay.more:
+                break
+            if sent_bytes > settings.CHAT_REPLAY_MAX_BYTES:
+                raise ReplayTooLong()
+            replay = await self._replay_read(since, replay.last)
+        metrics.REPLAY_EVENTS.observe(sent_events)
         for snap in replay.snapshots:
             self.delta_floor[snap.message_id] = snap.next_index
             await self.send(text_data=snapshot_frame(snap.message_id, snap.content, snap.next_index))
         self.last_seq = max(replay.last, since)
         await self.send(text_data=ready_frame(self.last_seq))
 
-    async def _replay_read(self, since: int) -> selectors.Replay:
-        """The events after `since` from the database (the consumer also checks its standing)."""
-        return await replay_on_db(room_id=self.room_id, since=since)
+    async def _replay_read(self, since: int, start: int | None = None) -> selectors.Replay:
+        """A batch of the replay after `since` from the database, from `start` on (the consumer
+        also checks its standing)."""
+        return await replay_on_db(room_id=self.room_id, since=since, start=start)
 
     async def _replay_then_live(self, since: int | None) -> None:
         """Replay after `since` (a `sync`; None: catch up after last_seq), then go live."""

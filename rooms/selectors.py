@@ -173,47 +173,58 @@ def snapshots_streaming(*, room_id: int) -> list[Snapshot]:
 
 
 def events_and_snapshots(
-    *, room_id: int, since: int, limit: int
-) -> tuple[list[tuple[int, str]], list[Snapshot]]:
-    """events_after and snapshots_streaming in one statement (so from one database snapshot):
-    a connect's replay in one round trip when it fits in `limit` events."""
+    *, room_id: int, since: int, limit: int, max_behind: int
+) -> tuple[list[tuple[int, str]], list[Snapshot], int]:
+    """events_after and snapshots_streaming in one statement (so from one database snapshot),
+    with the room's latest seq: a connect's replay in one round trip when it fits in `limit`
+    events. No event is read when the room is more than `max_behind` events past `since`."""
     with connection.cursor() as cursor:
         cursor.execute(
             f"""
             SELECT 0, e.seq, e.frame, 0 FROM ({_EVENTS_AFTER}) e
+            WHERE (SELECT last_seq FROM rooms_room WHERE id = %(room)s) - %(since)s <= %(behind)s
             UNION ALL
             SELECT 1, s.id, s.content, s.n FROM ({_SNAPSHOTS}) s (id, content, n)
+            UNION ALL
+            SELECT 2, last_seq, '', 0 FROM rooms_room WHERE id = %(room)s
             ORDER BY 1, 2
             """,
-            {"room": room_id, "since": since, "limit": limit},
+            {"room": room_id, "since": since, "limit": limit, "behind": max_behind},
         )
         rows = cursor.fetchall()
     events = [(key, text) for kind, key, text, _n in rows if kind == 0]
     snapshots = [Snapshot(key, text, int(n)) for kind, key, text, n in rows if kind == 1]
-    return events, snapshots
+    latest = next((key for kind, key, _text, _n in rows if kind == 2), 0)
+    return events, snapshots, latest
 
 
 @dataclass(frozen=True)
 class Replay:
-    """What a socket is sent to catch up: events after `since`, then snapshots, up to `last`."""
+    """One batch of what a socket is sent to catch up: events after `since` up to `last`. When
+    `more`, the next batch starts after `last`; the last batch also carries the snapshots.
+    `too_far`: the room is more than CHAT_REPLAY_MAX_EVENTS events past `since` (none read)."""
 
     events: list[tuple[int, str]]
     snapshots: list[Snapshot]
     last: int
+    more: bool = False
+    too_far: bool = False
 
 
-def replay_after(*, room_id: int, since: int) -> Replay:
-    """Every event after `since` (in batches of CHAT_REPLAY_BATCH, until none are left), then
-    the snapshots: one statement when the events fit in one batch (a connect not far behind)."""
+def replay_after(*, room_id: int, since: int, start: int | None = None) -> Replay:
+    """The batch of a replay after `since` that starts after `start` (default: `since`): at
+    most CHAT_REPLAY_BATCH events, one statement (a connect not far behind is one batch)."""
+    start = since if start is None else start
     limit = settings.CHAT_REPLAY_BATCH
-    events, snapshots = events_and_snapshots(room_id=room_id, since=since, limit=limit)
-    if len(events) == limit:  # more to come: those snapshots may be older than the last events
-        batch = events
-        while len(batch) == limit:
-            batch = events_after(room_id=room_id, since=batch[-1][0], limit=limit)
-            events.extend(batch)
-        snapshots = snapshots_streaming(room_id=room_id)
-    return Replay(events, snapshots, events[-1][0] if events else since)
+    behind = settings.CHAT_REPLAY_MAX_EVENTS - (start - since)
+    events, snapshots, latest = events_and_snapshots(
+        room_id=room_id, since=start, limit=limit, max_behind=behind
+    )
+    if latest - start > behind:
+        return Replay([], [], start, too_far=True)
+    if len(events) == limit:  # more to come: the snapshots come with the last batch
+        return Replay(events, [], events[-1][0], more=True)
+    return Replay(events, snapshots, events[-1][0] if events else start)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ to the pool. The functions only compose services and selectors.
 
 from __future__ import annotations
 
+import threading
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,7 +22,14 @@ from django.utils import timezone
 from rooms import selectors, services
 from rooms.auth import socket_user
 from rooms.models import Room
-from rooms.protocol import CLOSE_FORBIDDEN, CLOSE_NOT_FOUND, CLOSE_UNAUTHENTICATED, FrameError
+from rooms.protocol import (
+    CLOSE_FORBIDDEN,
+    CLOSE_NOT_FOUND,
+    CLOSE_RELOAD,
+    CLOSE_TOO_MANY_SOCKETS,
+    CLOSE_UNAUTHENTICATED,
+    FrameError,
+)
 from rooms.standing import SocketId, socket_standing, sockets_standing
 
 _T = TypeVar("_T")
@@ -39,6 +48,30 @@ _DB_EXECUTOR = ThreadPoolExecutor(max_workers=_db_threads(), thread_name_prefix=
 
 def _on_db_threads(func: Callable[..., _T]) -> Callable[..., Any]:
     return database_sync_to_async(func, thread_sensitive=False, executor=_DB_EXECUTOR)
+
+
+# Open sockets per user in this process (SOCKETS_PER_USER): claimed on the database threads
+# during a connect, released by the consumer when the socket ends.
+_open_by_user: Counter[int] = Counter()
+_open_lock = threading.Lock()
+
+
+def socket_claim(user_id: int) -> bool:
+    """Count one more socket of this user in this process; False (nothing counted) when the
+    user already holds SOCKETS_PER_USER of them."""
+    limit = settings.SOCKETS_PER_USER
+    with _open_lock:
+        if limit > 0 and _open_by_user[user_id] >= limit:
+            return False
+        _open_by_user[user_id] += 1
+        return True
+
+
+def socket_release(user_id: int) -> None:
+    with _open_lock:
+        _open_by_user[user_id] -= 1
+        if _open_by_user[user_id] <= 0:
+            del _open_by_user[user_id]
 
 
 @dataclass(frozen=True)
@@ -67,8 +100,17 @@ def admit(
         return Admission(CLOSE_NOT_FOUND)
     if found.access != "member":
         return Admission(CLOSE_FORBIDDEN)
-    subscribe(found.room_id, user.pk, token_id)  # before reading: nothing falls between replay and live
-    replay = selectors.replay_after(room_id=found.room_id, since=since)
+    if not socket_claim(user.pk):  # the consumer releases it when the socket ends
+        return Admission(CLOSE_TOO_MANY_SOCKETS)
+    try:
+        subscribe(found.room_id, user.pk, token_id)  # before reading: nothing falls between
+        replay = selectors.replay_after(room_id=found.room_id, since=since)  # replay and live
+    except BaseException:
+        socket_release(user.pk)
+        raise
+    if replay.too_far:
+        socket_release(user.pk)
+        return Admission(CLOSE_RELOAD)
     return Admission(0, user, token_id, found.room_id, replay, admitted_at)
 
 
@@ -90,6 +132,14 @@ class AccessLost(Exception):
         self.code = code
 
 
+class ReplayTooLong(AccessLost):
+    """The socket is too far behind to be replayed (CHAT_REPLAY_MAX_EVENTS / _BYTES): it is
+    closed with 4413 and the client reloads the page, a fresh transcript, instead."""
+
+    def __init__(self) -> None:
+        super().__init__(CLOSE_RELOAD)
+
+
 def _standing(socket: SocketId) -> int:
     code, latest = socket_standing(socket=socket)
     if code:
@@ -104,10 +154,10 @@ def as_standing_member(socket: SocketId, action: Callable[..., _T], /, **kwargs:
     return action(room=Room.objects.get(pk=socket.room_id), **kwargs)
 
 
-def replay_standing(socket: SocketId, since: int) -> selectors.Replay:
-    """The replay after `since` (a `sync`, a catch-up) if the socket still stands."""
+def replay_standing(socket: SocketId, since: int, start: int | None = None) -> selectors.Replay:
+    """A batch of the replay after `since` (a `sync`, a catch-up) if the socket still stands."""
     _standing(socket)
-    return selectors.replay_after(room_id=socket.room_id, since=since)
+    return selectors.replay_after(room_id=socket.room_id, since=since, start=start)
 
 
 def latest_seq_standing(socket: SocketId) -> int:

@@ -144,6 +144,12 @@ def stack_start(**overrides: Any) -> Stack:
         RATE_FRAMES_PER_SECOND="200",
         RATE_MESSAGES_PER_MINUTE="600",
         RATE_QUEUED_TURNS_PER_ROOM="8",
+        RATE_SYNCS_PER_MINUTE="600",  # burst 150 (test_hardening.py spends it)
+        SOCKETS_PER_USER="12",  # test_hardening.py opens one more
+        # replays in batches of 100, at most 400 events or 1 MB back (test_hardening.py)
+        CHAT_REPLAY_BATCH="100",
+        CHAT_REPLAY_MAX_EVENTS="400",
+        CHAT_REPLAY_MAX_BYTES="1000000",
         ACCESS_RECHECK_SECONDS="2",  # the server re-reads every socket's access (test_moderation.py)
         RATE_GUESTS="",
         RATE_SIGNUPS="",

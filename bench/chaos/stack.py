@@ -302,6 +302,8 @@ def app_env(
         RATE_FRAMES_PER_SECOND="200",
         RATE_MESSAGES_PER_MINUTE="600",
         RATE_QUEUED_TURNS_PER_ROOM="8",
+        RATE_SYNCS_PER_MINUTE="600",
+        SOCKETS_PER_USER="0",
         LOG_LEVEL="INFO",
         # the slow side-effecting tool the tool faults kill a worker in the middle of
         AGENT_TOOLS_EXTRA="tests.tools.Launch,tests.tools.SlowLookup",

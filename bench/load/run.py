@@ -210,6 +210,8 @@ def build_env(args: argparse.Namespace, urls: dict[str, str], db: FreshDatabase,
         "RATE_FRAMES_PER_SECOND": "200",
         "RATE_MESSAGES_PER_MINUTE": "600",
         "RATE_QUEUED_TURNS_PER_ROOM": str(max(8, args.talkers_per_room * args.messages + 4)),
+        "RATE_SYNCS_PER_MINUTE": "0",
+        "SOCKETS_PER_USER": "0",  # a few users hold the thousand sockets
     }
     for item in args.server_env:  # experiments: e.g. --server-env CONN_MAX_AGE=60
         key, _, value = item.partition("=")

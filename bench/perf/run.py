@@ -574,6 +574,8 @@ class Bench:
             "RATE_FRAMES_PER_SECOND": "0",
             "RATE_MESSAGES_PER_MINUTE": "0",
             "RATE_QUEUED_TURNS_PER_ROOM": "0",
+            "RATE_SYNCS_PER_MINUTE": "0",
+            "SOCKETS_PER_USER": "0",
             "LOG_LEVEL": "WARNING",
             "PYTHONUNBUFFERED": "1",
         }

@@ -19,6 +19,7 @@ const BACKOFF_MIN_MS = 500;
 const BACKOFF_MAX_MS = 10_000;
 const TYPING_SEND_MS = 2_000; // send at most one `typing` frame per this interval
 const MAX_FRAME_BYTES = 64 * 1024; // CHAT_MAX_FRAME_BYTES default
+const RELOAD_AGAIN_MS = 30_000; // after a 4413, reload the page at most once in this long
 
 // Close codes after which reconnecting cannot help.
 const PERMANENT = {
@@ -38,6 +39,7 @@ function start(root) {
     canModerate: root.dataset.canModerate === '1' };
   const outboxKey = `roomchat:outbox:${slug}`;
   const turnsKey = `roomchat:turns:${slug}`; // turns this tab's sends started (kept for reloads)
+  const reloadKey = `roomchat:reloaded:${slug}`; // when a 4413 last reloaded this page
 
   let state = 'connecting';
   let ws = null;
@@ -91,7 +93,14 @@ function start(root) {
     if (outboxChanged) saveOutbox();
     if (room.lastSeq !== seqBefore) root.dataset.seq = room.lastSeq;
     // A second answer to a call (another tab of mine answered first) is refused: that is fine.
-    const changes = all.filter((c) => !(c.type === 'error' && c.code === 'conflict' && answeredIds.has(c.call)));
+    const changes = all.filter((c) => !(c.type === 'error' && c.code === 'conflict' && answeredIds.has(c.call))
+      && !(c.type === 'error' && c.ref === 'sync'));
+    for (const c of all) {
+      if (c.type === 'error' && c.ref === 'sync') { // syncs have their own rate: ask again later
+        syncing = false;
+        setTimeout(requestSync, 1000 * (c.retryAfter || 1));
+      }
+    }
     view.apply(changes);
     for (const change of changes) {
       if (change.type === 'turn') { updateStop(); noteMyTurn(change.turn); }
@@ -214,6 +223,26 @@ function start(root) {
       setState('offline', PERMANENT[code]);
       view.setStopped();
       updateStop();
+      return;
+    }
+    if (code === 4413) { // too far behind to replay: a fresh page is the catch-up
+      const last = Number(sessionStorage.getItem(reloadKey) || 0);
+      if (Date.now() - last > RELOAD_AGAIN_MS) {
+        sessionStorage.setItem(reloadKey, String(Date.now()));
+        setState('reconnecting', 'Too much happened while you were away: reloading the page.');
+        location.reload();
+        return;
+      }
+      stopped = true; // it just reloaded and is still too far behind: let the person decide
+      setState('offline', 'This room moves faster than the page can catch up. Reload it to try again.');
+      view.setStopped();
+      updateStop();
+      return;
+    }
+    if (code === 4429) {
+      attempt = Math.max(attempt, 5); // the slowest back-off: a tab must close first
+      setState('reconnecting', 'You have too many tabs open on this site; close one and this one reconnects.');
+      scheduleReconnect();
       return;
     }
     setState('reconnecting');

@@ -217,7 +217,9 @@ def expected_codes(obj: Any, ctx: RoomContext) -> set[str]:
         return {"invalid"}
     if not all(field_ok(kind, name, obj[name]) for name in present):
         return {"invalid"}
-    surrogates = any(_has_surrogate(obj.get(k)) for k in ("content", "client_id", "call_id", "error"))
+    surrogates = any(
+        _has_surrogate(obj.get(k)) for k in ("content", "client_id", "call_id", "error", "reason")
+    )
     if kind == "send":
         earlier = ctx.sent.get(uuid.UUID(obj["client_id"]))  # idempotent per client_id
         expected = {OK} if earlier is None or earlier == obj["content"] else {"conflict"}

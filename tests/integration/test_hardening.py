@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -209,3 +210,115 @@ def test_metrics_need_a_token_outside_development(settings):
     assert Client().get("/metrics", HTTP_AUTHORIZATION="Bearer wrong").status_code == 401
     read = Client().get("/metrics", HTTP_AUTHORIZATION="Bearer scrape-me")
     assert read.status_code == 200 and b"roomchat_" in read.content
+
+
+def _post_many(room: Room, author: User, count: int, size: int = 10) -> None:
+    from rooms.services import message_post
+
+    for i in range(count):
+        text = f"{i:05d} " + "x" * max(0, size - 6)
+        message_post(room=room, author=author, client_id=uuid.uuid4(), content=text)
+
+
+def test_a_replay_is_read_in_batches_and_goes_back_only_so_far(room, alice, settings):
+    from rooms.selectors import replay_after
+
+    settings.RATE_MESSAGES_PER_MINUTE = 0
+    settings.CHAT_REPLAY_BATCH = 10
+    settings.CHAT_REPLAY_MAX_EVENTS = 50
+    room.ai_enabled = False
+    room.save()
+    _post_many(room, alice[0], 35)
+    first = replay_after(room_id=room.pk, since=0)
+    assert len(first.events) == 10 and first.more and first.snapshots == []  # one batch in memory
+    seqs, batch = [s for s, _ in first.events], first
+    while batch.more:
+        batch = replay_after(room_id=room.pk, since=0, start=batch.last)
+        assert len(batch.events) <= 10
+        seqs += [s for s, _ in batch.events]
+    assert seqs == list(range(1, room.__class__.objects.get(pk=room.pk).last_seq + 1))
+    _post_many(room, alice[0], 20)  # now more than 50 events after 0: nothing is read
+    far = replay_after(room_id=room.pk, since=0)
+    assert far.too_far and far.events == []
+    assert not replay_after(room_id=room.pk, since=10).too_far
+
+
+def test_a_socket_too_far_behind_is_told_to_reload_and_one_in_reach_gets_every_event(
+    stack, room, alice, settings
+):
+    # the test stack: batches of 100, at most 400 events or 1 MB back (tests/stack.py)
+    settings.RATE_MESSAGES_PER_MINUTE = 0
+    room.ai_enabled = False
+    room.save()
+    _post_many(room, alice[0], 450)
+    latest = Room.objects.get(pk=room.pk).last_seq
+
+    async def connect(since: int) -> RoomClient:
+        client = RoomClient(stack.base_url, room.slug, token=alice[1])
+        client.state.last_seq = since
+        try:
+            await client.connect()
+        except ConnectionError:  # closed before ready
+            pass
+        return client
+
+    async def scenario() -> tuple[RoomClient, RoomClient]:
+        far = await connect(0)
+        near = await connect(latest - 350)  # four batches
+        assert near.ready.is_set()
+        await near.send_raw(json.dumps({"type": "sync", "since": 0}))  # a sync that far back
+        await near.wait_for(lambda c: c.close_code is not None, timeout=10)
+        return far, near
+
+    far, near = run_async(scenario())
+    assert far.close_code == 4413 and not far.ready.is_set()
+    got = [f["seq"] for f in near.frames if "seq" in f and f["type"] != "ready"]
+    assert got == list(range(latest - 349, latest + 1)), "every event once, in order"
+    assert near.close_code == 4413
+    _post_many(room, alice[0], 150, size=16_000)  # 2.4 MB in 150 events
+    heavy = run_async(connect(latest))
+    assert heavy.close_code == 4413, "past CHAT_REPLAY_MAX_BYTES the socket is told to reload"
+    assert len([f for f in heavy.frames if f["type"] == "message"]) == 100, "it stopped after a batch"
+
+
+def test_sync_frames_have_their_own_rate(stack, room, alice):
+    async def scenario() -> tuple[list[dict], dict]:
+        client = RoomClient(stack.base_url, room.slug, token=alice[1])
+        await client.connect()
+        for _ in range(200):  # the test stack allows 600 a minute, a burst of 150
+            await client.send_raw(json.dumps({"type": "sync", "since": client.state.last_seq}))
+        await client.wait_for(lambda c: any(e.get("ref") == "sync" for e in c.errors))
+        await client.ping()
+        await client.wait_for(lambda c: c.frames[-1]["type"] == "pong")
+        pong = client.frames[-1]
+        await client.close()
+        return client.errors, pong
+
+    errors, pong = run_async(scenario())
+    limited = [e for e in errors if e.get("ref") == "sync"]
+    assert limited and all(e["code"] == "rate_limited" and e["retry_after"] > 0 for e in limited)
+    assert pong["type"] == "pong", "the socket stays open"
+
+
+def test_one_user_may_hold_only_so_many_sockets_in_a_process(stack, room, alice):
+    async def scenario() -> tuple[list[bool], int | None, bool]:
+        clients = [RoomClient(stack.base_url, room.slug, token=alice[1]) for _ in range(12)]
+        await asyncio.gather(*(c.connect() for c in clients))  # SOCKETS_PER_USER=12 in tests
+        opened = [c.ready.is_set() for c in clients]
+        extra = RoomClient(stack.base_url, room.slug, token=alice[1])
+        with pytest.raises(ConnectionError):
+            await extra.connect()
+        await clients[0].close()
+        again = RoomClient(stack.base_url, room.slug, token=alice[1])
+        for _attempt in range(50):  # a socket closed: its place is free once the server saw it
+            try:
+                await again.connect()
+                break
+            except ConnectionError:
+                assert again.close_code == 4429
+                await asyncio.sleep(0.1)
+        await asyncio.gather(*(c.close() for c in [*clients[1:], again]))
+        return opened, extra.close_code, again.ready.is_set()
+
+    opened, code, again = run_async(scenario())
+    assert all(opened) and code == 4429 and again

@@ -183,14 +183,16 @@ export class RoomState {
       behind: f.seq <= this.lastSeq });
   }
 
-  // {type: 'error', code, detail, failed, call}: failed = the client_id of a send it refused;
-  // call = the id of the tool call a tool_result or tool_approval was about.
+  // {type: 'error', code, detail, failed, call, ref, retryAfter}: failed = the client_id of a
+  // send it refused; call = the id of the tool call a tool_result or tool_approval was about;
+  // ref 'sync' = a `sync` refused (its own rate), to be asked again after retryAfter seconds.
   error(f, out) {
     const ref = f.ref != null ? String(f.ref) : null;
     const failed = ref !== null && this.outbox.delete(ref) ? ref : null;
     if (failed) out.outboxChanged = true;
     const call = ref !== null && !failed && this.calls.has(ref) ? ref : null;
-    out.changes.push({ type: 'error', code: f.code, detail: f.detail, failed, call });
+    out.changes.push({ type: 'error', code: f.code, detail: f.detail, failed, call, ref,
+      retryAfter: typeof f.retry_after === 'number' ? f.retry_after : null });
   }
 
   // {type: 'presence', users}: one entry per person.
