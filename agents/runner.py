@@ -216,7 +216,7 @@ def _heartbeat_every() -> float:
     return max(0.05, min(0.5, settings.LEASE_TIMEOUT / 4))
 
 
-def _pump(stream: ModelStream, out: queue.Queue[object]) -> None:
+def _pump(stream: ModelStream, out: queue.SimpleQueue[object]) -> None:
     """Reader thread: move provider events into a queue, so the runner never blocks on I/O."""
     try:
         for event in stream:
@@ -227,7 +227,7 @@ def _pump(stream: ModelStream, out: queue.Queue[object]) -> None:
 
 
 def _step_stream(stream: ModelStream, batcher: ChunkBatcher, deadline: float) -> StepResult:
-    events: queue.Queue[object] = queue.Queue()
+    events: queue.SimpleQueue[object] = queue.SimpleQueue()  # C: a put and a get cost no Condition
     threading.Thread(target=_pump, args=(stream, events), daemon=True, name="model-stream").start()
     tool_calls: list[ToolCallRequest] = []
     finish_reason = "stop"

@@ -28,7 +28,7 @@ from typing import Any
 
 from stack import services
 from stack.export import FORMATS, export
-from stack.processes import StackConfig, served_origins, stack_processes
+from stack.processes import DEFAULT_CONCURRENCY, StackConfig, default_workers, served_origins, stack_processes
 from stack.supervisor import ROOT, Plan, pids_of, run, say, wait_http
 
 
@@ -158,8 +158,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--asgi", type=int, default=1, help="Daphne processes sharing the port (default 1)")
-    p.add_argument("--workers", type=int, default=1, help="Celery worker processes (default 1)")
-    p.add_argument("--concurrency", type=int, default=16, help="turns at once per worker (default 16)")
+    p.add_argument(
+        "--workers", type=int, default=default_workers(),
+        help=f"Celery worker processes (default: half the cores, here {default_workers()})",
+    )  # fmt: skip
+    p.add_argument(
+        "--concurrency", type=int, default=DEFAULT_CONCURRENCY,
+        help=f"turns at once per worker (default {DEFAULT_CONCURRENCY})",
+    )  # fmt: skip
     p.add_argument(
         "--pool", choices=["threads", "prefork"], default="threads", help="Celery pool (default threads)"
     )
@@ -174,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--port", type=int, default=8000, help="of the first ASGI process (then +1, +2...)")
     e.add_argument("--asgi", type=int, default=2)
     e.add_argument("--workers", type=int, default=2)
-    e.add_argument("--concurrency", type=int, default=16)
+    e.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY)
     e.add_argument("--schedule", default="/var/lib/chat/celerybeat-schedule")
     b = sub.add_parser("supervise", help="run a supervisor plan file (stack.supervisor.Supervisor)")
     b.add_argument("plan", type=Path)

@@ -7,11 +7,29 @@ here starts anything or imports Django.
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 ASGI_SERVERS = ("daphne", "uvicorn")
+# `make run`'s defaults (docs/performance.md, "Many rooms at once"): a worker process runs its
+# Python on one core at a time (the GIL), so several processes, each streaming many turns (a turn
+# mostly waits for the model); on one machine with the web process, Postgres and Redis, half the
+# cores (measured: on 2 cores a second worker made 100 streaming rooms slower, on 4 more so).
+DEFAULT_CONCURRENCY = 64
+
+
+def default_workers() -> int:
+    """Worker processes for `make run` on this machine: half the cores it may use, at least 1
+    (a machine that runs only workers: one per core, docs/deploy.md)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // 2)
+
+
 SHARED_SOCKET_FD = "$(circus.sockets.web)"  # the supervisor puts the fd of its listening socket here
 
 
@@ -36,7 +54,7 @@ class StackConfig:
     asgi: int = 1  # ASGI processes, all accepting on one listening socket
     server: str = "daphne"
     workers: int = 1
-    concurrency: int = 16  # turns at once per worker
+    concurrency: int = DEFAULT_CONCURRENCY  # turns at once per worker
     pool: str = "threads"
     beat: bool = True  # the sweeper and Celery beat
     queue: str = "celery"  # CELERY_QUEUE
@@ -58,7 +76,7 @@ def celery_argv(
     *,
     queue: str = "celery",
     node: str = "",
-    concurrency: int = 16,
+    concurrency: int = DEFAULT_CONCURRENCY,
     pool: str = "threads",
     schedule: str | Path = "",
 ) -> list[str]:

@@ -154,11 +154,14 @@ class _OpenAIStream(ModelStream):
             response = self._read(lambda: self._provider._create(self._request))
             if response is _CLOSED:
                 return
-            lines = response.iter_lines()
+            # the body as it arrives, split into lines here: one read (and its locks) per
+            # network chunk, not per line, and no text decoder or line splitter per token
+            received = response.http_response.iter_bytes()
+            lines = _sse_lines(lambda: self._read(lambda: next(received, _END)))
             calls = _ToolCalls()
             finish: str | None = None
             usage: dict[str, int] = {}
-            chunks = _sse_chunks(lambda: self._read(lambda: next(lines, _END)), self._provider.host)
+            chunks = _sse_chunks(lines.__next__, self._provider.host)
             for chunk in chunks:
                 if chunk is _CLOSED:
                     return
@@ -249,6 +252,27 @@ def _shutdown(response: Any) -> None:
         socket.socket.shutdown(sock, socket.SHUT_RDWR)
     except (OSError, KeyError, AttributeError, TypeError):
         pass  # already closed or not a plain socket: response.close() still follows
+
+
+def _sse_lines(read_chunk: Callable[[], Any]) -> Iterator[Any]:
+    """The lines of an event stream read in network chunks (split at LF, CRLF or CR, decoded
+    as UTF-8); then _END, or _CLOSED if `read_chunk` says the stream was closed."""
+    pending = b""
+    while True:
+        chunk = read_chunk()
+        if chunk is _CLOSED or chunk is _END:
+            if chunk is _END and pending:  # a last line without its line break
+                yield pending.rstrip(b"\r").decode("utf-8", "replace")
+            yield chunk
+            return
+        pending += chunk
+        if b"\r" in pending:  # CRLF or CR endings; a CR at the end may be half of a CRLF
+            tail = b"\r" if pending.endswith(b"\r") else b""
+            body = pending[:-1] if tail else pending
+            pending = body.replace(b"\r\n", b"\n").replace(b"\r", b"\n") + tail
+        *complete, pending = pending.split(b"\n")
+        for line in complete:
+            yield line.decode("utf-8", "replace")
 
 
 def _sse_chunks(read_line: Callable[[], Any], host: str) -> Iterator[Any]:

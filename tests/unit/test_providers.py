@@ -407,3 +407,20 @@ def test_an_error_event_mid_stream_raises_after_the_text_before_it(fake_llm: Fak
             events.extend(stream)
     assert text_of(events) == "partial answer"
     assert err.value.retryable
+
+
+def test_event_stream_lines_are_split_however_the_network_cuts_them():
+    from agents.providers.openai_compat import _END, _sse_chunks, _sse_lines
+
+    body = (
+        b'data: {"n": 1}\r\n\r\n'  # CRLF
+        b": a comment\n"
+        b'event: message\ndata: {"n": 2,\ndata:  "t": "\xc3\xa9"}\n\n'  # two data lines, UTF-8
+        b'data: {"n": 3}\r\r'  # CR only
+        b"data: [DONE]\n\n"
+    )
+    for cut in (1, 2, 3, 7, len(body)):  # every chunking: CRLF and UTF-8 split across reads
+        pieces = iter([body[i : i + cut] for i in range(0, len(body), cut)])
+        lines = _sse_lines(lambda pieces=pieces: next(pieces, _END))
+        chunks = list(_sse_chunks(lines.__next__, "host"))
+        assert chunks == [{"n": 1}, {"n": 2, "t": "é"}, {"n": 3}], cut
