@@ -160,3 +160,28 @@ def test_screenshots_of_home_a_room_mid_stream_and_phone_width(stack, fake, room
     for name in ("home", "room-mid-stream", "phone"):
         assert (SHOTS / f"{name}.png").stat().st_size > 10_000
         shutil.copy(SHOTS / f"{name}.png", DOCS_SHOTS / f"{name}.png")
+
+
+def test_a_tab_too_far_behind_reloads_itself_and_shows_the_room_as_it_is(
+    stack, room, alice, page_for, settings
+):
+    # the test stack replays at most 400 events (tests/stack.py): 450 messages while offline
+    settings.RATE_MESSAGES_PER_MINUTE = 0
+    room.ai_enabled = False
+    room.save()
+    a = page_for(alice[0])
+    a.goto(room_url(stack, room))
+    wait_live(a)
+    a.evaluate("window.__samePage = true")  # gone once the page reloads
+    a.context.set_offline(True)
+    a.evaluate("window.roomClient.socket() && window.roomClient.socket().close()")
+    wait_js(a, "document.body.dataset.wsState !== 'live'")
+    for i in range(450):
+        message_post(room=room, author=alice[0], client_id=uuid.uuid4(), content=f"while away {i}")
+    a.context.set_offline(False)
+    with a.expect_navigation(timeout=30_000):  # it reconnects with its old seq, is closed 4413
+        a.evaluate("window.dispatchEvent(new Event('online'))")
+    wait_live(a)
+    assert a.evaluate("window.__samePage") is None, "the page was loaded again"
+    a.wait_for_selector("li.msg.role-user:has-text('while away 449')")
+    assert a.locator("li.msg.role-user:has-text('while away 0')").count() == 0  # not in the last page
