@@ -144,6 +144,7 @@ class RoomClient:
         self.ready = asyncio.Event()
         self.close_code: int | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self._sync_later = False  # a refused `sync` will be sent again (once) after its retry_after
         self._reader: asyncio.Task[None] | None = None
         self.on_frame: Callable[[dict[str, Any]], None] | None = None
 
@@ -184,7 +185,9 @@ class RoomClient:
                     self.unacked_tools.pop(frame["client_id"], None)
                 elif kind == "error":
                     self.errors.append(frame)
-                    if frame.get("ref") == "sync":  # syncs have their own rate: ask again later
+                    if frame.get("ref") == "sync" and not self._sync_later:
+                        # syncs have their own rate: ask again once, later
+                        self._sync_later = True
                         asyncio.get_running_loop().call_later(
                             float(frame.get("retry_after") or 1.0), self._sync_again
                         )
@@ -203,6 +206,7 @@ class RoomClient:
             self.close_code = self.ws.close_code if self.ws is not None else None
 
     def _sync_again(self) -> None:
+        self._sync_later = False
         if self.ws is not None and self.close_code is None:
             task = asyncio.get_running_loop().create_task(
                 self._send({"type": "sync", "since": self.state.last_seq})

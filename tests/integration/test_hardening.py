@@ -288,11 +288,13 @@ def test_sync_frames_have_their_own_rate(stack, room, alice):
         for _ in range(200):  # the test stack allows 600 a minute, a burst of 150
             await client.send_raw(json.dumps({"type": "sync", "since": client.state.last_seq}))
         await client.wait_for(lambda c: any(e.get("ref") == "sync" for e in c.errors))
+        seen = len(client.frames)
         await client.ping()
-        await client.wait_for(lambda c: c.frames[-1]["type"] == "pong")
-        pong = client.frames[-1]
+        await client.wait_for(lambda c: any(f["type"] == "pong" for f in c.frames[seen:]))
+        pong = next(f for f in client.frames[seen:] if f["type"] == "pong")
+        errors = list(client.errors)
         await client.close()
-        return client.errors, pong
+        return errors, pong
 
     errors, pong = run_async(scenario())
     limited = [e for e in errors if e.get("ref") == "sync"]
