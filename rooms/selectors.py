@@ -151,13 +151,6 @@ _SNAPSHOTS = """
 """
 
 
-def events_after(*, room_id: int, since: int, limit: int) -> list[tuple[int, str]]:
-    """Room events with seq > since, oldest first, as (seq, frame text)."""
-    with connection.cursor() as cursor:  # every connect and sync: no ORM query building
-        cursor.execute(_EVENTS_AFTER, {"room": room_id, "since": since, "limit": limit})
-        return cursor.fetchall()
-
-
 @dataclass(frozen=True)
 class Snapshot:
     message_id: int
@@ -175,8 +168,9 @@ def snapshots_streaming(*, room_id: int) -> list[Snapshot]:
 def events_and_snapshots(
     *, room_id: int, since: int, limit: int, max_behind: int
 ) -> tuple[list[tuple[int, str]], list[Snapshot], int]:
-    """events_after and snapshots_streaming in one statement (so from one database snapshot),
-    with the room's latest seq: a connect's replay in one round trip when it fits in `limit`
+    """The events after `since` (at most `limit`, oldest first, as (seq, frame text)) and
+    snapshots_streaming in one hand-written statement (so from one database snapshot), with the
+    room's latest seq: a connect's replay in one round trip when it fits in `limit`
     events. No event is read when the room is more than `max_behind` events past `since`."""
     with connection.cursor() as cursor:
         cursor.execute(
