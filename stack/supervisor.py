@@ -365,7 +365,9 @@ class Supervisor:
                                          stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
         from circus.client import CircusClient
 
-        self._client = CircusClient(endpoint=endpoints(self.control_dir)[0], timeout=10)
+        # longer than a grace period: a `stop`/`start ... waiting` may wait behind another
+        # watcher's SIGTERM-to-SIGKILL spell (a 10 s timeout failed the chaos run under load)
+        self._client = CircusClient(endpoint=endpoints(self.control_dir)[0], timeout=3 * GRACE_SECONDS)
         deadline = time.monotonic() + timeout
         wanted = [p for p in self.plan.processes if p.autostart]
         while True:
