@@ -28,6 +28,7 @@ from agents.providers.base import (
     TextDelta,
     ToolCallRequest,
 )
+from agents.streams import StepResult, TurnStopped, heartbeat_every, step_run
 from agents.subagents import ChildProgress, agent_call_waiting, agent_calls_dispatch
 from agents.toolbox import Toolbox, run_server_calls, step_messages, steps_messages, unique_call_ids
 from agents.turns import (
@@ -197,25 +198,6 @@ class ChunkBatcher:
         return True
 
 
-class TurnStopped(Exception):
-    """The turn must end now with `status` (cancelled, or failed on the time limit)."""
-
-    def __init__(self, status: str, reason: str = "") -> None:
-        super().__init__(reason or status)
-        self.status = status
-        self.reason = reason
-
-
-@dataclass
-class StepResult:
-    tool_calls: list[ToolCallRequest]
-    finish_reason: str
-
-
-def _heartbeat_every() -> float:
-    return max(0.05, min(0.5, settings.LEASE_TIMEOUT / 4))
-
-
 def _pump(stream: ModelStream, out: queue.SimpleQueue[object]) -> None:
     """Reader thread: move provider events into a queue, so the runner never blocks on I/O."""
     try:
@@ -231,7 +213,7 @@ def _step_stream(stream: ModelStream, batcher: ChunkBatcher, deadline: float) ->
     threading.Thread(target=_pump, args=(stream, events), daemon=True, name="model-stream").start()
     tool_calls: list[ToolCallRequest] = []
     finish_reason = "stop"
-    next_beat = time.monotonic() + _heartbeat_every()
+    next_beat = time.monotonic() + heartbeat_every()
     while True:
         now = time.monotonic()
         due = batcher.due_at()
@@ -255,11 +237,11 @@ def _step_stream(stream: ModelStream, batcher: ChunkBatcher, deadline: float) ->
         due = batcher.due_at()
         if due is not None and now >= due:
             state = batcher.flush()
-            next_beat = now + _heartbeat_every()
+            next_beat = now + heartbeat_every()
         elif now >= next_beat:
             state = db_retry(lambda: lease_renew(taken=batcher.taken), what="lease renewal")
             connection.close()
-            next_beat = now + _heartbeat_every()
+            next_beat = now + heartbeat_every()
         if state is not None and state.cancel_requested:
             raise TurnStopped(Turn.Status.CANCELLED, "stopped by a user")
         if batcher.progress is not None:
@@ -368,8 +350,14 @@ def _turn_run(*, taken: TakenTurn, tracer: TurnTracer) -> str:
             told = [ChatMessage(role="system", content=n) for n in toolbox.notices if tools]
             request = ModelRequest(model=model, messages=(*messages, *told), tools=tools)
             tracer.step_start(step)
-            with provider.stream(request) as stream:
-                result = _step_stream(stream, batcher, deadline)
+            # on the process's stream loop if the provider can (agents/streams.py); a sub-agent's
+            # run, whose text also goes to its parent's card, reads from a thread of its own
+            streamed = provider.astream(request) if batcher.progress is None else None
+            if streamed is not None:
+                result = step_run(streamed, batcher, deadline)
+            else:
+                with provider.stream(request) as stream:
+                    result = _step_stream(stream, batcher, deadline)
             tracer.step_end(tool_calls=len(result.tool_calls), finish_reason=result.finish_reason)
             if not result.tool_calls or last_step:
                 break

@@ -114,6 +114,10 @@ class _Lane:
             self._work.notify()
             return sink.state
 
+    def has_room(self, sink: TurnSink) -> bool:
+        """Whether `submit` would queue at once (fewer than MAX_PENDING chunks of the turn wait)."""
+        return sink.submitted - sink.written < MAX_PENDING
+
     def wait_written(self, sink: TurnSink, timeout: float | None = None) -> LeaseState:
         """Block until every chunk this turn submitted is written; raises like `submit`."""
         with self._lock:
@@ -206,6 +210,10 @@ class ChunkWriter:
         Raises LeaseLost (or the database error) if an earlier batch of this turn failed.
         """
         return self._lane(sink).submit(sink, index, text)
+
+    def has_room(self, sink: TurnSink) -> bool:
+        """Whether `submit` would queue this turn's next chunk without waiting (backpressure)."""
+        return self._lane(sink).has_room(sink)
 
     def wait_written(self, sink: TurnSink, timeout: float | None = None) -> LeaseState:
         """Block until every chunk this turn submitted is written; raises like `submit`."""

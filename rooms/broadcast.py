@@ -97,13 +97,13 @@ async def send_to_room(room_id: int, message: Envelope) -> None:
     await get_channel_layer().group_send(room_group(room_id), message)
 
 
-class _LoopThread:
-    """One event loop per process for sync code (services, workers) to publish on.
+class ProcessLoop:
+    """An event loop of the process on a daemon thread of its own, for sync code to run
+    coroutines on (made again after a fork). The publisher's: `async_to_sync` would make a loop
+    per call and a Redis connection per loop; this keeps one."""
 
-    `async_to_sync` would make a loop per call and a Redis connection per loop; this keeps one.
-    """
-
-    def __init__(self) -> None:
+    def __init__(self, name: str) -> None:
+        self.name = name
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pid = 0
@@ -113,11 +113,11 @@ class _LoopThread:
             if self._loop is None or self._pid != os.getpid():  # new process after fork
                 self._loop = asyncio.new_event_loop()
                 self._pid = os.getpid()
-                threading.Thread(target=self._loop.run_forever, name="broadcast-loop", daemon=True).start()
+                threading.Thread(target=self._loop.run_forever, name=self.name, daemon=True).start()
             return self._loop
 
 
-_publisher = _LoopThread()
+_publisher = ProcessLoop("broadcast-loop")
 
 
 def send_many_sync(items: list[tuple[int, Envelope]]) -> None:

@@ -6,6 +6,7 @@ import os
 import threading
 
 from .base import (
+    AsyncModelStream,
     ChatMessage,
     ModelRequest,
     ModelStream,
@@ -18,6 +19,7 @@ from .base import (
 )
 
 __all__ = [
+    "AsyncModelStream",
     "ChatMessage",
     "ModelRequest",
     "ModelStream",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -86,6 +86,17 @@ class ModelStream(ABC):
         self.close()
 
 
+class AsyncModelStream(ABC):
+    """An open model step on an event loop: `async for` its events; `aclose()` ends it and its
+    HTTP stream (so does cancelling the task that iterates it)."""
+
+    @abstractmethod
+    def __aiter__(self) -> AsyncIterator[StreamEvent]: ...
+
+    @abstractmethod
+    async def aclose(self) -> None: ...
+
+
 class Provider(ABC):
     """A source of model steps. One instance per worker process is fine (thread-safe)."""
 
@@ -97,3 +108,8 @@ class Provider(ABC):
     @abstractmethod
     def stream(self, request: ModelRequest) -> ModelStream:
         """Start one model step; never retries once text has been streamed."""
+
+    def astream(self, request: ModelRequest) -> AsyncModelStream | None:
+        """The same step for the worker's stream loop (agents/streams.py), or None if this
+        provider only streams from a thread of its own (the runner then reads `stream`)."""
+        return None

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 
 from .base import (
+    AsyncModelStream,
     ModelRequest,
     ModelStream,
     Provider,
@@ -39,12 +41,14 @@ def as_provider_error(exc: BaseException) -> ProviderError:
 
 
 class ScriptedProvider(Provider):
-    """Each `stream()` call takes the next scripted reply; records requests and closes."""
+    """Each `stream()` call takes the next scripted reply; records requests and closes. With
+    `on_loop`, `astream()` plays them too, so the runner streams on the worker's stream loop."""
 
     label = "Scripted model"
 
-    def __init__(self, replies: Iterable[Reply] = (), delay: float = 0.0) -> None:
+    def __init__(self, replies: Iterable[Reply] = (), delay: float = 0.0, *, on_loop: bool = False) -> None:
         self.delay = delay
+        self.on_loop = on_loop
         self._lock = threading.Lock()
         self._replies: deque[Reply] = deque(replies)
         self.requests: list[ModelRequest] = []
@@ -71,6 +75,13 @@ class ScriptedProvider(Provider):
             else:
                 reply = ProviderError("ScriptedProvider: no scripted reply left for this request")
         return _ScriptedStream(self, _events(reply))
+
+    def astream(self, request: ModelRequest) -> AsyncModelStream | None:
+        if not self.on_loop:
+            return None
+        stream = self.stream(request)
+        assert isinstance(stream, _ScriptedStream)
+        return _ScriptedAsyncStream(stream)
 
     def _count_close(self) -> None:
         with self._lock:
@@ -107,3 +118,29 @@ class _ScriptedStream(ModelStream):
                 return
             self._stop.set()
         self._provider._count_close()
+
+
+class _ScriptedAsyncStream(AsyncModelStream):
+    """The same reply on an event loop (the delay is an asyncio sleep)."""
+
+    def __init__(self, inner: _ScriptedStream) -> None:
+        self._inner = inner
+
+    def __aiter__(self) -> AsyncIterator[StreamEvent]:
+        return self._events()
+
+    async def _events(self) -> AsyncIterator[StreamEvent]:
+        try:
+            for i, event in enumerate(self._inner._events):
+                if i and self._inner._provider.delay:
+                    await asyncio.sleep(self._inner._provider.delay)
+                if self._inner._stop.is_set():
+                    return
+                if isinstance(event, BaseException):
+                    raise as_provider_error(event)
+                yield event
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        self._inner.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import threading
@@ -410,7 +411,7 @@ def test_an_error_event_mid_stream_raises_after_the_text_before_it(fake_llm: Fak
 
 
 def test_event_stream_lines_are_split_however_the_network_cuts_them():
-    from agents.providers.openai_compat import _END, _sse_chunks, _sse_lines
+    from agents.providers.openai_compat import _EventStream
 
     body = (
         b'data: {"n": 1}\r\n\r\n'  # CRLF
@@ -418,9 +419,131 @@ def test_event_stream_lines_are_split_however_the_network_cuts_them():
         b'event: message\ndata: {"n": 2,\ndata:  "t": "\xc3\xa9"}\n\n'  # two data lines, UTF-8
         b'data: {"n": 3}\r\r'  # CR only
         b"data: [DONE]\n\n"
+        b'data: {"n": 4}\n\n'  # after the end: ignored
     )
     for cut in (1, 2, 3, 7, len(body)):  # every chunking: CRLF and UTF-8 split across reads
-        pieces = iter([body[i : i + cut] for i in range(0, len(body), cut)])
-        lines = _sse_lines(lambda pieces=pieces: next(pieces, _END))
-        chunks = list(_sse_chunks(lines.__next__, "host"))
+        decoder = _EventStream("host")
+        chunks = [c for i in range(0, len(body), cut) for c in decoder.feed(body[i : i + cut])]
         assert chunks == [{"n": 1}, {"n": 2, "t": "é"}, {"n": 3}], cut
+        assert decoder.done and decoder.end() == []
+
+
+def test_event_stream_cut_mid_event_is_an_error():
+    from agents.providers.openai_compat import _EventStream
+
+    for body in (b'data: {"n": 1}\n\ndata: [DONE]', b'data: {"n": 1}\n\ndata: {"n": 2}\n'):
+        decoder = _EventStream("host")  # the last event lacks its blank line: the stream was cut
+        assert decoder.feed(body) == [{"n": 1}] and decoder.error is None
+        assert decoder.end() == [] and decoder.done
+        with pytest.raises(ProviderError, match="mid-event"):
+            decoder.raise_if_failed()
+    decoder = _EventStream("host")  # an error event: the chunks before it come first
+    error = b'data: {"error": {"message": "boom"}}\n\n'
+    assert decoder.feed(b'data: {"n": 1}\n\n' + error + b'data: {"n": 2}\n\n') == [{"n": 1}]
+    with pytest.raises(ProviderError, match="reported an error: boom"):
+        decoder.raise_if_failed()
+    decoder = _EventStream("host")  # a complete stream without [DONE] just ends
+    assert decoder.feed(b'data: {"n": 1}\n\n') == [{"n": 1}]
+    assert decoder.end() == [] and not decoder.done
+
+
+# -- the same provider on an event loop (astream) ---------------------------------------------
+
+
+def arun(provider: OpenAICompatibleProvider, text: str, **kwargs: object) -> list[StreamEvent]:
+    async def read() -> list[StreamEvent]:
+        try:
+            return [event async for event in provider.astream(req(text, **kwargs))]
+        finally:
+            await provider.aclose()
+
+    return asyncio.run(read())
+
+
+def test_astream_streams_the_same_events(fake_llm: FakeLLM, provider: OpenAICompatibleProvider):
+    events = arun(provider, "hello there")
+    assert text_of(events) == fake_llm.default_reply("hello there")
+    assert isinstance(events[-1], StepEnd) and events[-1].finish_reason == "stop"
+    text = 'weather? !tool=get_weather:{"city": "Paris"} !tool=get_time:{}'
+    calls = [e for e in arun(provider, text, tools=TOOLS) if isinstance(e, ToolCallRequest)]
+    assert [(c.call_id, c.name, json.loads(c.arguments)) for c in calls] == [
+        ("call_fake_0", "get_weather", {"city": "Paris"}),
+        ("call_fake_1", "get_time", {}),
+    ]
+
+
+def test_astream_cancelled_mid_stream_disconnects(fake_llm: FakeLLM, provider):
+    async def read_then_cancel() -> list[StreamEvent]:
+        events: list[StreamEvent] = []
+        first = asyncio.Event()
+
+        async def read() -> None:
+            async for event in provider.astream(req("long !tokens=500 !delay=20")):
+                events.append(event)
+                first.set()
+
+        task = asyncio.create_task(read())
+        await asyncio.wait_for(first.wait(), 5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await provider.aclose()
+        return events
+
+    events = asyncio.run(read_then_cancel())
+    assert events and not any(isinstance(e, StepEnd) for e in events)
+    assert fake_llm.wait_for_disconnects(1, 5)
+    assert fake_llm.completed == 0
+
+
+def test_astream_aclose_ends_a_blocked_read(fake_llm: FakeLLM, provider):
+    async def hang_then_close() -> float:
+        stream = provider.astream(req("!hang"))
+        task = asyncio.create_task(anext(aiter(stream), None))
+        await asyncio.sleep(0.3)  # the request is made; the read waits for a token
+        started = time.monotonic()
+        task.cancel()
+        await stream.aclose()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await provider.aclose()
+        return time.monotonic() - started
+
+    assert asyncio.run(hang_then_close()) < 2  # well under the 10 s read timeout
+    assert fake_llm.wait_for_disconnects(1, 5)
+
+
+@pytest.mark.parametrize(("code", "retryable"), [(500, True), (429, True), (400, False), (401, False)])
+def test_astream_http_errors_map_to_provider_error(fake_llm, provider, code: int, retryable: bool):
+    with pytest.raises(ProviderError) as info:
+        arun(provider, f"!fail={code}")
+    assert info.value.retryable is retryable and f"HTTP {code}" in str(info.value)
+    assert info.value.public == f"the model service refused the request (HTTP {code})"
+    assert len(fake_llm.requests) == 1
+
+
+def test_astream_unreachable_and_timeout_are_retryable(fake_llm: FakeLLM):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(ProviderError) as info:
+        arun(OpenAICompatibleProvider(f"http://127.0.0.1:{port}/v1", "", "m", timeout=5), "hi")
+    assert info.value.retryable and "Could not reach" in str(info.value)
+    with pytest.raises(ProviderError) as info:
+        arun(OpenAICompatibleProvider(fake_llm.base_url, "", "m", timeout=0.5), "!hang")
+    assert info.value.retryable and "did not answer" in str(info.value)
+
+
+def test_astream_error_event_mid_stream(fake_llm: FakeLLM, provider):
+    events: list[StreamEvent] = []
+
+    async def read() -> None:
+        try:
+            async for event in provider.astream(req("!streamerror\n!say=partial answer")):
+                events.append(event)
+        finally:
+            await provider.aclose()
+
+    with pytest.raises(ProviderError, match="reported an error: Fake error mid-stream"):
+        asyncio.run(read())
+    assert text_of(events) == "partial answer"

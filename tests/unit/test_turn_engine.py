@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from agents import runner
+from agents import runner, streams
 from agents.chunks import chunk_write
 from agents.models import Turn
 from agents.providers.base import ProviderError, TextDelta
@@ -21,9 +21,11 @@ from rooms.turns import TurnRefused
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture
-def scripted(monkeypatch):
-    provider = ScriptedProvider()
+@pytest.fixture(params=["thread", "loop"])
+def scripted(monkeypatch, request):
+    """Each test twice: the model read from a thread of the turn's own, and on the worker's
+    stream loop (agents/streams.py)."""
+    provider = ScriptedProvider(on_loop=request.param == "loop")
     monkeypatch.setattr(runner, "get_provider", lambda: provider)
     return provider
 
@@ -226,13 +228,15 @@ def test_a_worker_shutting_down_hands_its_turn_over(room, alice, scripted, monke
     scripted.delay = 0.01
     post(room, alice[0], "hi")
     taken = turn_take_next(room_id=room.pk, owner="leaving")
-    monkeypatch.setattr(runner, "drain_requested", lambda: True)
-    monkeypatch.setattr(runner, "_heartbeat_every", lambda: 0.05)
+    for module in (runner, streams):
+        monkeypatch.setattr(module, "drain_requested", lambda: True)
+        monkeypatch.setattr(module, "heartbeat_every", lambda: 0.05)
     assert runner.turn_run(taken=taken) == "released"
     turn = Turn.objects.get(pk=taken.turn_id)
     assert turn.status == "queued" and turn.attempt == 0
     written = StreamChunk.objects.filter(message_id=taken.message_id).count()
-    monkeypatch.setattr(runner, "drain_requested", lambda: False)
+    for module in (runner, streams):
+        monkeypatch.setattr(module, "drain_requested", lambda: False)
     scripted.add("the rest")
     heir = turn_take_next(room_id=room.pk, owner="heir")
     assert heir.next_index == written
@@ -515,3 +519,35 @@ def test_two_concurrent_posts_cannot_both_take_the_queues_last_place(room, alice
     assert isinstance(outcome["second"], RoomBusy), outcome
     assert Turn.objects.filter(room=room, status="queued").count() == 2
     assert not Message.objects.filter(room=room, content="3").exists()
+
+
+def test_on_the_stream_loop_a_turn_starts_no_reader_thread(room, alice, monkeypatch):
+    provider = ScriptedProvider(["Read on the loop, every word."], on_loop=True)
+    monkeypatch.setattr(runner, "get_provider", lambda: provider)
+    monkeypatch.setattr(runner, "_pump", lambda *a: pytest.fail("a reader thread was started"))
+    post(room, alice[0], "hi")
+    taken = turn_take_next(room_id=room.pk, owner="test")
+    assert runner.turn_run(taken=taken) == "done"
+    assert Message.objects.get(pk=taken.message_id).content == "Read on the loop, every word."
+
+
+def test_on_the_stream_loop_backpressure_keeps_the_text_and_writes_it_later(room, alice, monkeypatch):
+    from agents.writer import writer
+
+    words = [f"w{i} " for i in range(40)]
+    provider = ScriptedProvider(["".join(words)], delay=0.005, on_loop=True)
+    monkeypatch.setattr(runner, "get_provider", lambda: provider)
+    full = {"until": 30}  # the writer is "full" for the first 30 words' flushes
+    has_room = writer.has_room
+
+    def slow_writer(sink):
+        full["until"] -= 1
+        return full["until"] < 0 and has_room(sink)
+
+    monkeypatch.setattr(writer, "has_room", slow_writer)
+    post(room, alice[0], "hi")
+    taken = turn_take_next(room_id=room.pk, owner="test")
+    assert runner.turn_run(taken=taken) == "done"
+    chunks = list(StreamChunk.objects.filter(message_id=taken.message_id).order_by("index"))
+    assert "".join(c.text for c in chunks) == "".join(words)
+    assert len(chunks[0].text) > len(words[0])  # what waited went out as one larger chunk
