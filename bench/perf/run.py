@@ -994,18 +994,27 @@ class Bench:
         R, s = self.R, self.s
         assert self.db is not None
         c = await self.viewer(R["producer"], 0)
+        # a first turn in a room and on a fresh worker costs more transactions than the next
+        # (rows made on first use): not counted, or the small turn would weigh more than the big.
+        # Postgres reports a backend's commits when it goes idle, at most once a second, and an
+        # idle backend's late ones 10 s after (the pool's and the chunk writer's connections stay
+        # open): each window waits for that, or its commits land in the next one.
+        settle = 11.0
+        await self.turn(c, "warm-up !tokens=1")
+        await asyncio.sleep(settle)
         x0 = await asyncio.to_thread(self.db.xact_commit)
         await self.turn(c, "small !tokens=1")
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(settle)
         x1 = await asyncio.to_thread(self.db.xact_commit)
         await self.turn(c, f"big !tokens={s.producer_tokens}", timeout=300)
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(settle)
         x2 = await asyncio.to_thread(self.db.xact_commit)
         c.close()
-        (t_small, _, ch_small), (t_big, tokens, ch_big) = await asyncio.to_thread(
-            self._turn_times, R["producer"]["id"]
-        )
-        per_flush = ((x2 - x1) - (x1 - x0)) / max(ch_big - ch_small, 1)
+        (t_small, _, ch_small), (t_big, tokens, ch_big) = (
+            await asyncio.to_thread(self._turn_times, R["producer"]["id"])
+        )[-2:]
+        small, big = x1 - x0, x2 - x1
+        per_flush = (big - small) / max(ch_big - ch_small, 1)
         rate = tokens / t_big
         self.raw["producer"] = {
             "tokens": tokens,
@@ -1045,7 +1054,8 @@ class Bench:
                 "",
                 "<= 1 per flush, never per token",
                 better="lower",
-                passed=per_flush <= 1.05 and tokens / max(ch_big, 1) > 1,
+                # below 0 the windows were disturbed (another process's commits): not a pass
+                passed=0 <= per_flush <= 1.05 and tokens / max(ch_big, 1) > 1,
             )
         )
 
