@@ -8,14 +8,24 @@ canned answer.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 
-from .base import ModelRequest, ModelStream, Provider, StepEnd, StreamEvent, TextDelta, ToolCallRequest
+from .base import (
+    AsyncModelStream,
+    ModelRequest,
+    ModelStream,
+    Provider,
+    StepEnd,
+    StreamEvent,
+    TextDelta,
+    ToolCallRequest,
+)
 from .demo_tools import calls_planned, offered_tools, results_answer, user_text
 
 _WORDS = re.compile(r"\s+|\S+\s*")  # words keep their trailing whitespace: join == original
@@ -87,7 +97,7 @@ class DemoProvider(Provider):
             for c in planned
         ]
 
-    def stream(self, request: ModelRequest) -> ModelStream:
+    def stream(self, request: ModelRequest) -> _DemoStream:
         """Start a step: tool calls when asked for, the results' answer after them, or the
         canned answer, streamed word by word."""
         if request.messages and request.messages[-1].role == "tool":
@@ -97,27 +107,44 @@ class DemoProvider(Provider):
             return _DemoStream([], self.delay, calls)
         return _DemoStream(_WORDS.findall(self.answer(request)), self.delay)
 
+    def astream(self, request: ModelRequest) -> AsyncModelStream:
+        """The same step on the worker's stream loop (as a real model's)."""
+        return _DemoAsyncStream(self.stream(request))
+
 
 class _DemoStream(ModelStream):
     def __init__(self, tokens: list[str], delay: float, calls: list[ToolCallRequest] | None = None) -> None:
-        self._tokens = tokens
+        end = StepEnd(finish_reason="tool_calls" if calls else "stop")
+        self._events: list[StreamEvent] = [*(TextDelta(t) for t in tokens), *(calls or []), end]
         self._delay = delay
-        self._calls = calls or []
         # An Event instead of sleep(): close() from another thread wakes the wait at once.
         self._stop = threading.Event()
 
     def __iter__(self) -> Iterator[StreamEvent]:
-        for i, token in enumerate(self._tokens):
+        for i, event in enumerate(self._events):
             if (i and self._stop.wait(self._delay)) or self._stop.is_set():
                 return
-            yield TextDelta(token)
-        for call in self._calls:
-            if self._stop.is_set():
-                return
-            yield call
-        if not self._stop.is_set():
-            yield StepEnd(finish_reason="tool_calls" if self._calls else "stop")
+            yield event
 
     def close(self) -> None:
         """Stop the stream; safe from any thread, idempotent."""
         self._stop.set()
+
+
+class _DemoAsyncStream(AsyncModelStream):
+    def __init__(self, inner: _DemoStream) -> None:
+        self._inner = inner
+
+    def __aiter__(self) -> AsyncIterator[StreamEvent]:
+        return self._events()
+
+    async def _events(self) -> AsyncIterator[StreamEvent]:
+        for i, event in enumerate(self._inner._events):
+            if i:
+                await asyncio.sleep(self._inner._delay)
+            if self._inner._stop.is_set():
+                return
+            yield event
+
+    async def aclose(self) -> None:
+        self._inner.close()

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from agents.providers import (
+    AsyncModelStream,
     ChatMessage,
     ModelRequest,
     ModelStream,
@@ -367,6 +368,34 @@ def test_demo_provider_close_stops_promptly():
     reader.join(2)
     assert not reader.is_alive() and time.monotonic() - started < 0.3
     assert len(reader.events) == 1
+
+
+def test_demo_provider_streams_the_same_on_a_loop_and_stops_when_cancelled():
+    provider = DemoProvider(delay=0)
+    request = req("What is Django?")
+
+    async def read(stream: AsyncModelStream) -> list[StreamEvent]:
+        return [event async for event in stream]
+
+    assert asyncio.run(read(provider.astream(request))) == list(provider.stream(request))
+
+    async def cancel_mid_answer() -> tuple[int, float]:
+        seen: list[StreamEvent] = []
+
+        async def consume() -> None:
+            async for event in DemoProvider(delay=0.5).astream(request):
+                seen.append(event)
+
+        task = asyncio.create_task(consume())
+        await asyncio.sleep(0.1)  # the first word is out, the second waits half a second
+        started = time.monotonic()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return len(seen), time.monotonic() - started
+
+    count, took = asyncio.run(cancel_mid_answer())
+    assert count == 1 and took < 0.3
 
 
 # -- get_provider -----------------------------------------------------------------------------
