@@ -20,6 +20,7 @@ from agents.models import ToolCall, Turn
 from agents.observe import TurnTracer
 from agents.providers import get_provider
 from agents.providers.base import (
+    CONTINUE_PROMPT,
     ChatMessage,
     ModelRequest,
     ModelStream,
@@ -105,12 +106,6 @@ def context_build(*, taken: TakenTurn) -> TurnContext:
     return TurnContext(
         room, messages, initiator, list(turn.client_tools or []), calls, text, turn.parent_call_id
     )
-
-
-CONTINUE_PROMPT = (
-    "(Your previous answer was cut off by a server fault. Continue it exactly where it stopped, "
-    "without repeating anything already written.)"
-)
 
 
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")

@@ -19,6 +19,14 @@ class ChatMessage:
     tool_calls: tuple[dict[str, Any], ...] = ()
 
 
+#: The runner's last message to the model when it continues an answer cut off by a fault,
+#: after the assistant's text so far (agents/runner.py context_build).
+CONTINUE_PROMPT = (
+    "(Your previous answer was cut off by a server fault. Continue it exactly where it stopped, "
+    "without repeating anything already written.)"
+)
+
+
 @dataclass(frozen=True)
 class ModelRequest:
     """Everything one model step needs."""

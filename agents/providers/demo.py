@@ -14,9 +14,11 @@ import re
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from .base import (
+    CONTINUE_PROMPT,
     AsyncModelStream,
     ModelRequest,
     ModelStream,
@@ -99,13 +101,26 @@ class DemoProvider(Provider):
 
     def stream(self, request: ModelRequest) -> _DemoStream:
         """Start a step: tool calls when asked for, the results' answer after them, or the
-        canned answer, streamed word by word."""
+        canned answer, streamed word by word; after a fault, the rest of what it was saying."""
+        rest = self._rest_after_a_fault(request)
+        if rest is not None:
+            return _DemoStream(_WORDS.findall(rest), self.delay)
         if request.messages and request.messages[-1].role == "tool":
             return _DemoStream(_WORDS.findall(results_answer(request)), self.delay)
         calls = self.tool_calls(request)
         if calls:
             return _DemoStream([], self.delay, calls)
         return _DemoStream(_WORDS.findall(self.answer(request)), self.delay)
+
+    def _rest_after_a_fault(self, request: ModelRequest) -> str | None:
+        """If the runner asks to continue an answer cut off by a fault: the rest of it."""
+        messages = request.messages
+        if len(messages) < 2 or messages[-1].content != CONTINUE_PROMPT or messages[-2].role != "assistant":
+            return None
+        said, before = messages[-2].content, replace(request, messages=messages[:-2])
+        after_tools = bool(before.messages) and before.messages[-1].role == "tool"
+        full = results_answer(before) if after_tools else self.answer(before)
+        return full[len(said) :] if full.startswith(said) else full
 
     def astream(self, request: ModelRequest) -> AsyncModelStream:
         """The same step on the worker's stream loop (as a real model's)."""

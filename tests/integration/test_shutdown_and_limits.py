@@ -54,7 +54,7 @@ def test_sigterm_to_a_worker_hands_its_turn_to_another_worker(stack, fake, room,
     turn = Turn.objects.get(room=room)
     message = Message.objects.get(pk=turn.assistant_message_id)
     assert turn.status == "done" and message.status == "complete"
-    from agents.runner import CONTINUE_PROMPT
+    from agents.providers.base import CONTINUE_PROMPT
 
     assert any(  # continued from what it had said, not restarted
         m["content"] == CONTINUE_PROMPT for r in fake.requests for m in r["messages"]

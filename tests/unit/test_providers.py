@@ -370,6 +370,22 @@ def test_demo_provider_close_stops_promptly():
     assert len(reader.events) == 1
 
 
+def test_demo_provider_continues_an_answer_cut_off_by_a_fault_where_it_stopped():
+    from agents.providers.base import CONTINUE_PROMPT
+
+    provider = DemoProvider(delay=0)
+    asked = ChatMessage("user", "alice: tell me everything")
+    full = provider.answer(ModelRequest("demo", (asked,)))
+    said = " ".join(full.split(" ")[:7]) + " "  # seven words were out when the worker died
+    assert full.startswith(said) and said != full
+    again = ModelRequest(
+        "demo", (asked, ChatMessage("assistant", said), ChatMessage("user", CONTINUE_PROMPT))
+    )
+    rest = text_of(list(provider.stream(again)))
+    assert said + rest == full  # the rest, nothing repeated, and not the continue prompt quoted
+    assert "cut off" not in rest
+
+
 def test_demo_provider_streams_the_same_on_a_loop_and_stops_when_cancelled():
     provider = DemoProvider(delay=0)
     request = req("What is Django?")
