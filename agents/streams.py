@@ -162,10 +162,12 @@ def step_run(stream: AsyncModelStream, batcher: ChunkBatcher, deadline: float) -
                 raise TurnStopped(Turn.Status.CANCELLED, "stopped by a user")
             if drain_requested():
                 raise TurnStopped("released", "the worker is shutting down")
+            if not stream_loop.alive():  # it only ends on a bug: another worker goes on from here
+                raise TurnStopped("released", "the worker's stream loop stopped")
             if time.monotonic() >= deadline:
                 raise TurnStopped(Turn.Status.FAILED, "the turn hit its time limit")
     except BaseException:
-        if not future.done():
+        if not future.done() and stream_loop.alive():
             loop.call_soon_threadsafe(step.stop)
             # the batcher is the runner's again only once the task has ended
             concurrent.futures.wait([future], timeout=10)

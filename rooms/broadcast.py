@@ -106,15 +106,21 @@ class ProcessLoop:
         self.name = name
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
         self._pid = 0
 
     def loop(self) -> asyncio.AbstractEventLoop:
+        """The running loop; made (again) on first use, after a fork, or if its thread ended."""
         with self._lock:
-            if self._loop is None or self._pid != os.getpid():  # new process after fork
+            if self._loop is None or self._pid != os.getpid() or not self.alive():
                 self._loop = asyncio.new_event_loop()
                 self._pid = os.getpid()
-                threading.Thread(target=self._loop.run_forever, name=self.name, daemon=True).start()
+                self._thread = threading.Thread(target=self._loop.run_forever, name=self.name, daemon=True)
+                self._thread.start()
             return self._loop
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
 
 _publisher = ProcessLoop("broadcast-loop")

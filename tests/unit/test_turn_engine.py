@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from datetime import timedelta
 
@@ -551,3 +552,21 @@ def test_on_the_stream_loop_backpressure_keeps_the_text_and_writes_it_later(room
     chunks = list(StreamChunk.objects.filter(message_id=taken.message_id).order_by("index"))
     assert "".join(c.text for c in chunks) == "".join(words)
     assert len(chunks[0].text) > len(words[0])  # what waited went out as one larger chunk
+
+
+def test_if_the_stream_loop_stops_the_turn_is_handed_over_and_the_next_loop_goes_on(room, alice, monkeypatch):
+    provider = ScriptedProvider([" ".join(f"w{i}" for i in range(100))], delay=0.01, on_loop=True)
+    monkeypatch.setattr(runner, "get_provider", lambda: provider)
+    monkeypatch.setattr(streams, "heartbeat_every", lambda: 0.05)
+    post(room, alice[0], "hi")
+    taken = turn_take_next(room_id=room.pk, owner="test")
+    loop = streams.stream_loop.loop()
+    threading.Timer(0.3, lambda: loop.call_soon_threadsafe(loop.stop)).start()  # as a bug would
+    assert runner.turn_run(taken=taken) == "released"
+    assert Turn.objects.get(pk=taken.turn_id).status == "queued"
+    provider.add("and the rest.")
+    again = turn_take_next(room_id=room.pk, owner="heir")
+    assert runner.turn_run(taken=again) == "done"  # on a new loop
+    assert streams.stream_loop.loop() is not loop
+    content = Message.objects.get(pk=taken.message_id).content
+    assert content.startswith("w0 w1") and content.endswith("and the rest.")
