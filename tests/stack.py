@@ -116,9 +116,18 @@ class Stack:
 
     def stop_all(self) -> None:
         self.supervisor.close()
+        _running[:] = [s for s in _running if s is not self]
 
     def log_tail(self, name: str, lines: int = 40) -> str:
         return self.supervisor.log_tail(name, lines)
+
+
+_running: list[Stack] = []
+
+
+def running_stack() -> Stack | None:
+    """The stack this session started, if it did and it still runs."""
+    return _running[-1] if _running else None
 
 
 def stack_start(**overrides: Any) -> Stack:
@@ -188,4 +197,5 @@ def stack_start(**overrides: Any) -> Stack:
     for process in processes:  # the pids of every process, so a killed one can be named
         if process.autostart:
             stack.start(process.name)
+    _running.append(stack)
     return stack
