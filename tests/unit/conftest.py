@@ -5,31 +5,28 @@ from collections.abc import Iterator
 import pytest
 
 
-@pytest.fixture(autouse=True)
-def _no_kicks(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Unit tests drive the queue and the runner themselves: no Celery kick leaves the process
-    (a worker of the integration stack, alive in the same session, would take their turns)."""
-    from agents.tasks import kick_room
-
-    monkeypatch.setattr(kick_room, "delay", lambda room_id: None)
-
-
 @pytest.fixture(scope="package", autouse=True)
-def _no_sweeps_from_the_stack() -> Iterator[None]:
-    """A stack the integration tests started in this session sweeps the same database every
-    second, and its sweeper kicks every room with a queued turn and nothing running: its worker
-    would take a unit test's turn between two of the test's own steps. Its beat and sweeper
-    stop while the unit tests run."""
+def _alone() -> Iterator[None]:
+    """Unit tests drive the queue and the runner themselves, so no other process may act on
+    their rooms. No Celery kick leaves the process, for the whole package: a kick is sent from
+    a background thread after its commit, so a per-test patch could be undone before it goes.
+    And a stack the integration tests started in this session (the same database) stops its
+    worker, sweeper, beat and webhook worker meanwhile: its sweeper kicks every room with a
+    queued turn and nothing running, and its worker would take a unit test's turn between two
+    of the test's own steps (or while the test's database is flushed: a deadlock)."""
+    from agents.tasks import kick_room
     from tests.stack import running_stack
 
     stack = running_stack()
-    if stack is None:
-        yield
-        return
-    for name in ("beat", "sweeper"):
-        stack.stop(name)
-    try:
-        yield
-    finally:
-        for name in ("sweeper", "beat"):
-            stack.start(name)
+    names = ("beat", "sweeper", "hooks", "worker")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(kick_room, "delay", lambda room_id: None)
+        if stack is not None:
+            for name in names:
+                stack.stop(name)
+        try:
+            yield
+        finally:
+            if stack is not None:
+                for name in reversed(names):
+                    stack.start(name)
